@@ -1,0 +1,34 @@
+"""manifoldflow: high-precision sharpness flows on zero-loss manifolds."""
+
+from . import models as models, theory as theory
+from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
+from ._loss import (
+    AbstractLoss as AbstractLoss,
+    HalfMeanSquaredLoss as HalfMeanSquaredLoss,
+    MeanSquaredLoss as MeanSquaredLoss,
+)
+from ._manifold import (
+    AbstractManifold as AbstractManifold,
+    Linearisation as Linearisation,
+    ZeroLossManifold as ZeroLossManifold,
+)
+from ._projection import (
+    AbstractProjector as AbstractProjector,
+    CGProjector as CGProjector,
+    CholeskyProjector as CholeskyProjector,
+    QRProjector as QRProjector,
+    SVDProjector as SVDProjector,
+)
+from ._retraction import (
+    AbstractRetraction as AbstractRetraction,
+    ChordRetraction as ChordRetraction,
+    GaussNewtonRetraction as GaussNewtonRetraction,
+    NewtonRetraction as NewtonRetraction,
+    RetractionSolution as RetractionSolution,
+)
+from ._solve import (
+    FlowSolution as FlowSolution,
+    RESULTS as RESULTS,
+    solve_flow as solve_flow,
+)
+from ._solver import ProjectedSolver as ProjectedSolver

@@ -1,0 +1,61 @@
+r"""The limiting flow of label-noise SGD: $\dot\theta = -c\, P_T \nabla R(\theta)$."""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Scalar
+
+from ._manifold import AbstractManifold, Linearisation
+from ._projection import AbstractProjector, CholeskyProjector
+
+
+class FlowEvaluation(eqx.Module):
+    """The Riemannian gradient $g = P_T\\nabla R$ at a point, with its by-products."""
+
+    riemannian_gradient: Float[Array, " D"]
+    multipliers: Float[Array, " n"]
+    linearisation: Linearisation
+
+    @property
+    def sharpness(self) -> Scalar:
+        return self.linearisation.sharpness
+
+    @property
+    def gradient_norm(self) -> Scalar:
+        return jnp.linalg.norm(self.riemannian_gradient)
+
+
+class SharpnessFlow(eqx.Module):
+    r"""The Riemannian gradient flow of the sharpness on $\Gamma$,
+
+    $$\frac{d\theta}{dt} = -c\, P_T \nabla R(\theta), \qquad
+    P_T = I - J^\top (J J^\top)^{-1} J,$$
+
+    callable as a diffrax vector field `flow(t, theta, args)`.
+
+    **Arguments:**
+
+    - `manifold`: an [`manifoldflow.AbstractManifold`][].
+    - `projector`: how $P_T$ is applied (default [`manifoldflow.CholeskyProjector`][]).
+    - `constant`: $c$. `1.0` is the plain Riemannian gradient flow; for label-noise GD
+      with noise level $\sigma$ use `loss.label_noise_constant(sigma, n)`
+      ($\sigma^2/(2n)$ for $L = \frac1n\sum_i (f_i - y_i)^2$), whose time is
+      $\tau = \eta^2 \times$ (number of steps).
+    """
+
+    manifold: AbstractManifold
+    projector: AbstractProjector = CholeskyProjector()
+    constant: float = 1.0
+
+    def evaluate(self, theta: Float[Array, " D"]) -> FlowEvaluation:
+        """$P_T \\nabla R$, its multipliers and the linearisation at `theta`."""
+        lin = self.manifold.linearise(theta)
+        g, lam = self.projector.project(lin, lin.gradient)
+        return FlowEvaluation(g, lam, lin)
+
+    def gradient_norm(self, theta: Float[Array, " D"]) -> Scalar:
+        """$\\|P_T \\nabla R(\\theta)\\|$ (independent of `constant`)."""
+        return self.evaluate(theta).gradient_norm
+
+    def __call__(self, t, theta, args):
+        del t, args
+        return -self.constant * self.evaluate(theta).riemannian_gradient

@@ -1,0 +1,217 @@
+r"""Retractions onto $\Gamma$ in multiplier form: $\theta = \tilde\theta + J(\tilde\theta)^\top
+\lambda$ with $\lambda \in \mathbb R^n$ solving $F(\theta) = 0$.
+
+The correction is normal at $\tilde\theta$, so for a tangent step $v$ the retraction
+$R(\theta, v) = \theta + v + J^\top\lambda$ agrees with $\theta + v$ to second order.
+
+The iteration is written out with `lax.while_loop` (no optimistix root find): the
+initial guess $\lambda = 0$ is independent of $\tilde\theta$, which keeps the
+map $\tilde\theta \mapsto \theta$ free of the silent zero-derivative trap of passing
+$\tilde\theta$ as a root finder's initial guess.
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Bool, Float, Int, Scalar
+
+from ._manifold import AbstractManifold, Linearisation
+from ._projection import AbstractProjector
+
+
+class RetractionSolution(eqx.Module):
+    """The retracted point and how the iteration went.
+
+    **Fields:** `theta` (the point), `multipliers` ($\\lambda$), `residual`
+    ($\\max_i |F_i(\\theta)|$), `num_steps`, `converged` (residual within tolerance).
+    """
+
+    theta: Float[Array, " D"]
+    multipliers: Float[Array, " n"]
+    residual: Scalar
+    num_steps: Int[Array, ""]
+    converged: Bool[Array, ""]
+
+
+class AbstractRetraction(eqx.Module):
+    r"""Maps a point near $\Gamma$ onto $\Gamma$ along $\operatorname{range} J(\tilde\theta)^\top$.
+
+    Stops once $\max_i |F_i| \le$ `atol + rtol * manifold.constraint_scale()`, after
+    `max_steps`, or when a step no longer decreases the residual (rounding floor).
+    """
+
+    atol: eqx.AbstractVar[float]
+    rtol: eqx.AbstractVar[float]
+    max_steps: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def correction(
+        self,
+        manifold: AbstractManifold,
+        projector: AbstractProjector,
+        base: Linearisation,
+        theta: Float[Array, " D"],
+        residual: Float[Array, " n"],
+    ) -> Float[Array, " n"]:
+        r"""The multiplier update $\delta\lambda$ for the current iterate."""
+
+    def __call__(
+        self,
+        manifold: AbstractManifold,
+        projector: AbstractProjector,
+        theta_tilde: Float[Array, " D"],
+    ) -> RetractionSolution:
+        base = manifold.linearise(theta_tilde)
+        normal = base.jacobian.transpose().mv
+        tolerance = self.atol + self.rtol * manifold.constraint_scale()
+
+        def point(lam):
+            return theta_tilde + normal(lam)
+
+        def cond(carry):
+            _, _, res, step, stalled = carry
+            return (res > tolerance) & (step < self.max_steps) & ~stalled
+
+        def body(carry):
+            lam, F, res, step, _ = carry
+            delta = self.correction(manifold, projector, base, point(lam), F)
+
+            # Backtrack on max|F| so that a far-away start cannot diverge.
+            def shrink_cond(c):
+                alpha, _, new_res = c
+                return (new_res > res) & (alpha > 2.0**-30)
+
+            def shrink_body(c):
+                alpha = c[0] / 2
+                new_F = manifold.constraint(point(lam + alpha * delta))
+                return alpha, new_F, jnp.max(jnp.abs(new_F))
+
+            F1 = manifold.constraint(point(lam + delta))
+            alpha, new_F, new_res = lax.while_loop(
+                shrink_cond,
+                shrink_body,
+                (jnp.asarray(1.0, res.dtype), F1, jnp.max(jnp.abs(F1))),
+            )
+            improved = new_res < res
+            lam = jnp.where(improved, lam + alpha * delta, lam)
+            F = jnp.where(improved, new_F, F)
+            res = jnp.where(improved, new_res, res)
+            return lam, F, res, step + 1, ~improved
+
+        F0 = manifold.constraint(theta_tilde)
+        lam0 = jnp.zeros_like(F0)
+        init = (lam0, F0, jnp.max(jnp.abs(F0)), jnp.array(0), jnp.array(False))
+        lam, _, res, steps, _ = lax.while_loop(cond, body, init)
+        return RetractionSolution(
+            theta=point(lam),
+            multipliers=lam,
+            residual=res,
+            num_steps=steps,
+            converged=res <= tolerance,
+        )
+
+
+class ChordRetraction(AbstractRetraction):
+    r"""Simplified Newton: $\delta\lambda = -(J(\tilde\theta)J(\tilde\theta)^\top)^{-1} F$
+    with one Gram matrix for all iterations (the default).
+
+    Each iteration costs one evaluation of $F$; convergence is linear with a ratio
+    proportional to the distance to $\Gamma$, so from a step's $O(\text{tol})$ offset
+    one or two iterations suffice.
+    """
+
+    atol: float = 1e-13
+    rtol: float = 1e-15
+    max_steps: int = 100
+
+    def correction(self, manifold, projector, base, theta, residual):
+        return -projector.solve_gram(base, residual)
+
+
+class NewtonRetraction(AbstractRetraction):
+    r"""Newton on $\lambda$: $\delta\lambda = -(J(\theta_k)J(\tilde\theta)^\top)^{-1} F$,
+    quadratically convergent, re-linearising at every iterate (LU of an $n\times n$
+    matrix formed from $n$ products with $J$). Prefer it for far-away starts.
+    """
+
+    atol: float = 1e-13
+    rtol: float = 1e-15
+    max_steps: int = 50
+
+    def correction(self, manifold, projector, base, theta, residual):
+        del projector
+        current = manifold.linearise(theta).jacobian
+        operator = lx.MatrixLinearOperator(
+            jax.vmap(lambda e: current.mv(base.jacobian.transpose().mv(e)), out_axes=1)(
+                jnp.eye(residual.shape[0], dtype=residual.dtype)
+            )
+        )
+        return -lx.linear_solve(operator, residual, lx.LU()).value
+
+
+class GaussNewtonRetraction(AbstractRetraction):
+    r"""Minimum-norm Gauss--Newton with backtracking, re-linearising at each iterate:
+    $\theta_{k+1} = \theta_k - \alpha_k J(\theta_k)^\top (J J^\top)^{-1} F(\theta_k)$.
+
+    Not confined to the affine space $\tilde\theta + \operatorname{range}
+    J(\tilde\theta)^\top$, so it reaches $\Gamma$ from much farther away than the
+    multiplier-form retractions: the default for the initial point of a solve. The
+    returned `multipliers` are those of the accumulated correction only if it is
+    normal at $\tilde\theta$, i.e. they are not meaningful here (zeros).
+    """
+
+    atol: float = 1e-13
+    rtol: float = 1e-15
+    max_steps: int = 200
+
+    def correction(self, manifold, projector, base, theta, residual):
+        raise NotImplementedError  # the iteration below does not use multipliers
+
+    def __call__(self, manifold, projector, theta_tilde):
+        tolerance = self.atol + self.rtol * manifold.constraint_scale()
+
+        def residual_norm(F):
+            return jnp.max(jnp.abs(F))
+
+        def cond(carry):
+            _, _, res, step, stalled = carry
+            return (res > tolerance) & (step < self.max_steps) & ~stalled
+
+        def body(carry):
+            theta, F, res, step, _ = carry
+            lin = manifold.linearise(theta)
+            delta = -lin.jacobian.transpose().mv(projector.solve_gram(lin, F))
+
+            def shrink_cond(c):
+                alpha, _, new_res = c
+                return (new_res > (1 - 1e-4 * alpha) * res) & (alpha > 2.0**-30)
+
+            def shrink_body(c):
+                alpha = c[0] / 2
+                new_F = manifold.constraint(theta + alpha * delta)
+                return alpha, new_F, residual_norm(new_F)
+
+            F1 = manifold.constraint(theta + delta)
+            alpha, new_F, new_res = lax.while_loop(
+                shrink_cond, shrink_body, (jnp.asarray(1.0, res.dtype), F1, residual_norm(F1))
+            )
+            improved = new_res < res
+            theta = jnp.where(improved, theta + alpha * delta, theta)
+            F = jnp.where(improved, new_F, F)
+            res = jnp.where(improved, new_res, res)
+            return theta, F, res, step + 1, ~improved
+
+        F0 = manifold.constraint(theta_tilde)
+        init = (theta_tilde, F0, residual_norm(F0), jnp.array(0), jnp.array(False))
+        theta, F, res, steps, _ = lax.while_loop(cond, body, init)
+        return RetractionSolution(
+            theta=theta,
+            multipliers=jnp.zeros_like(F),
+            residual=res,
+            num_steps=steps,
+            converged=res <= tolerance,
+        )
