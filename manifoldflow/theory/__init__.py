@@ -1,0 +1,3 @@
+"""Theory checks, one module per paper."""
+
+from . import gatmiry as gatmiry
