@@ -88,23 +88,33 @@ def asymptotic_rate(manifold: TwoLayerManifold, constant: float = 1.0) -> float 
     return float(constant * np.linalg.eigvalsh(root[:, None] * G * root[None, :])[0])
 
 
-def fit_linear_rate(ts: np.ndarray, gradient_norm: np.ndarray, decades: float = 3.0):
-    r"""Least-squares slope of $\log\|P_T\nabla R\|$ against $t$ on the tail of the
-    trajectory (the last `decades` decades, at most half of those travelled), as a
-    positive rate $r$ in $\|g\| \approx C e^{-r t}$. `nan` with fewer than 3 points."""
+def fit_linear_rate(ts: np.ndarray, gradient_norm: np.ndarray) -> float:
+    r"""Least-squares slope of $\log\|P_T\nabla R\|$ against $t$ on the tail, as a
+    positive rate $r$ in $\|g\| \approx C e^{-r t}$.
+
+    The window is $g \in [g_{\rm end}\,10^{1.5},\ g_{\rm end}\,10^{4.5}]$ (shrunk on
+    short runs), after the last time $g$ was above it: near the end, $g$ approaches
+    the integrator's noise floor (local errors of size rtol$\cdot|\theta|$ move the
+    point by about as much as its distance to the optimum), and the fitted slope
+    there measures the solver, not the flow. `nan` with fewer than 3 points.
+    """
     ts, g = np.asarray(ts), np.asarray(gradient_norm)
     ok = np.isfinite(g) & (g > 0)
     ts, g = ts[ok], g[ok]
     if g.size < 3:
         return float("nan")
-    travelled = np.log10(g[0] / g[-1])
-    span = min(decades, max(travelled / 2, 0.5))
-    tail = g <= g[-1] * 10**span
-    first = np.argmax(tail)
-    tail[first:] = True
-    if tail.sum() < 3:
-        tail[-3:] = True
-    slope = np.polyfit(ts[tail], np.log(g[tail]), 1)[0]
+    travelled = max(np.log10(g[0] / g[-1]), 0.0)
+    lower = g[-1] * 10 ** min(1.5, travelled / 3)
+    upper = g[-1] * 10 ** min(4.5, travelled)
+    above = np.nonzero(g > upper)[0]
+    start = above[-1] + 1 if above.size else 0
+    window = np.zeros(g.size, bool)
+    window[start:] = True
+    window &= g >= lower
+    if window.sum() < 3:
+        window[:] = False
+        window[-3:] = True
+    slope = np.polyfit(ts[window], np.log(g[window]), 1)[0]
     return float(-slope)
 
 
@@ -176,8 +186,9 @@ def two_layer_checks(
     ratio = d2**2 / np.maximum(d1 * d3, np.finfo(float).tiny)
     checks.append(_check(
         "normality", "phi''^2 <= alpha phi' phi''' at the final features "
-        "(Assumption 3.4, candidate N1)", act.normality(), float(np.max(ratio)),
-        act.normality(), True, float(np.max(ratio)) <= act.normality(),
+        "(Assumption 3.4, candidate N1; equality for cube)", act.normality(),
+        float(np.max(ratio)), act.normality() * (1 + 64 * _EPS), True,
+        float(np.max(ratio)) <= act.normality() * (1 + 64 * _EPS),
     ))
     signs_ok = bool(np.all(np.sign(Z) == np.sign(y[None, :] / a[:, None])))
     min_abs = float(np.min(np.abs(Z)))
