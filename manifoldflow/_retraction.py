@@ -40,8 +40,8 @@ class RetractionSolution(eqx.Module):
 class AbstractRetraction(eqx.Module):
     r"""Maps a point near $\Gamma$ onto $\Gamma$ along $\operatorname{range} J(\tilde\theta)^\top$.
 
-    Stops once $\max_i |F_i| \le$ `atol + rtol * manifold.constraint_scale()`, after
-    `max_steps`, or when a step no longer decreases the residual (rounding floor).
+    Stops once $\max_i |F_i| \le \max($`atol`, `rtol * manifold.constraint_scale()`$)$,
+    after `max_steps`, or when a step no longer decreases the residual (rounding floor).
     """
 
     atol: eqx.AbstractVar[float]
@@ -67,7 +67,7 @@ class AbstractRetraction(eqx.Module):
     ) -> RetractionSolution:
         base = manifold.linearise(theta_tilde)
         normal = base.jacobian.transpose().mv
-        tolerance = self.atol + self.rtol * manifold.constraint_scale()
+        tolerance = jnp.maximum(self.atol, self.rtol * manifold.constraint_scale())
 
         def point(lam):
             return theta_tilde + normal(lam)
@@ -125,7 +125,7 @@ class ChordRetraction(AbstractRetraction):
     """
 
     atol: float = 1e-13
-    rtol: float = 1e-15
+    rtol: float = 1e-14
     max_steps: int = 100
 
     def correction(self, manifold, projector, base, theta, residual):
@@ -139,7 +139,7 @@ class NewtonRetraction(AbstractRetraction):
     """
 
     atol: float = 1e-13
-    rtol: float = 1e-15
+    rtol: float = 1e-14
     max_steps: int = 50
 
     def correction(self, manifold, projector, base, theta, residual):
@@ -165,14 +165,14 @@ class GaussNewtonRetraction(AbstractRetraction):
     """
 
     atol: float = 1e-13
-    rtol: float = 1e-15
+    rtol: float = 1e-14
     max_steps: int = 200
 
     def correction(self, manifold, projector, base, theta, residual):
         raise NotImplementedError  # the iteration below does not use multipliers
 
     def __call__(self, manifold, projector, theta_tilde):
-        tolerance = self.atol + self.rtol * manifold.constraint_scale()
+        tolerance = jnp.maximum(self.atol, self.rtol * manifold.constraint_scale())
 
         def residual_norm(F):
             return jnp.max(jnp.abs(F))

@@ -220,8 +220,8 @@ def solve_flow(
             "The retraction of theta0 onto the manifold did not converge: "
             f"max|F| = {float(retracted.residual):.3e} after "
             f"{int(retracted.num_steps)} steps of {type(initial_retraction).__name__} "
-            f"(tolerance {initial_retraction.atol:g} + {initial_retraction.rtol:g} * "
-            "scale). Start closer to the manifold (a point with f(X) near y), or raise "
+            f"(tolerance max({initial_retraction.atol:g}, {initial_retraction.rtol:g} * "
+            "scale)). Start closer to the manifold (a point with f(X) near y), or raise "
             "initial_retraction=GaussNewtonRetraction(max_steps=...)."
         )
     eigenvalues = np.linalg.eigvalsh(np.asarray(gram))

@@ -232,7 +232,7 @@ def two_layer(args) -> int:
         return np.asarray(manifold.to_parameters(jnp.asarray(theta)).theta)
 
     u_final = reduced(solution.theta_final)
-    tol = retraction.atol + retraction.rtol * float(manifold.constraint_scale())
+    tol = max(retraction.atol, retraction.rtol * float(manifold.constraint_scale()))
     report = gatmiry.two_layer_checks(
         structured, u_final, gradient_norm=float(solution.gradient_norm[-1]),
         stationarity=args.stationarity, constraint_history=solution.constraint_violation,
