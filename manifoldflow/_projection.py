@@ -1,5 +1,8 @@
 r"""Orthogonal projection onto the tangent space $T_\theta\Gamma = \ker J$.
 
+Linear solves never throw inside the solve: a failed factorisation gives non-finite
+values, which make the step fail (and be rejected) instead of aborting the program.
+
 $P_T v = v - J^\top \lambda$ with multipliers $\lambda = (J J^\top)^{-1} J v$, i.e.
 $\lambda$ minimises $\|v - J^\top \lambda\|$. Every projector returns $\lambda$ too: the
 normal component $J^\top\lambda$ is what the retraction and the theory checks use.
@@ -50,7 +53,9 @@ class CholeskyProjector(AbstractProjector):
     """
 
     def solve_gram(self, linearisation, rhs):
-        return lx.linear_solve(_gram_operator(linearisation), rhs, lx.Cholesky()).value
+        return lx.linear_solve(
+            _gram_operator(linearisation), rhs, lx.Cholesky(), throw=False
+        ).value
 
     def multipliers(self, linearisation, vector):
         return self.solve_gram(linearisation, linearisation.jacobian.mv(vector))
@@ -62,11 +67,13 @@ class QRProjector(AbstractProjector):
     """
 
     def solve_gram(self, linearisation, rhs):
-        return lx.linear_solve(_gram_operator(linearisation), rhs, lx.Cholesky()).value
+        return lx.linear_solve(
+            _gram_operator(linearisation), rhs, lx.Cholesky(), throw=False
+        ).value
 
     def multipliers(self, linearisation, vector):
         jac_t = lx.MatrixLinearOperator(linearisation.jacobian.transpose().as_matrix())
-        return lx.linear_solve(jac_t, vector, lx.QR()).value
+        return lx.linear_solve(jac_t, vector, lx.QR(), throw=False).value
 
 
 class CGProjector(AbstractProjector):
@@ -111,7 +118,10 @@ class SVDProjector(AbstractProjector):
 
     def solve_gram(self, linearisation, rhs):
         return lx.linear_solve(
-            lx.MatrixLinearOperator(linearisation.gram), rhs, lx.SVD(rcond=self.rcond)
+            lx.MatrixLinearOperator(linearisation.gram),
+            rhs,
+            lx.SVD(rcond=self.rcond),
+            throw=False,
         ).value
 
     def multipliers(self, linearisation, vector):

@@ -78,6 +78,11 @@ def _diagnostics(flow: SharpnessFlow, theta):
 
 
 @eqx.filter_jit
+def _gram(manifold, theta):
+    return manifold.linearise(theta).gram
+
+
+@eqx.filter_jit
 def _initialise(flow, psolver, controller, initial_retraction, theta0, t0, t1, dt0):
     retracted = initial_retraction(flow.manifold, flow.projector, theta0)
     theta = retracted.theta
@@ -87,8 +92,7 @@ def _initialise(flow, psolver, controller, initial_retraction, theta0, t0, t1, d
         term, t0, t1, theta, dt0, None, psolver.func, error_order
     )
     solver_state = psolver.init(term, t0, tnext, theta, None)
-    lin = flow.manifold.linearise(theta)
-    return retracted, tnext - t0, solver_state, controller_state, lin.gram
+    return retracted, tnext - t0, solver_state, controller_state
 
 
 @eqx.filter_jit
@@ -212,7 +216,18 @@ def solve_flow(
     t1_ = jnp.asarray(t1, dtype=theta0.dtype)
     thr = jnp.asarray(stationarity, dtype=theta0.dtype)
 
-    retracted, dt, solver_state, controller_state, gram = _initialise(
+    eigenvalues = np.linalg.eigvalsh(np.asarray(_gram(manifold, theta0)))
+    if not isinstance(projector, SVDProjector) and not (
+        eigenvalues[0] > 1e3 * np.finfo(eigenvalues.dtype).eps * eigenvalues[-1]
+    ):
+        raise ValueError(
+            "The Jacobian J of the constraints is rank deficient at the initial point "
+            f"(Gram eigenvalues from {eigenvalues[0]:.3e} to {eigenvalues[-1]:.3e}): "
+            "repeated or linearly dependent data points, or an activation whose "
+            "derivative vanishes there. Remove duplicates, or use "
+            "projector=manifoldflow.SVDProjector() for a rank-deficient J."
+        )
+    retracted, dt, solver_state, controller_state = _initialise(
         flow, psolver, controller, initial_retraction, theta0, t0_, t1_, dt0
     )
     if not bool(retracted.converged):
@@ -223,17 +238,6 @@ def solve_flow(
             f"(tolerance max({initial_retraction.atol:g}, {initial_retraction.rtol:g} * "
             "scale)). Start closer to the manifold (a point with f(X) near y), or raise "
             "initial_retraction=GaussNewtonRetraction(max_steps=...)."
-        )
-    eigenvalues = np.linalg.eigvalsh(np.asarray(gram))
-    if not isinstance(projector, SVDProjector) and (
-        eigenvalues[0] <= 1e3 * np.finfo(eigenvalues.dtype).eps * eigenvalues[-1]
-    ):
-        raise ValueError(
-            "The Jacobian J of the constraints is rank deficient at the initial point "
-            f"(Gram eigenvalues from {eigenvalues[0]:.3e} to {eigenvalues[-1]:.3e}): "
-            "repeated or linearly dependent data points, or an activation whose "
-            "derivative vanishes there. Remove duplicates, or use "
-            "projector=manifoldflow.SVDProjector() for a rank-deficient J."
         )
     theta = retracted.theta
     s0, g0, v0 = (float(x) for x in eqx.filter_jit(_diagnostics)(flow, theta))

@@ -1,0 +1,117 @@
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import manifoldflow as mf
+from manifoldflow.theory import gatmiry
+
+from .helpers import mlp_problem, two_layer_problem
+
+
+@pytest.mark.parametrize(
+    "solver", [diffrax.Tsit5(), diffrax.Dopri8(), diffrax.Kvaerno5()],
+    ids=lambda s: type(s).__name__,
+)
+def test_flow_reaches_theorem_3_3_optimum(solver):
+    net, X, y, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=2)
+    sol = mf.solve_flow(manifold, solver=solver, stationarity=1e-9, max_steps=4000)
+    assert sol.stationary
+    assert sol.gradient_norm[-1] <= 1e-9
+    # Constraint held at every accepted step.
+    assert np.max(sol.constraint_violation) <= 1e-13
+    # The sharpness decreases along the flow (dR/dt = -|P_T grad R|^2), up to rounding.
+    assert np.all(np.diff(sol.sharpness) <= 1e-11 * sol.sharpness[0])
+    report = gatmiry.two_layer_checks(
+        manifold, sol.theta_final, gradient_norm=sol.gradient_norm[-1], stationarity=1e-9,
+        constraint_history=sol.constraint_violation, constraint_tolerance=1e-13,
+        ts=sol.step_ts, gradient_history=sol.gradient_norm,
+    )
+    failed = [c for c in report["checks"] if c["applicable"] and not c["passed"]]
+    assert not failed, failed
+    Z = np.asarray(manifold.features(sol.theta_final))
+    z_star = np.asarray(manifold.activation.inverse(y / 4))
+    bound = next(c["bound"] for c in report["checks"] if c["name"] == "optimum_distance")
+    assert np.max(np.abs(Z - z_star)) <= bound
+
+
+def test_generic_path_keeps_off_span_part_and_matches_structured():
+    net, X, y, generic, structured = two_layer_problem(m=4, n=3, d=5, seed=4)
+    kwargs = dict(t1=2.0, stationarity=0.0, throw=False, rtol=1e-11, atol=1e-13)
+    sol_g = mf.solve_flow(generic, **kwargs)
+    sol_s = mf.solve_flow(structured, **kwargs)
+    assert sol_g.result == mf.RESULTS.t1_reached
+    theta_g = np.asarray(sol_g.theta_final).reshape(4, 5)
+    theta_s = np.asarray(structured.full_theta(sol_s.theta_final))
+    np.testing.assert_allclose(theta_g, theta_s, atol=1e-9)
+    Q = np.asarray(structured.basis)
+    perp = lambda t: t - (t @ Q) @ Q.T
+    np.testing.assert_allclose(perp(theta_g), perp(np.asarray(net.theta)), atol=1e-13)
+
+
+def test_fixed_step_convergence_order():
+    """Heun (order 2) stays order 2 when every step is retracted onto the manifold."""
+    _, _, _, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=6)
+    T = 0.5
+    reference = mf.solve_flow(manifold, t1=T, stationarity=0.0, throw=False,
+                              rtol=1e-13, atol=1e-14).theta_final
+    dts = [T / 8, T / 16, T / 32, T / 64]
+    errors = []
+    for dt in dts:
+        sol = mf.solve_flow(
+            manifold, solver=diffrax.Heun(), t1=T, dt0=dt, stationarity=0.0,
+            stepsize_controller=diffrax.ConstantStepSize(), throw=False, window=128,
+        )
+        errors.append(float(jnp.linalg.norm(sol.theta_final - reference)))
+    slope = np.polyfit(np.log(dts), np.log(errors), 1)[0]
+    assert 1.8 < slope < 2.3, (slope, errors)
+
+
+def test_flow_constant_rescales_time():
+    _, _, _, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=2)
+    c = mf.MeanSquaredLoss().label_noise_constant(sigma=0.5, num_data=3)
+    assert c == pytest.approx(0.25 / 6)
+    a = mf.solve_flow(manifold, t1=1.0, stationarity=0.0, throw=False)
+    b = mf.solve_flow(manifold, t1=1.0 / c, constant=c, stationarity=0.0, throw=False)
+    np.testing.assert_allclose(b.theta_final, a.theta_final, atol=1e-8)
+
+
+def test_general_model_flow_decreases_sharpness_on_manifold():
+    model, X, y = mlp_problem()
+    manifold = mf.ZeroLossManifold(model, X, y)
+    sol = mf.solve_flow(manifold, t1=5.0, stationarity=0.0, throw=False,
+                        solver=diffrax.Tsit5(), projector=mf.QRProjector())
+    assert sol.result == mf.RESULTS.t1_reached
+    assert np.max(sol.constraint_violation) <= 1e-13
+    assert sol.sharpness[-1] < sol.sharpness[0]
+    assert np.all(np.diff(sol.sharpness) <= 1e-11 * sol.sharpness[0])
+
+
+def test_failures_are_clear():
+    _, X, y, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=2)
+    with pytest.raises(RuntimeError, match="max_steps.*throw=False"):
+        mf.solve_flow(manifold, max_steps=3, window=3)
+    partial = mf.solve_flow(manifold, max_steps=3, window=3, throw=False)
+    assert partial.result == mf.RESULTS.max_steps_reached and partial.num_steps == 3
+    with pytest.raises(ValueError, match=r"expected shape \(12,\)"):
+        mf.solve_flow(manifold, jnp.zeros(3))
+    with pytest.raises(ValueError, match="float32"):
+        mf.solve_flow(manifold, manifold.initial_point().astype(jnp.float32))
+
+
+def test_rank_deficient_data_needs_svd_projector():
+    from manifoldflow.models import initialise_on_manifold, TwoLayerManifold
+
+    _, X, y, _, _ = two_layer_problem(m=4, n=3, d=5, seed=2)
+    net = initialise_on_manifold(jax.random.PRNGKey(0), X, y, 4)
+    X2, y2 = np.vstack([X, X[:1]]), np.concatenate([y, y[:1]])
+    duplicated = TwoLayerManifold(net, X2, y2)
+    with pytest.raises(ValueError, match="rank deficient.*SVDProjector"):
+        mf.solve_flow(duplicated)
+    # With the SVD projector the duplicate is a redundant constraint: same flow as
+    # without it, up to the weight of the duplicated point in R (kept equal here).
+    sol = mf.solve_flow(duplicated, projector=mf.SVDProjector(), t1=0.5,
+                        stationarity=0.0, throw=False)
+    assert sol.result == mf.RESULTS.t1_reached
+    assert np.max(sol.constraint_violation) <= 1e-13
