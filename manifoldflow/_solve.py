@@ -92,7 +92,7 @@ def _initialise(flow, psolver, controller, initial_retraction, theta0, t0, t1, d
         term, t0, t1, theta, dt0, None, psolver.func, error_order
     )
     solver_state = psolver.init(term, t0, tnext, theta, None)
-    return retracted, tnext - t0, solver_state, controller_state
+    return retracted, solver_state, controller_state
 
 
 @eqx.filter_jit
@@ -227,7 +227,7 @@ def solve_flow(
             "derivative vanishes there. Remove duplicates, or use "
             "projector=manifoldflow.SVDProjector() for a rank-deficient J."
         )
-    retracted, dt, solver_state, controller_state = _initialise(
+    retracted, solver_state, controller_state = _initialise(
         flow, psolver, controller, initial_retraction, theta0, t0_, t1_, dt0
     )
     if not bool(retracted.converged):
@@ -239,6 +239,11 @@ def solve_flow(
             "scale)). Start closer to the manifold (a point with f(X) near y), or raise "
             "initial_retraction=GaussNewtonRetraction(max_steps=...)."
         )
+    # Adaptive controllers choose each window's first step themselves (two vector-field
+    # evaluations per window). Passing a traced dt0 instead would add a runtime check
+    # (a host callback) that keeps the window out of the persistent compilation cache.
+    adaptive = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
+    window_dt0 = None if adaptive else dt0
     theta = retracted.theta
     s0, g0, v0 = (float(x) for x in eqx.filter_jit(_diagnostics)(flow, theta))
     ts, ys = [np.asarray([t0])], [np.asarray(theta)[None]]
@@ -258,7 +263,7 @@ def solve_flow(
     try:
         while result is None:
             out = _window(
-                flow, psolver, controller, window, theta, t_cur, t1_, dt,
+                flow, psolver, controller, window, theta, t_cur, t1_, window_dt0,
                 solver_state, controller_state, made_jump, thr,
             )
             w_ts, (w_ys, w_s, w_g, w_v), w_result, stats, solver_state, controller_state, made_jump = out
@@ -273,8 +278,6 @@ def solve_flow(
                 diag.append(np.stack([np.asarray(a[:count]) for a in (w_s, w_g, w_v)], 1))
                 ts.append(w_ts[:count])
                 ys.append(w_ys)
-                if count >= 2:
-                    dt = jnp.asarray(w_ts[count - 1] - w_ts[count - 2], theta0.dtype)
                 t_cur = jnp.asarray(w_ts[count - 1], theta0.dtype)
             g_last = float(diag[-1][-1, 1])
             if w_result == diffrax.RESULTS.event_occurred:

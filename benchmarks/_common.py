@@ -1,0 +1,53 @@
+"""Shared helpers of the benchmark scripts (not part of the library)."""
+
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def time_call(fn, *args, repeats=7):
+    """(compile+first-run seconds, median run seconds, min run seconds) of a jitted call."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - start)
+    return first, float(np.median(runs)), float(np.min(runs))
+
+
+def machine():
+    return dict(
+        platform=platform.platform(), processor=platform.processor(),
+        python=platform.python_version(), jax=jax.__version__,
+        devices=[str(d) for d in jax.devices()],
+    )
+
+
+def write_json(name, payload):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def two_layer_data(m, d, n, seed=0):
+    """Unit-norm rows, labels of size 0.5-1.5 with random signs, and a point of the
+    manifold from the library's initialisation (what `manifoldflow two-layer` uses)."""
+    from manifoldflow.models import initialise_on_manifold
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)
+    net = initialise_on_manifold(jax.random.PRNGKey(seed), X, y, m)
+    return X, y, net

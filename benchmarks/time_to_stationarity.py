@@ -1,0 +1,141 @@
+"""Wall time to reach |P_T grad R| <= 1e-8 for the two-layer flow: manifoldflow vs the
+hand-written baseline (NumPy closed form + scipy.integrate.solve_ivp DOP853,
+rtol=1e-11, atol=1e-13; `scipy_baseline.py`), from the same theta0.
+
+Reports (medians over `--repeats` runs):
+- solve time in-process, compilation excluded (manifoldflow's second solve);
+- the whole `manifoldflow two-layer` process (imports, compilation, report, files),
+  with a cold and with a warm persistent compilation cache, against the whole SciPy
+  script process.
+
+    python benchmarks/time_to_stationarity.py [--quick]
+
+Writes benchmarks/results/time_to_stationarity.json and .png.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+
+import manifoldflow as mf
+from manifoldflow.models import TwoLayerManifold
+from manifoldflow.theory import gatmiry
+
+
+HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from _common import machine, RESULTS, two_layer_data, write_json  # noqa: E402
+
+
+def run(cmd, env=None):
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if out.returncode not in (0, 1):
+        raise RuntimeError(f"{cmd} failed:\n{out.stdout}\n{out.stderr}")
+    return wall, out.stdout
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stationarity", type=float, default=1e-8)
+    args = parser.parse_args()
+    problems = [(32, 128, 32), (256, 1024, 128)]
+    if args.quick:
+        problems = problems[:1]
+    rows = []
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="mf-bench-"))
+    for m, d, n in problems:
+        X, y, net = two_layer_data(m, d, n, seed=0)
+        data = tmp / f"data_{m}_{d}_{n}.npz"
+        np.savez(data, X=X, y=y, a=np.asarray(net.a), theta0=np.asarray(net.theta))
+        row = dict(m=m, d=d, n=n, D=m * d, stationarity=args.stationarity)
+
+        # SciPy baseline: whole process, repeated.
+        scipy_runs = []
+        for _ in range(args.repeats):
+            wall, out = run([sys.executable, str(HERE / "scipy_baseline.py"), str(data),
+                             "--stationarity", str(args.stationarity)])
+            res = json.loads(out.strip().splitlines()[-1])
+            res["process_seconds"] = wall
+            scipy_runs.append(res)
+        row["scipy"] = scipy_runs[-1]
+        row["scipy_solve_s"] = float(np.median([r["solve_seconds"] for r in scipy_runs]))
+        row["scipy_process_s"] = float(np.median([r["process_seconds"] for r in scipy_runs]))
+
+        # manifoldflow in-process: first solve (with compilation), then compiled solves.
+        manifold = TwoLayerManifold(net, X, y)
+        solves = [mf.solve_flow(manifold, stationarity=args.stationarity)
+                  for _ in range(1 + args.repeats)]
+        sol = solves[-1]
+        row["manifoldflow_first_solve_s"] = solves[0].wall_seconds
+        row["manifoldflow_solve_s"] = float(np.median([s.wall_seconds for s in solves[1:]]))
+        row["manifoldflow_num_steps"] = sol.num_steps
+        row["manifoldflow_grad_norm_final"] = float(sol.gradient_norm[-1])
+        row["manifoldflow_R_final"] = float(sol.sharpness[-1])
+        row["manifoldflow_constraint_violation_max"] = float(np.max(sol.constraint_violation))
+        row["R_star"] = gatmiry.minimum_sharpness(manifold)
+
+        # The whole command, cold then warm compilation cache.
+        cache = tmp / f"cache_{m}_{d}_{n}"
+        env = dict(os.environ, MANIFOLDFLOW_CACHE_DIR=str(cache))
+        cmd = [sys.executable, "-m", "manifoldflow.cli", "two-layer", "--m", str(m),
+               "--d", str(d), "--n", str(n), "--seed", "0", "--stationarity",
+               str(args.stationarity), "--no-progress", "--json", "--out",
+               str(tmp / f"out_{m}_{d}_{n}")]
+        cold, out = run(cmd, env)
+        summary = json.loads(out)
+        assert np.allclose(np.asarray(summary["theta0"]), np.asarray(net.theta), atol=1e-13)
+        warm = [run(cmd, env)[0] for _ in range(args.repeats)]
+        row["cli_cold_process_s"] = cold
+        row["cli_warm_process_s"] = float(np.median(warm))
+        row["cli_checks_passed"] = summary["checks_passed"]
+        row["cli_solve_seconds_reported"] = summary["solve_seconds"]
+
+        row["solve_ratio_manifoldflow_over_scipy"] = (
+            row["manifoldflow_solve_s"] / row["scipy_solve_s"])
+        row["process_ratio_cold"] = row["cli_cold_process_s"] / row["scipy_process_s"]
+        row["process_ratio_warm"] = row["cli_warm_process_s"] / row["scipy_process_s"]
+        print(json.dumps({k: v for k, v in row.items() if k != "scipy"}, indent=1),
+              flush=True)
+        rows.append(row)
+
+    path = write_json("time_to_stationarity", dict(machine=machine(), rows=rows))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    keys = [("scipy_solve_s", "SciPy solve"), ("manifoldflow_solve_s", "mf solve"),
+            ("scipy_process_s", "SciPy process"), ("cli_cold_process_s", "mf process cold"),
+            ("cli_warm_process_s", "mf process warm")]
+    width = 0.8 / len(rows)
+    for k, row in enumerate(rows):
+        ax.bar(np.arange(len(keys)) + k * width, [row[key] for key, _ in keys], width,
+               label=f"m={row['m']} d={row['d']} n={row['n']}")
+    ax.set_xticks(np.arange(len(keys)) + width * (len(rows) - 1) / 2,
+                  [label for _, label in keys])
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"time to |P_T grad R| <= {args.stationarity:g}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "time_to_stationarity.png", dpi=110)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
