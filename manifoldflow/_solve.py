@@ -27,6 +27,12 @@ class RESULTS:
     max_steps_reached = "max_steps was reached before stationarity"
     interrupted = "interrupted (KeyboardInterrupt); the solution holds what was computed"
     step_failure = "the solver could not make a step (step size collapsed or NaN)"
+    stagnated = (
+        "the Riemannian gradient norm stopped decreasing above the threshold: the "
+        "integrator's noise floor (local errors of size rtol*|theta| move the point as "
+        "much as its distance to the stationary point); tighten rtol/atol or raise "
+        "the stationarity threshold"
+    )
 
 
 class FlowSolution(eqx.Module):
@@ -43,6 +49,8 @@ class FlowSolution(eqx.Module):
     - `theta_final`, `t_final`: the last point and its time.
     - `num_steps`, `num_rejected_steps`: accepted and rejected solver steps.
     - `result`: one of [`manifoldflow.RESULTS`][]' messages; `stationary` is success.
+    - `tightened`: `(t, rtol, atol)` for each time the tolerances were tightened at the
+      integrator's noise floor (see `patience`).
     - `wall_seconds`: time spent in the solve (compilation included),
       `compile_seconds`: time spent in the first window beyond the per-window median.
     - `manifold`: the manifold, for `manifold.to_parameters(theta)`.
@@ -59,6 +67,7 @@ class FlowSolution(eqx.Module):
     num_steps: int
     num_rejected_steps: int
     result: str
+    tightened: list
     wall_seconds: float
     manifold: AbstractManifold
 
@@ -147,6 +156,7 @@ def solve_flow(
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     stationarity: float = 1e-10,
     max_steps: int = 100_000,
+    patience: int = 200,
     window: int | None = None,
     save_every: int = 1,
     retract_every: int = 1,
@@ -174,6 +184,10 @@ def solve_flow(
     - `rtol`, `atol`: tolerances of the default `PIDController`.
     - `stepsize_controller`: overrides the PID controller.
     - `stationarity`: $\varepsilon$ of the stopping event.
+    - `patience`: if $\|P_T\nabla R\|$ has not halved within this many steps, the
+      integrator's noise floor is reached: the default PID controller's tolerances are
+      then tightened 100-fold (at most twice, down to rtol = 1e-14) and the solve goes
+      on from where it is; otherwise it stops as `RESULTS.stagnated`.
     - `max_steps`: total step budget (rounded up to a multiple of `window`).
     - `window`: steps per jitted window (default from memory: states of all steps of a
       window are kept).
@@ -209,7 +223,7 @@ def solve_flow(
         else stepsize_controller
     )
     if window is None:
-        window = int(min(512, max(16, 2**28 // (8 * manifold.dimension))))
+        window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
     # One compiled window size: max_steps is rounded up to a multiple of it.
     window = min(window, max_steps)
     t0_ = jnp.asarray(t0, dtype=theta0.dtype)
@@ -260,6 +274,7 @@ def solve_flow(
             unit="decade", bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} decades "
             "of |P_T grad R| [{elapsed}]{postfix}",
         )
+    since, tightened = 0, []
     try:
         while result is None:
             out = _window(
@@ -291,6 +306,21 @@ def solve_flow(
                 result = RESULTS.step_failure
             if not np.isfinite(g_last):
                 result = RESULTS.step_failure
+            history = np.concatenate([d[:, 1] for d in diag])[since:]
+            if (
+                result is None
+                and history.size > patience
+                and np.min(history[-patience:]) > 0.5 * np.min(history[:-patience])
+            ):
+                if stepsize_controller is None and controller.rtol > 1e-14:
+                    controller = diffrax.PIDController(
+                        rtol=max(controller.rtol / 100, 1e-14),
+                        atol=max(controller.atol / 100, 1e-16),
+                    )
+                    tightened.append((float(t_cur), controller.rtol, controller.atol))
+                    since += history.size
+                else:
+                    result = RESULTS.stagnated
             if bar is not None:
                 bar.n = min(bar.total, max(0.0, math.log10(g0 / max(g_last, 1e-300))))
                 bar.set_postfix(t=f"{float(t_cur):.4g}", steps=num_steps,
@@ -324,6 +354,7 @@ def solve_flow(
         num_steps=num_steps,
         num_rejected_steps=num_rejected,
         result=result,
+        tightened=tightened,
         wall_seconds=time.perf_counter() - start,
         manifold=manifold,
     )

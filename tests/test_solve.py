@@ -115,3 +115,22 @@ def test_rank_deficient_data_needs_svd_projector():
                         stationarity=0.0, throw=False)
     assert sol.result == mf.RESULTS.t1_reached
     assert np.max(sol.constraint_violation) <= 1e-13
+
+
+def test_noise_floor_tightens_tolerances():
+    """Below the integrator's noise floor the PID tolerances are tightened and the
+    solve still reaches stationarity (here 1e-12 with the default rtol=1e-10)."""
+    from manifoldflow.models import Cube, initialise_on_manifold, TwoLayerManifold
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2, 4))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = rng.choice([-1.0, 1.0], 2) * rng.uniform(0.5, 1.5, 2)
+    net = initialise_on_manifold(jax.random.PRNGKey(0), X, y, 3, activation=Cube())
+    manifold = TwoLayerManifold(net, X, y)
+    sol = mf.solve_flow(manifold, stationarity=1e-12)
+    assert sol.stationary and sol.gradient_norm[-1] <= 1e-12
+    assert sol.tightened and sol.tightened[0][1] == pytest.approx(1e-12)
+    stuck = mf.solve_flow(manifold, stationarity=1e-12, throw=False, patience=50,
+                          stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12))
+    assert stuck.result == mf.RESULTS.stagnated

@@ -93,7 +93,8 @@ def fit_linear_rate(ts: np.ndarray, gradient_norm: np.ndarray) -> float:
     positive rate $r$ in $\|g\| \approx C e^{-r t}$.
 
     The window is $g \in [g_{\rm end}\,10^{1.5},\ g_{\rm end}\,10^{4.5}]$ (shrunk on
-    short runs), after the last time $g$ was above it: near the end, $g$ approaches
+    short runs), from the last time $g$ was above it to the first time it is below:
+    near the end, $g$ approaches
     the integrator's noise floor (local errors of size rtol$\cdot|\theta|$ move the
     point by about as much as its distance to the optimum), and the fitted slope
     there measures the solver, not the flow. `nan` with fewer than 3 points.
@@ -108,9 +109,10 @@ def fit_linear_rate(ts: np.ndarray, gradient_norm: np.ndarray) -> float:
     upper = g[-1] * 10 ** min(4.5, travelled)
     above = np.nonzero(g > upper)[0]
     start = above[-1] + 1 if above.size else 0
+    below = np.nonzero(g[start:] < lower)[0]
+    stop = start + below[0] if below.size else g.size
     window = np.zeros(g.size, bool)
-    window[start:] = True
-    window &= g >= lower
+    window[start:stop] = True
     if window.sum() < 3:
         window[:] = False
         window[-3:] = True
