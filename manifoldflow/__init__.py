@@ -20,6 +20,7 @@ from ._projection import (
     SVDProjector as SVDProjector,
 )
 from ._retraction import (
+    AbstractMultiplierRetraction as AbstractMultiplierRetraction,
     AbstractRetraction as AbstractRetraction,
     ChordRetraction as ChordRetraction,
     GaussNewtonRetraction as GaussNewtonRetraction,

@@ -23,6 +23,48 @@ from ._manifold import AbstractManifold, Linearisation
 from ._projection import AbstractProjector
 
 
+def _damped_iteration(constraint_at, direction, x0, tolerance, max_steps):
+    r"""$x_{k+1} = x_k + \alpha_k \delta_k$ with $\delta_k$ = `direction(x_k, F_k)`,
+    halving $\alpha_k$ from 1 until $\max|F|$ decreases (so that a far-away start
+    cannot diverge); stops at `tolerance`, after `max_steps`, or when no step
+    decreases the residual (its rounding floor). Returns `(x, residual, steps)`."""
+
+    def max_abs(F):
+        return jnp.max(jnp.abs(F))
+
+    def cond(carry):
+        _, _, res, step, stalled = carry
+        return (res > tolerance) & (step < max_steps) & ~stalled
+
+    def body(carry):
+        x, F, res, step, _ = carry
+        delta = direction(x, F)
+
+        def shrink_cond(c):
+            alpha, _, new_res = c
+            return (new_res > (1 - 1e-4 * alpha) * res) & (alpha > 2.0**-30)
+
+        def shrink_body(c):
+            alpha = c[0] / 2
+            new_F = constraint_at(x + alpha * delta)
+            return alpha, new_F, max_abs(new_F)
+
+        F1 = constraint_at(x + delta)
+        alpha, new_F, new_res = lax.while_loop(
+            shrink_cond, shrink_body, (jnp.asarray(1.0, res.dtype), F1, max_abs(F1))
+        )
+        improved = new_res < res
+        x = jnp.where(improved, x + alpha * delta, x)
+        F = jnp.where(improved, new_F, F)
+        res = jnp.where(improved, new_res, res)
+        return x, F, res, step + 1, ~improved
+
+    F0 = constraint_at(x0)
+    init = (x0, F0, max_abs(F0), jnp.array(0), jnp.array(False))
+    x, _, res, steps, _ = lax.while_loop(cond, body, init)
+    return x, res, steps
+
+
 class RetractionSolution(eqx.Module):
     """The retracted point and how the iteration went.
 
@@ -38,7 +80,7 @@ class RetractionSolution(eqx.Module):
 
 
 class AbstractRetraction(eqx.Module):
-    r"""Maps a point near $\Gamma$ onto $\Gamma$ along $\operatorname{range} J(\tilde\theta)^\top$.
+    r"""Maps a point near $\Gamma$ onto $\Gamma$.
 
     Stops once $\max_i |F_i| \le \max($`atol`, `rtol * manifold.constraint_scale()`$)$,
     after `max_steps`, or when a step no longer decreases the residual (rounding floor).
@@ -47,6 +89,20 @@ class AbstractRetraction(eqx.Module):
     atol: eqx.AbstractVar[float]
     rtol: eqx.AbstractVar[float]
     max_steps: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        manifold: AbstractManifold,
+        projector: AbstractProjector,
+        theta_tilde: Float[Array, " D"],
+    ) -> RetractionSolution:
+        """Retract `theta_tilde` onto the manifold."""
+
+
+class AbstractMultiplierRetraction(AbstractRetraction):
+    r"""Retraction along $\operatorname{range} J(\tilde\theta)^\top$:
+    $\theta = \tilde\theta + J(\tilde\theta)^\top\lambda$, iterating on $\lambda$."""
 
     @abc.abstractmethod
     def correction(
@@ -72,40 +128,14 @@ class AbstractRetraction(eqx.Module):
         def point(lam):
             return theta_tilde + normal(lam)
 
-        def cond(carry):
-            _, _, res, step, stalled = carry
-            return (res > tolerance) & (step < self.max_steps) & ~stalled
+        def direction(lam, F):
+            return self.correction(manifold, projector, base, point(lam), F)
 
-        def body(carry):
-            lam, F, res, step, _ = carry
-            delta = self.correction(manifold, projector, base, point(lam), F)
-
-            # Backtrack on max|F| so that a far-away start cannot diverge.
-            def shrink_cond(c):
-                alpha, _, new_res = c
-                return (new_res > res) & (alpha > 2.0**-30)
-
-            def shrink_body(c):
-                alpha = c[0] / 2
-                new_F = manifold.constraint(point(lam + alpha * delta))
-                return alpha, new_F, jnp.max(jnp.abs(new_F))
-
-            F1 = manifold.constraint(point(lam + delta))
-            alpha, new_F, new_res = lax.while_loop(
-                shrink_cond,
-                shrink_body,
-                (jnp.asarray(1.0, res.dtype), F1, jnp.max(jnp.abs(F1))),
-            )
-            improved = new_res < res
-            lam = jnp.where(improved, lam + alpha * delta, lam)
-            F = jnp.where(improved, new_F, F)
-            res = jnp.where(improved, new_res, res)
-            return lam, F, res, step + 1, ~improved
-
-        F0 = manifold.constraint(theta_tilde)
-        lam0 = jnp.zeros_like(F0)
-        init = (lam0, F0, jnp.max(jnp.abs(F0)), jnp.array(0), jnp.array(False))
-        lam, _, res, steps, _ = lax.while_loop(cond, body, init)
+        lam0 = jnp.zeros(manifold.num_constraints, theta_tilde.dtype)
+        lam, res, steps = _damped_iteration(
+            lambda lam: manifold.constraint(point(lam)), direction, lam0, tolerance,
+            self.max_steps,
+        )
         return RetractionSolution(
             theta=point(lam),
             multipliers=lam,
@@ -115,7 +145,7 @@ class AbstractRetraction(eqx.Module):
         )
 
 
-class ChordRetraction(AbstractRetraction):
+class ChordRetraction(AbstractMultiplierRetraction):
     r"""Simplified Newton: $\delta\lambda = -(J(\tilde\theta)J(\tilde\theta)^\top)^{-1} F$
     with one Gram matrix for all iterations (the default).
 
@@ -132,7 +162,7 @@ class ChordRetraction(AbstractRetraction):
         return -projector.solve_gram(base, residual)
 
 
-class NewtonRetraction(AbstractRetraction):
+class NewtonRetraction(AbstractMultiplierRetraction):
     r"""Newton on $\lambda$: $\delta\lambda = -(J(\theta_k)J(\tilde\theta)^\top)^{-1} F$,
     quadratically convergent, re-linearising at every iterate (LU of an $n\times n$
     matrix formed from $n$ products with $J$). Prefer it for far-away starts.
@@ -159,58 +189,27 @@ class GaussNewtonRetraction(AbstractRetraction):
 
     Not confined to the affine space $\tilde\theta + \operatorname{range}
     J(\tilde\theta)^\top$, so it reaches $\Gamma$ from much farther away than the
-    multiplier-form retractions: the default for the initial point of a solve. The
-    returned `multipliers` are those of the accumulated correction only if it is
-    normal at $\tilde\theta$, i.e. they are not meaningful here (zeros).
+    multiplier-form retractions: the default for the initial point of a solve. Its
+    correction is not normal at $\tilde\theta$, so `multipliers` are zeros.
     """
 
     atol: float = 1e-13
     rtol: float = 1e-14
     max_steps: int = 200
 
-    def correction(self, manifold, projector, base, theta, residual):
-        raise NotImplementedError  # the iteration below does not use multipliers
-
     def __call__(self, manifold, projector, theta_tilde):
         tolerance = jnp.maximum(self.atol, self.rtol * manifold.constraint_scale())
 
-        def residual_norm(F):
-            return jnp.max(jnp.abs(F))
-
-        def cond(carry):
-            _, _, res, step, stalled = carry
-            return (res > tolerance) & (step < self.max_steps) & ~stalled
-
-        def body(carry):
-            theta, F, res, step, _ = carry
+        def direction(theta, F):
             lin = manifold.linearise(theta)
-            delta = -lin.jacobian.transpose().mv(projector.solve_gram(lin, F))
+            return -lin.jacobian.transpose().mv(projector.solve_gram(lin, F))
 
-            def shrink_cond(c):
-                alpha, _, new_res = c
-                return (new_res > (1 - 1e-4 * alpha) * res) & (alpha > 2.0**-30)
-
-            def shrink_body(c):
-                alpha = c[0] / 2
-                new_F = manifold.constraint(theta + alpha * delta)
-                return alpha, new_F, residual_norm(new_F)
-
-            F1 = manifold.constraint(theta + delta)
-            alpha, new_F, new_res = lax.while_loop(
-                shrink_cond, shrink_body, (jnp.asarray(1.0, res.dtype), F1, residual_norm(F1))
-            )
-            improved = new_res < res
-            theta = jnp.where(improved, theta + alpha * delta, theta)
-            F = jnp.where(improved, new_F, F)
-            res = jnp.where(improved, new_res, res)
-            return theta, F, res, step + 1, ~improved
-
-        F0 = manifold.constraint(theta_tilde)
-        init = (theta_tilde, F0, residual_norm(F0), jnp.array(0), jnp.array(False))
-        theta, F, res, steps, _ = lax.while_loop(cond, body, init)
+        theta, res, steps = _damped_iteration(
+            manifold.constraint, direction, theta_tilde, tolerance, self.max_steps
+        )
         return RetractionSolution(
             theta=theta,
-            multipliers=jnp.zeros_like(F),
+            multipliers=jnp.zeros(manifold.num_constraints, theta.dtype),
             residual=res,
             num_steps=steps,
             converged=res <= tolerance,

@@ -86,6 +86,9 @@ def _diagnostics(flow: SharpnessFlow, theta):
     return evaluation.sharpness, evaluation.gradient_norm, violation
 
 
+_diagnostics_jit = eqx.filter_jit(_diagnostics)
+
+
 @eqx.filter_jit
 def _gram(manifold, theta):
     return manifold.linearise(theta).gram
@@ -259,7 +262,7 @@ def solve_flow(
     adaptive = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
     window_dt0 = None if adaptive else dt0
     theta = retracted.theta
-    s0, g0, v0 = (float(x) for x in eqx.filter_jit(_diagnostics)(flow, theta))
+    s0, g0, v0 = (float(x) for x in _diagnostics_jit(flow, theta))
     ts, ys = [np.asarray([t0])], [np.asarray(theta)[None]]
     step_ts, diag = [np.asarray([t0])], [np.asarray([[s0, g0, v0]])]
     t_cur, made_jump = t0_, jnp.array(False)

@@ -23,6 +23,18 @@ _PROJECTORS = {
 }
 
 
+def _seconds_since_process_start() -> float:
+    """Wall time since the interpreter started (Linux), else since this module loaded."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _PROCESS_START
+
+
 def _cache_dir() -> pathlib.Path:
     if "MANIFOLDFLOW_CACHE_DIR" in os.environ:
         return pathlib.Path(os.environ["MANIFOLDFLOW_CACHE_DIR"])
@@ -169,9 +181,10 @@ def _plot(path, step_ts, gradient_norm, sharpness, R_star, feature_ts, singular_
         axes[1].plot(step_ts, sharpness, ".-")
         axes[1].set(ylabel="R", title="sharpness (no closed-form R*)")
     axes[1].set_xlabel("t")
-    axes[2].semilogy(feature_ts, np.maximum(singular_values, 1e-300), ".-")
+    top = singular_values[:, :8]
+    axes[2].semilogy(feature_ts, np.maximum(top, 1e-300), ".-")
     axes[2].set(xlabel="t", ylabel="singular values of Theta X^T",
-                title="feature-matrix singular values")
+                title=f"feature-matrix singular values (top {top.shape[1]})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -284,8 +297,9 @@ def two_layer(args) -> int:
     )
     _plot(args.out / "convergence.png", solution.step_ts, solution.gradient_norm,
           solution.sharpness, report["R_star"], solution.ts[idx], singular_values)
-    summary["wall_seconds"] = time.perf_counter() - _PROCESS_START
-    text = json.dumps(summary, indent=1)
+    summary["wall_seconds"] = _seconds_since_process_start()
+    # Compact: the C encoder is ~10x faster than the indenting one on the m x d arrays.
+    text = json.dumps(summary)
     (args.out / "summary.json").write_text(text)
     stream = sys.stderr if args.json else sys.stdout
     print(
