@@ -27,8 +27,10 @@ def time_call(fn, *args, repeats=7):
 
 def machine():
     return dict(
-        platform=platform.platform(), processor=platform.processor(),
-        python=platform.python_version(), jax=jax.__version__,
+        platform=platform.platform(),
+        processor=platform.processor(),
+        python=platform.python_version(),
+        jax=jax.__version__,
         devices=[str(d) for d in jax.devices()],
     )
 

@@ -60,22 +60,38 @@ def main():
     setup = time.perf_counter() - START
     t0 = time.perf_counter()
     sol = scipy.integrate.solve_ivp(
-        vector_field, (0.0, 1e7), theta0.ravel(), method="DOP853", rtol=args.rtol,
-        atol=args.atol, events=stationary,
+        vector_field,
+        (0.0, 1e7),
+        theta0.ravel(),
+        method="DOP853",
+        rtol=args.rtol,
+        atol=args.atol,
+        events=stationary,
     )
     solve = time.perf_counter() - t0
     theta = sol.y[:, -1].reshape(m, d)
     Z = theta @ X.T
     F = np.sum(a[:, None] * (Z + Z**3 / 3), axis=0) - y
     R = np.sum(diag * np.sum((a[:, None] * (1 + Z**2)) ** 2, axis=0))
-    print(json.dumps(dict(
-        status=int(sol.status), message=sol.message, t_final=float(sol.t[-1]),
-        nfev=int(sol.nfev), num_steps=int(sol.t.size - 1),
-        grad_norm_final=float(np.linalg.norm(riemannian_gradient(theta.ravel()))),
-        R_final=float(R), constraint_violation_final=float(np.max(np.abs(F))),
-        setup_seconds=setup, solve_seconds=solve,
-        script_seconds=time.perf_counter() - START,
-    )))
+    print(
+        json.dumps(
+            dict(
+                status=int(sol.status),
+                message=sol.message,
+                t_final=float(sol.t[-1]),
+                nfev=int(sol.nfev),
+                num_steps=int(sol.t.size - 1),
+                grad_norm_final=float(
+                    np.linalg.norm(riemannian_gradient(theta.ravel()))
+                ),
+                R_final=float(R),
+                constraint_violation_final=float(np.max(np.abs(F))),
+                setup_seconds=setup,
+                solve_seconds=solve,
+                script_seconds=time.perf_counter() - START,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,8 @@ import jax
 
 
 jax.config.update("jax_enable_x64", True)
-import numpy as np
-
 import manifoldflow as mf
+import numpy as np
 from manifoldflow.models import TwoLayerManifold
 from manifoldflow.theory import gatmiry
 
@@ -67,38 +66,73 @@ def main():
         # SciPy baseline: whole process, repeated.
         scipy_runs = []
         for _ in range(args.repeats):
-            wall, out = run([sys.executable, str(HERE / "scipy_baseline.py"), str(data),
-                             "--stationarity", str(args.stationarity)])
+            wall, out = run(
+                [
+                    sys.executable,
+                    str(HERE / "scipy_baseline.py"),
+                    str(data),
+                    "--stationarity",
+                    str(args.stationarity),
+                ]
+            )
             res = json.loads(out.strip().splitlines()[-1])
             res["process_seconds"] = wall
             scipy_runs.append(res)
         row["scipy"] = scipy_runs[-1]
-        row["scipy_solve_s"] = float(np.median([r["solve_seconds"] for r in scipy_runs]))
-        row["scipy_process_s"] = float(np.median([r["process_seconds"] for r in scipy_runs]))
+        row["scipy_solve_s"] = float(
+            np.median([r["solve_seconds"] for r in scipy_runs])
+        )
+        row["scipy_process_s"] = float(
+            np.median([r["process_seconds"] for r in scipy_runs])
+        )
 
         # manifoldflow in-process: first solve (with compilation), then compiled solves.
         manifold = TwoLayerManifold(net, X, y)
-        solves = [mf.solve_flow(manifold, stationarity=args.stationarity)
-                  for _ in range(1 + args.repeats)]
+        solves = [
+            mf.solve_flow(manifold, stationarity=args.stationarity)
+            for _ in range(1 + args.repeats)
+        ]
         sol = solves[-1]
         row["manifoldflow_first_solve_s"] = solves[0].wall_seconds
-        row["manifoldflow_solve_s"] = float(np.median([s.wall_seconds for s in solves[1:]]))
+        row["manifoldflow_solve_s"] = float(
+            np.median([s.wall_seconds for s in solves[1:]])
+        )
         row["manifoldflow_num_steps"] = sol.num_steps
         row["manifoldflow_grad_norm_final"] = float(sol.gradient_norm[-1])
         row["manifoldflow_R_final"] = float(sol.sharpness[-1])
-        row["manifoldflow_constraint_violation_max"] = float(np.max(sol.constraint_violation))
+        row["manifoldflow_constraint_violation_max"] = float(
+            np.max(sol.constraint_violation)
+        )
         row["R_star"] = gatmiry.minimum_sharpness(manifold)
 
         # The whole command, cold then warm compilation cache.
         cache = tmp / f"cache_{m}_{d}_{n}"
         env = dict(os.environ, MANIFOLDFLOW_CACHE_DIR=str(cache))
-        cmd = [sys.executable, "-m", "manifoldflow.cli", "two-layer", "--m", str(m),
-               "--d", str(d), "--n", str(n), "--seed", "0", "--stationarity",
-               str(args.stationarity), "--no-progress", "--json", "--out",
-               str(tmp / f"out_{m}_{d}_{n}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "manifoldflow.cli",
+            "two-layer",
+            "--m",
+            str(m),
+            "--d",
+            str(d),
+            "--n",
+            str(n),
+            "--seed",
+            "0",
+            "--stationarity",
+            str(args.stationarity),
+            "--no-progress",
+            "--json",
+            "--out",
+            str(tmp / f"out_{m}_{d}_{n}"),
+        ]
         cold, out = run(cmd, env)
         summary = json.loads(out)
-        assert np.allclose(np.asarray(summary["theta0"]), np.asarray(net.theta), atol=1e-13)
+        assert np.allclose(
+            np.asarray(summary["theta0"]), np.asarray(net.theta), atol=1e-13
+        )
         warm = [run(cmd, env)[0] for _ in range(args.repeats)]
         row["cli_cold_process_s"] = cold
         row["cli_warm_process_s"] = float(np.median(warm))
@@ -106,11 +140,14 @@ def main():
         row["cli_solve_seconds_reported"] = summary["solve_seconds"]
 
         row["solve_ratio_manifoldflow_over_scipy"] = (
-            row["manifoldflow_solve_s"] / row["scipy_solve_s"])
+            row["manifoldflow_solve_s"] / row["scipy_solve_s"]
+        )
         row["process_ratio_cold"] = row["cli_cold_process_s"] / row["scipy_process_s"]
         row["process_ratio_warm"] = row["cli_warm_process_s"] / row["scipy_process_s"]
-        print(json.dumps({k: v for k, v in row.items() if k != "scipy"}, indent=1),
-              flush=True)
+        print(
+            json.dumps({k: v for k, v in row.items() if k != "scipy"}, indent=1),
+            flush=True,
+        )
         rows.append(row)
 
     path = write_json("time_to_stationarity", dict(machine=machine(), rows=rows))
@@ -120,15 +157,24 @@ def main():
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    keys = [("scipy_solve_s", "SciPy solve"), ("manifoldflow_solve_s", "mf solve"),
-            ("scipy_process_s", "SciPy process"), ("cli_cold_process_s", "mf process cold"),
-            ("cli_warm_process_s", "mf process warm")]
+    keys = [
+        ("scipy_solve_s", "SciPy solve"),
+        ("manifoldflow_solve_s", "mf solve"),
+        ("scipy_process_s", "SciPy process"),
+        ("cli_cold_process_s", "mf process cold"),
+        ("cli_warm_process_s", "mf process warm"),
+    ]
     width = 0.8 / len(rows)
     for k, row in enumerate(rows):
-        ax.bar(np.arange(len(keys)) + k * width, [row[key] for key, _ in keys], width,
-               label=f"m={row['m']} d={row['d']} n={row['n']}")
-    ax.set_xticks(np.arange(len(keys)) + width * (len(rows) - 1) / 2,
-                  [label for _, label in keys])
+        ax.bar(
+            np.arange(len(keys)) + k * width,
+            [row[key] for key, _ in keys],
+            width,
+            label=f"m={row['m']} d={row['d']} n={row['n']}",
+        )
+    ax.set_xticks(
+        np.arange(len(keys)) + width * (len(rows) - 1) / 2, [label for _, label in keys]
+    )
     ax.set_ylabel("seconds (median)")
     ax.set_title(f"time to |P_T grad R| <= {args.stationarity:g}")
     ax.legend()

@@ -20,9 +20,8 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
-
 import manifoldflow as mf
+import numpy as np
 from manifoldflow.models import TwoLayerManifold
 
 
@@ -43,8 +42,13 @@ def plain_closed_form(theta, a, X, y_weights, gram_data):
 
 
 SIZES = [  # (m, d, n): D = m d from 1e3 to 1e6
-    (16, 64, 16), (32, 320, 32), (64, 512, 64), (128, 800, 128), (256, 1024, 128),
-    (256, 1024, 256), (512, 2048, 512),
+    (16, 64, 16),
+    (32, 320, 32),
+    (64, 512, 64),
+    (128, 800, 128),
+    (256, 1024, 128),
+    (256, 1024, 256),
+    (512, 2048, 512),
 ]
 
 
@@ -65,8 +69,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--inner", type=int, default=10)
-    parser.add_argument("--generic-limit-gb", type=float, default=3.0,
-                        help="skip the generic path when J (n x D) exceeds this")
+    parser.add_argument(
+        "--generic-limit-gb",
+        type=float,
+        default=3.0,
+        help="skip the generic path when J (n x D) exceeds this",
+    )
     args = parser.parse_args()
     sizes = SIZES[:3] if args.quick else SIZES
     rows = []
@@ -89,12 +97,20 @@ def main():
             return times[0], times[1] / k, times[2] / k
 
         row["structured_compile_s"], row["structured_s"], row["structured_min_s"] = (
-            per_eval(time_call(chained(lambda flow, u: flow(0.0, u, None), k), flow_s, u)))
+            per_eval(
+                time_call(chained(lambda flow, u: flow(0.0, u, None), k), flow_s, u)
+            )
+        )
         plain_static = (net.a, Xj, weights, gram_data)
-        row["plain_compile_s"], row["plain_s"], row["plain_min_s"] = per_eval(time_call(
-            chained(lambda st, t: plain_closed_form(t, *st), k), plain_static, theta))
+        row["plain_compile_s"], row["plain_s"], row["plain_min_s"] = per_eval(
+            time_call(
+                chained(lambda st, t: plain_closed_form(t, *st), k), plain_static, theta
+            )
+        )
         # Correctness before timing is reported: same vector field on theta.
-        v_s = np.asarray(structured.full_theta(f_s(flow_s, u)) - structured.full_theta(0 * u))
+        v_s = np.asarray(
+            structured.full_theta(f_s(flow_s, u)) - structured.full_theta(0 * u)
+        )
         v_p = np.asarray(f_plain(theta, net.a, Xj, weights, gram_data))
         row["structured_vs_plain_max_abs_diff"] = float(np.max(np.abs(v_s - v_p)))
         assert row["structured_vs_plain_max_abs_diff"] <= 1e-10 * np.max(np.abs(v_p))
@@ -104,8 +120,13 @@ def main():
             f_g = eqx.filter_jit(lambda flow, t: flow(0.0, t, None))
             th = generic.initial_point()
             row["generic_compile_s"], row["generic_s"], row["generic_min_s"] = per_eval(
-                time_call(chained(lambda flow, t: flow(0.0, t, None), k), flow_g, th,
-                          repeats=3))
+                time_call(
+                    chained(lambda flow, t: flow(0.0, t, None), k),
+                    flow_g,
+                    th,
+                    repeats=3,
+                )
+            )
             v_g = np.asarray(f_g(flow_g, th)).reshape(m, d)
             row["generic_vs_plain_max_abs_diff"] = float(np.max(np.abs(v_g - v_p)))
             assert row["generic_vs_plain_max_abs_diff"] <= 1e-10 * np.max(np.abs(v_p))
@@ -114,11 +135,15 @@ def main():
             row["generic_s"] = None
             row["generic_skipped"] = f"J would need {n * m * d * 8 / 1e9:.1f} GB"
         row["structured_over_plain"] = row["structured_s"] / row["plain_s"]
-        print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()},
-              flush=True)
+        print(
+            {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()},
+            flush=True,
+        )
         rows.append(row)
-    path = write_json("vector_field", dict(machine=machine(), dtype="float64",
-                                           activation="cubic-linear", rows=rows))
+    path = write_json(
+        "vector_field",
+        dict(machine=machine(), dtype="float64", activation="cubic-linear", rows=rows),
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,12 +151,18 @@ def main():
 
     D = [r["D"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in [("structured_s", "structured (span-reduced)"),
-                       ("plain_s", "plain jnp closed form"), ("generic_s", "generic autodiff")]:
+    for key, label in [
+        ("structured_s", "structured (span-reduced)"),
+        ("plain_s", "plain jnp closed form"),
+        ("generic_s", "generic autodiff"),
+    ]:
         pts = [(r["D"], r[key]) for r in rows if r.get(key) is not None]
         ax.loglog(*zip(*pts), "o-", label=label)
-    ax.set(xlabel="D = m d", ylabel="seconds per evaluation (median)",
-           title="vector field -P_T grad R, float64 CPU")
+    ax.set(
+        xlabel="D = m d",
+        ylabel="seconds per evaluation (median)",
+        title="vector field -P_T grad R, float64 CPU",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "vector_field.png", dpi=110)

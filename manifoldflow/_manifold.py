@@ -155,7 +155,9 @@ class ZeroLossManifold(AbstractManifold):
                 "The model has no trainable leaves under this filter_spec: nothing "
                 "to move along the manifold."
             )
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct(self.X.shape[1:], self.X.dtype))
+        out = jax.eval_shape(
+            model, jax.ShapeDtypeStruct(self.X.shape[1:], self.X.dtype)
+        )
         if getattr(out, "shape", None) != ():
             raise ValueError(
                 f"The model must map one example of shape {self.X.shape[1:]} to a "

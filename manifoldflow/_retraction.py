@@ -133,7 +133,10 @@ class AbstractMultiplierRetraction(AbstractRetraction):
 
         lam0 = jnp.zeros(manifold.num_constraints, theta_tilde.dtype)
         lam, res, steps = _damped_iteration(
-            lambda lam: manifold.constraint(point(lam)), direction, lam0, tolerance,
+            lambda lam: manifold.constraint(point(lam)),
+            direction,
+            lam0,
+            tolerance,
             self.max_steps,
         )
         return RetractionSolution(

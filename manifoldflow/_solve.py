@@ -7,7 +7,6 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -25,7 +24,9 @@ class RESULTS:
     stationary = "stationary: the Riemannian gradient norm reached the threshold"
     t1_reached = "reached t1 before the stationarity threshold"
     max_steps_reached = "max_steps was reached before stationarity"
-    interrupted = "interrupted (KeyboardInterrupt); the solution holds what was computed"
+    interrupted = (
+        "interrupted (KeyboardInterrupt); the solution holds what was computed"
+    )
     step_failure = "the solver could not make a step (step size collapsed or NaN)"
     stagnated = (
         "the Riemannian gradient norm stopped decreasing above the threshold: the "
@@ -109,8 +110,18 @@ def _initialise(flow, psolver, controller, initial_retraction, theta0, t0, t1, d
 
 @eqx.filter_jit
 def _window(
-    flow, psolver, controller, max_steps, theta, t0, t1, dt0, solver_state,
-    controller_state, made_jump, threshold,
+    flow,
+    psolver,
+    controller,
+    max_steps,
+    theta,
+    t0,
+    t1,
+    dt0,
+    solver_state,
+    controller_state,
+    made_jump,
+    threshold,
 ):
     def stop(t, y, args, **kwargs):
         del t, args, kwargs
@@ -128,7 +139,10 @@ def _window(
         dt0,
         theta,
         saveat=diffrax.SaveAt(
-            steps=True, fn=save, solver_state=True, controller_state=True,
+            steps=True,
+            fn=save,
+            solver_state=True,
+            controller_state=True,
             made_jump=True,
         ),
         stepsize_controller=controller,
@@ -139,7 +153,15 @@ def _window(
         controller_state=controller_state,
         made_jump=made_jump,
     )
-    return sol.ts, sol.ys, sol.result, sol.stats, sol.solver_state, sol.controller_state, sol.made_jump
+    return (
+        sol.ts,
+        sol.ys,
+        sol.result,
+        sol.stats,
+        sol.solver_state,
+        sol.controller_state,
+        sol.made_jump,
+    )
 
 
 def solve_flow(
@@ -274,17 +296,36 @@ def solve_flow(
 
         bar = tqdm.tqdm(
             total=max(0.0, math.log10(max(g0, 1e-300) / stationarity)),
-            unit="decade", bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} decades "
+            unit="decade",
+            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} decades "
             "of |P_T grad R| [{elapsed}]{postfix}",
         )
     since, tightened = 0, []
     try:
         while result is None:
             out = _window(
-                flow, psolver, controller, window, theta, t_cur, t1_, window_dt0,
-                solver_state, controller_state, made_jump, thr,
+                flow,
+                psolver,
+                controller,
+                window,
+                theta,
+                t_cur,
+                t1_,
+                window_dt0,
+                solver_state,
+                controller_state,
+                made_jump,
+                thr,
             )
-            w_ts, (w_ys, w_s, w_g, w_v), w_result, stats, solver_state, controller_state, made_jump = out
+            (
+                w_ts,
+                (w_ys, w_s, w_g, w_v),
+                w_result,
+                stats,
+                solver_state,
+                controller_state,
+                made_jump,
+            ) = out
             w_ts = np.asarray(w_ts)
             count = int(np.sum(np.isfinite(w_ts)))
             num_steps += int(stats["num_accepted_steps"])
@@ -293,7 +334,9 @@ def solve_flow(
                 w_ys = np.asarray(w_ys[:count])
                 theta = jnp.asarray(w_ys[-1])
                 step_ts.append(w_ts[:count])
-                diag.append(np.stack([np.asarray(a[:count]) for a in (w_s, w_g, w_v)], 1))
+                diag.append(
+                    np.stack([np.asarray(a[:count]) for a in (w_s, w_g, w_v)], 1)
+                )
                 ts.append(w_ts[:count])
                 ys.append(w_ys)
                 t_cur = jnp.asarray(w_ts[count - 1], theta0.dtype)
@@ -326,12 +369,19 @@ def solve_flow(
                     result = RESULTS.stagnated
             if bar is not None:
                 bar.n = min(bar.total, max(0.0, math.log10(g0 / max(g_last, 1e-300))))
-                bar.set_postfix(t=f"{float(t_cur):.4g}", steps=num_steps,
-                                grad=f"{g_last:.2e}")
+                bar.set_postfix(
+                    t=f"{float(t_cur):.4g}", steps=num_steps, grad=f"{g_last:.2e}"
+                )
                 bar.refresh()
             if callback is not None:
-                callback(dict(t=float(t_cur), num_steps=num_steps, gradient_norm=g_last,
-                              sharpness=float(diag[-1][-1, 0])))
+                callback(
+                    dict(
+                        t=float(t_cur),
+                        num_steps=num_steps,
+                        gradient_norm=g_last,
+                        sharpness=float(diag[-1][-1, 0]),
+                    )
+                )
     except KeyboardInterrupt:
         result = RESULTS.interrupted
     finally:

@@ -101,9 +101,7 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
                 y_error = jtu.tree_map(
                     lambda e, a, b: jnp.abs(e) + jnp.abs(a - b), y_error, new_y1, y1
                 )
-            y_error = jtu.tree_map(
-                lambda e: jnp.where(converged, e, jnp.inf), y_error
-            )
+            y_error = jtu.tree_map(lambda e: jnp.where(converged, e, jnp.inf), y_error)
         dense_info = dict(dense_info, y1=new_y1)
         return new_y1, y_error, dense_info, (inner_state, counter), result
 

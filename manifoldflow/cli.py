@@ -14,11 +14,18 @@ import sys
 
 
 _SOLVERS = {
-    "dopri8": "Dopri8", "dopri5": "Dopri5", "tsit5": "Tsit5", "bosh3": "Bosh3",
-    "heun": "Heun", "kvaerno5": "Kvaerno5", "kvaerno3": "Kvaerno3",
+    "dopri8": "Dopri8",
+    "dopri5": "Dopri5",
+    "tsit5": "Tsit5",
+    "bosh3": "Bosh3",
+    "heun": "Heun",
+    "kvaerno5": "Kvaerno5",
+    "kvaerno3": "Kvaerno3",
 }
 _PROJECTORS = {
-    "cholesky": "CholeskyProjector", "qr": "QRProjector", "cg": "CGProjector",
+    "cholesky": "CholeskyProjector",
+    "qr": "QRProjector",
+    "cg": "CGProjector",
     "svd": "SVDProjector",
 }
 
@@ -72,14 +79,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=int, default=64, help="input dimension (default 64)")
     p.add_argument("--n", type=int, default=16, help="data points (default 16)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", type=pathlib.Path, help=".npz with arrays X (n, d), y (n,)")
-    p.add_argument("--a", type=str, default=None,
-                   help="fixed second-layer weights: one value, or m comma-separated")
-    p.add_argument("--activation", default="cubic-linear",
-                   choices=["cubic-linear", "cube", "cube-beta"])
+    p.add_argument(
+        "--data", type=pathlib.Path, help=".npz with arrays X (n, d), y (n,)"
+    )
+    p.add_argument(
+        "--a",
+        type=str,
+        default=None,
+        help="fixed second-layer weights: one value, or m comma-separated",
+    )
+    p.add_argument(
+        "--activation",
+        default="cubic-linear",
+        choices=["cubic-linear", "cube", "cube-beta"],
+    )
     p.add_argument("--beta", type=float, default=1.0, help="beta of cube-beta")
-    p.add_argument("--init-scale", type=float, default=1.0,
-                   help="spread of the random initial point (0: start at the optimum)")
+    p.add_argument(
+        "--init-scale",
+        type=float,
+        default=1.0,
+        help="spread of the random initial point (0: start at the optimum)",
+    )
     p.add_argument("--t1", type=float, default=math.inf, help="end time (default inf)")
     p.add_argument("--stationarity", type=float, default=1e-10, metavar="EPS")
     p.add_argument("--solver", default="dopri8", choices=sorted(_SOLVERS))
@@ -91,10 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("manifoldflow-out"))
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-cache", action="store_true",
-                   help="do not use the persistent compilation cache "
-                   "(default location ~/.cache/manifoldflow/jax, or "
-                   "$MANIFOLDFLOW_CACHE_DIR)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache "
+        "(default location ~/.cache/manifoldflow/jax, or "
+        "$MANIFOLDFLOW_CACHE_DIR)",
+    )
     return parser
 
 
@@ -104,15 +127,18 @@ def _load_data(args):
     if args.data is not None:
         with np.load(args.data) as f:
             if "X" not in f or "y" not in f:
-                raise SystemExit(f"{args.data} must contain arrays named X and y; "
-                                 f"found {sorted(f.files)}.")
+                raise SystemExit(
+                    f"{args.data} must contain arrays named X and y; "
+                    f"found {sorted(f.files)}."
+                )
             X, y = np.asarray(f["X"], float), np.asarray(f["y"], float)
         if X.ndim != 2:
             raise SystemExit(f"X in {args.data} must have shape (n, d), got {X.shape}.")
         return X, y
     if args.n < 1 or args.d < 1 or args.m < 1:
-        raise SystemExit(f"--m, --d, --n must be positive (got {args.m}, {args.d}, "
-                         f"{args.n}).")
+        raise SystemExit(
+            f"--m, --d, --n must be positive (got {args.m}, {args.d}, {args.n})."
+        )
     if args.n > args.d:
         raise SystemExit(
             f"--n {args.n} > --d {args.d}: the data points cannot be linearly "
@@ -134,8 +160,10 @@ def _second_layer(args, m):
     if values.size == 1:
         return np.full(m, values[0])
     if values.size != m:
-        raise SystemExit(f"--a has {values.size} values but --m is {m}: give one "
-                         "value or m comma-separated values.")
+        raise SystemExit(
+            f"--a has {values.size} values but --m is {m}: give one "
+            "value or m comma-separated values."
+        )
     return values
 
 
@@ -183,8 +211,11 @@ def _plot(path, step_ts, gradient_norm, sharpness, R_star, feature_ts, singular_
     axes[1].set_xlabel("t")
     top = singular_values[:, :8]
     axes[2].semilogy(feature_ts, np.maximum(top, 1e-300), ".-")
-    axes[2].set(xlabel="t", ylabel="singular values of Theta X^T",
-                title=f"feature-matrix singular values (top {top.shape[1]})")
+    axes[2].set(
+        xlabel="t",
+        ylabel="singular values of Theta X^T",
+        title=f"feature-matrix singular values (top {top.shape[1]})",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -229,12 +260,22 @@ def two_layer(args) -> int:
     if args.activation == "cube":
         Z0 = np.asarray(net.theta) @ X.T
         if np.min(np.abs(Z0)) < 1e-8:
-            raise SystemExit("cube activation: the initial point has theta_j^T x_i = 0,"
-                             " where phi'(0) = 0 makes the Jacobian singular.")
+            raise SystemExit(
+                "cube activation: the initial point has theta_j^T x_i = 0,"
+                " where phi'(0) = 0 makes the Jacobian singular."
+            )
     solution = mf.solve_flow(
-        manifold, solver=solver, projector=projector, retraction=retraction,
-        t1=args.t1, rtol=args.rtol, atol=args.atol, stationarity=args.stationarity,
-        max_steps=args.max_steps, progress=not args.no_progress, throw=False,
+        manifold,
+        solver=solver,
+        projector=projector,
+        retraction=retraction,
+        t1=args.t1,
+        rtol=args.rtol,
+        atol=args.atol,
+        stationarity=args.stationarity,
+        max_steps=args.max_steps,
+        progress=not args.no_progress,
+        throw=False,
     )
 
     def reduced(theta):
@@ -248,9 +289,13 @@ def two_layer(args) -> int:
     u_final = reduced(solution.theta_final)
     tol = max(retraction.atol, retraction.rtol * float(manifold.constraint_scale()))
     report = gatmiry.two_layer_checks(
-        structured, u_final, gradient_norm=float(solution.gradient_norm[-1]),
-        stationarity=args.stationarity, constraint_history=solution.constraint_violation,
-        constraint_tolerance=tol, ts=solution.step_ts,
+        structured,
+        u_final,
+        gradient_norm=float(solution.gradient_norm[-1]),
+        stationarity=args.stationarity,
+        constraint_history=solution.constraint_violation,
+        constraint_tolerance=tol,
+        ts=solution.step_ts,
         gradient_history=solution.gradient_norm,
     )
     checks = report["checks"]
@@ -258,22 +303,37 @@ def two_layer(args) -> int:
     passed = finished and all(c["passed"] for c in checks if c["applicable"])
     stride = max(1, len(solution.ts) // 400)
     idx = np.unique(np.r_[np.arange(0, len(solution.ts), stride), len(solution.ts) - 1])
-    features = np.stack([np.asarray(structured.features(reduced(solution.ys[i])))
-                         for i in idx])
+    features = np.stack(
+        [np.asarray(structured.features(reduced(solution.ys[i]))) for i in idx]
+    )
     singular_values = np.linalg.svd(features, compute_uv=False)
     theta0_full, theta_final_full = full(solution.ys[0]), full(solution.theta_final)
     summary = dict(
-        experiment="two-layer", m=m, d=d, n=n, activation=args.activation,
+        experiment="two-layer",
+        m=m,
+        d=d,
+        n=n,
+        activation=args.activation,
         beta=args.beta if args.activation == "cube-beta" else None,
-        a=a.tolist(), seed=args.seed, path=args.path, solver=args.solver,
-        projector=args.projector, rtol=args.rtol, atol=args.atol,
-        stationarity=args.stationarity, loss="mean squared: L = (1/n) sum_i (f_i - y_i)^2",
+        a=a.tolist(),
+        seed=args.seed,
+        path=args.path,
+        solver=args.solver,
+        projector=args.projector,
+        rtol=args.rtol,
+        atol=args.atol,
+        stationarity=args.stationarity,
+        loss="mean squared: L = (1/n) sum_i (f_i - y_i)^2",
         flow_constant=1.0,
-        result=solution.result, t_final=solution.t_final, num_steps=solution.num_steps,
+        result=solution.result,
+        t_final=solution.t_final,
+        num_steps=solution.num_steps,
         num_rejected_steps=solution.num_rejected_steps,
         solve_seconds=solution.wall_seconds,
-        R_initial=float(solution.sharpness[0]), R_final=report["R_final"],
-        R_star=report["R_star"], grad_norm_final=float(solution.gradient_norm[-1]),
+        R_initial=float(solution.sharpness[0]),
+        R_final=report["R_final"],
+        R_star=report["R_star"],
+        grad_norm_final=float(solution.gradient_norm[-1]),
         constraint_violation_max=float(np.max(solution.constraint_violation)),
         optimum_distance=report["optimum_distance"],
         lemma_4_6_bound=report.get("lemma_4_6_bound"),
@@ -282,21 +342,38 @@ def two_layer(args) -> int:
         linear_rate=report["linear_rate"],
         linear_rate_predicted=report["linear_rate_predicted"],
         lambda_min_data_gram=report["lambda_min_data_gram"],
-        checks=checks, checks_passed=bool(passed),
-        X=X.tolist(), y=y.tolist(), theta0=theta0_full.tolist(),
+        checks=checks,
+        checks_passed=bool(passed),
+        X=X.tolist(),
+        y=y.tolist(),
+        theta0=theta0_full.tolist(),
         theta_final=theta_final_full.tolist(),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        args.out / "trajectory.npz", step_ts=solution.step_ts,
-        sharpness=solution.sharpness, gradient_norm=solution.gradient_norm,
+        args.out / "trajectory.npz",
+        step_ts=solution.step_ts,
+        sharpness=solution.sharpness,
+        gradient_norm=solution.gradient_norm,
         constraint_violation=solution.constraint_violation,
-        feature_ts=solution.ts[idx], feature_singular_values=singular_values,
-        features=features, X=X, y=y, a=a, theta0=theta0_full,
+        feature_ts=solution.ts[idx],
+        feature_singular_values=singular_values,
+        features=features,
+        X=X,
+        y=y,
+        a=a,
+        theta0=theta0_full,
         theta_final=theta_final_full,
     )
-    _plot(args.out / "convergence.png", solution.step_ts, solution.gradient_norm,
-          solution.sharpness, report["R_star"], solution.ts[idx], singular_values)
+    _plot(
+        args.out / "convergence.png",
+        solution.step_ts,
+        solution.gradient_norm,
+        solution.sharpness,
+        report["R_star"],
+        solution.ts[idx],
+        singular_values,
+    )
     summary["wall_seconds"] = _seconds_since_process_start()
     # Compact: the C encoder is ~10x faster than the indenting one on the m x d arrays.
     text = json.dumps(summary)

@@ -4,9 +4,8 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-
 import manifoldflow as mf
+import numpy as np
 from manifoldflow.models import (
     Cube,
     CubeBeta,
@@ -35,12 +34,18 @@ def two_layer_data(n=4, d=6, seed=0, unit=True):
     return X, y
 
 
-def two_layer_problem(m=5, n=4, d=6, seed=0, activation=CubicLinear(), a=None,
-                      init_scale=1.0, unit=True):
+def two_layer_problem(
+    m=5, n=4, d=6, seed=0, activation=CubicLinear(), a=None, init_scale=1.0, unit=True
+):
     """A two-layer net ON its zero-loss manifold, with both manifolds."""
     X, y = two_layer_data(n, d, seed, unit)
     net = initialise_on_manifold(
-        jax.random.PRNGKey(seed), X, y, m, a=a, activation=activation,
+        jax.random.PRNGKey(seed),
+        X,
+        y,
+        m,
+        a=a,
+        activation=activation,
         init_scale=init_scale,
     )
     generic = mf.ZeroLossManifold(net, X, y, filter_spec=net.filter_spec())

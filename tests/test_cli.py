@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from manifoldflow import cli
 
 
@@ -18,10 +17,28 @@ def test_two_layer_command_writes_results(tmp_path, capsys):
     assert code == 0
     assert summary == json.loads((tmp_path / "summary.json").read_text())
     assert summary["checks_passed"] is True
-    for key in ["m", "d", "n", "activation", "X", "y", "theta0", "theta_final", "t_final",
-                "num_steps", "wall_seconds", "R_initial", "R_final", "R_star",
-                "grad_norm_final", "constraint_violation_max", "optimum_distance",
-                "rank_one_ratio", "linear_rate", "checks"]:
+    for key in [
+        "m",
+        "d",
+        "n",
+        "activation",
+        "X",
+        "y",
+        "theta0",
+        "theta_final",
+        "t_final",
+        "num_steps",
+        "wall_seconds",
+        "R_initial",
+        "R_final",
+        "R_star",
+        "grad_norm_final",
+        "constraint_violation_max",
+        "optimum_distance",
+        "rank_one_ratio",
+        "linear_rate",
+        "checks",
+    ]:
         assert key in summary, key
     assert np.asarray(summary["theta_final"]).shape == (4, 6)
     assert np.asarray(summary["X"]).shape == (3, 6)
@@ -47,9 +64,25 @@ def test_two_layer_command_with_data_file_and_generic_path(tmp_path):
     X = rng.standard_normal((3, 5))
     y = np.array([1.0, -0.7, 1.3])
     np.savez(tmp_path / "data.npz", X=X, y=y)
-    code = cli.main(["two-layer", "--m", "3", "--data", str(tmp_path / "data.npz"),
-                     "--path", "generic", "--activation", "cube-beta", "--beta", "0.5",
-                     "--no-progress", "--no-cache", "--out", str(tmp_path / "out")])
+    code = cli.main(
+        [
+            "two-layer",
+            "--m",
+            "3",
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--path",
+            "generic",
+            "--activation",
+            "cube-beta",
+            "--beta",
+            "0.5",
+            "--no-progress",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert code == 0 and summary["checks_passed"]
     assert (summary["n"], summary["d"]) == (3, 5)
@@ -57,16 +90,45 @@ def test_two_layer_command_with_data_file_and_generic_path(tmp_path):
     bad[0, 0] = np.inf
     np.savez(tmp_path / "bad.npz", X=bad, y=y)
     with pytest.raises(ValueError, match="non-finite"):
-        cli.main(["two-layer", "--m", "3", "--data", str(tmp_path / "bad.npz"),
-                  "--no-progress", "--no-cache", "--out", str(tmp_path / "bad")])
+        cli.main(
+            [
+                "two-layer",
+                "--m",
+                "3",
+                "--data",
+                str(tmp_path / "bad.npz"),
+                "--no-progress",
+                "--no-cache",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
 
 
 def test_command_line_process_and_compilation_cache(tmp_path):
     env = dict(os.environ, MANIFOLDFLOW_CACHE_DIR=str(tmp_path / "cache"))
     result = subprocess.run(
-        [sys.executable, "-m", "manifoldflow.cli", "two-layer", "--m", "3", "--d", "4",
-         "--n", "2", "--activation", "cube", "--no-progress", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "manifoldflow.cli",
+            "two-layer",
+            "--m",
+            "3",
+            "--d",
+            "4",
+            "--n",
+            "2",
+            "--activation",
+            "cube",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ALL CHECKS PASSED" in result.stdout

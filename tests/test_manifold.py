@@ -1,16 +1,17 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import manifoldflow as mf
 import numpy as np
 import pytest
-
-import manifoldflow as mf
 
 from .helpers import mlp_problem, two_layer_problem
 
 
 def _on_manifold(manifold):
-    sol = mf.GaussNewtonRetraction()(manifold, mf.CholeskyProjector(), manifold.initial_point())
+    sol = mf.GaussNewtonRetraction()(
+        manifold, mf.CholeskyProjector(), manifold.initial_point()
+    )
     assert sol.converged
     return sol.theta
 
@@ -37,7 +38,9 @@ def test_sharpness_is_hessian_trace_on_manifold(loss):
     projector = mf.CholeskyProjector()
     g_gauss_newton, _ = projector.project(lin, lin.gradient)
     g_full, _ = projector.project(lin, jax.grad(trace)(theta))
-    np.testing.assert_allclose(g_full, g_gauss_newton, rtol=0, atol=1e-11 * np.abs(g_full).max())
+    np.testing.assert_allclose(
+        g_full, g_gauss_newton, rtol=0, atol=1e-11 * np.abs(g_full).max()
+    )
     assert np.abs(g_full).max() > 1e-3  # not a trivial comparison
     # ... while the Euclidean gradients differ.
     assert np.abs(jax.grad(trace)(theta) - lin.gradient).max() > 1e-6
@@ -55,7 +58,9 @@ def test_jacobian_and_gradient_against_independent_computations():
     theta = manifold.initial_point() + 0.1
     lin = manifold.linearise(theta)
     J = lin.jacobian.as_matrix()
-    np.testing.assert_allclose(J, jax.jacrev(manifold.constraint)(theta), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        J, jax.jacrev(manifold.constraint)(theta), rtol=1e-12, atol=1e-14
+    )
     np.testing.assert_allclose(lin.gram, J @ J.T, rtol=1e-12)
     # Central finite differences of R: error O(h^2).
     rng = np.random.default_rng(0)

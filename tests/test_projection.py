@@ -1,11 +1,10 @@
 import jax
 import jax.numpy as jnp
+import manifoldflow as mf
 import numpy as np
 import pytest
 import scipy.linalg
 from hypothesis import given, settings, strategies as st
-
-import manifoldflow as mf
 
 from .helpers import PROJECTORS, random_linearisation
 
@@ -47,8 +46,12 @@ def test_svd_projector_handles_rank_deficiency():
     J[-1] = J[0] + 2 * J[1]  # a dependent row
     import lineax as lx
 
-    lin = mf.Linearisation(lx.MatrixLinearOperator(jnp.asarray(J)), jnp.asarray(J @ J.T),
-                           jnp.asarray(0.0), jnp.zeros(D))
+    lin = mf.Linearisation(
+        lx.MatrixLinearOperator(jnp.asarray(J)),
+        jnp.asarray(J @ J.T),
+        jnp.asarray(0.0),
+        jnp.zeros(D),
+    )
     P = np.asarray(_projection_matrix(mf.SVDProjector(), lin))
     K = scipy.linalg.null_space(J)
     assert K.shape[1] == D - N + 1

@@ -1,10 +1,9 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import manifoldflow as mf
 import numpy as np
 import pytest
-
-import manifoldflow as mf
 
 from .helpers import mlp_problem, two_layer_problem
 
@@ -16,18 +15,25 @@ def _problems():
     _, _, _, generic, structured = two_layer_problem(m=5, n=4, d=6, seed=1)
     model, X, y = mlp_problem()
     mlp = mf.ZeroLossManifold(model, X, y)
-    return [("two-layer-generic", generic), ("two-layer-structured", structured),
-            ("mlp", mlp)]
+    return [
+        ("two-layer-generic", generic),
+        ("two-layer-structured", structured),
+        ("mlp", mlp),
+    ]
 
 
 def _point_on(manifold):
-    sol = mf.GaussNewtonRetraction()(manifold, mf.CholeskyProjector(), manifold.initial_point())
+    sol = mf.GaussNewtonRetraction()(
+        manifold, mf.CholeskyProjector(), manifold.initial_point()
+    )
     assert sol.converged
     return sol.theta
 
 
 @pytest.mark.parametrize("retraction", RETRACTIONS, ids=lambda r: type(r).__name__)
-@pytest.mark.parametrize("name,manifold", _problems(), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "name,manifold", _problems(), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_retraction_converges_from_distance_1e_2(name, manifold, retraction):
     theta = _point_on(manifold)
     direction = np.random.default_rng(0).standard_normal(theta.shape)
@@ -38,19 +44,26 @@ def test_retraction_converges_from_distance_1e_2(name, manifold, retraction):
     assert float(jnp.linalg.norm(sol.theta - start)) < 0.1
 
 
-@pytest.mark.parametrize("name,manifold", _problems(), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "name,manifold", _problems(), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_retraction_is_second_order(name, manifold):
     """||R(x, t v) - (x + t v)|| = O(t^2) for tangent v (pymanopt's slope test)."""
     theta = _point_on(manifold)
     lin = manifold.linearise(theta)
-    v, _ = mf.CholeskyProjector().project(lin, jnp.asarray(
-        np.random.default_rng(2).standard_normal(theta.shape)))
+    v, _ = mf.CholeskyProjector().project(
+        lin, jnp.asarray(np.random.default_rng(2).standard_normal(theta.shape))
+    )
     v = v / jnp.linalg.norm(v)
     ts = np.geomspace(1e-4, 1e-2, 6)
     retract = eqx.filter_jit(mf.ChordRetraction().__call__)
     errors = [
-        float(jnp.linalg.norm(retract(manifold, mf.CholeskyProjector(), theta + t * v).theta
-                              - (theta + t * v)))
+        float(
+            jnp.linalg.norm(
+                retract(manifold, mf.CholeskyProjector(), theta + t * v).theta
+                - (theta + t * v)
+            )
+        )
         for t in ts
     ]
     slope = np.polyfit(np.log(ts), np.log(errors), 1)[0]

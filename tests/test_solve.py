@@ -1,17 +1,17 @@
 import diffrax
 import jax
 import jax.numpy as jnp
+import manifoldflow as mf
 import numpy as np
 import pytest
-
-import manifoldflow as mf
 from manifoldflow.theory import gatmiry
 
 from .helpers import mlp_problem, two_layer_problem
 
 
 @pytest.mark.parametrize(
-    "solver", [diffrax.Tsit5(), diffrax.Dopri8(), diffrax.Kvaerno5()],
+    "solver",
+    [diffrax.Tsit5(), diffrax.Dopri8(), diffrax.Kvaerno5()],
     ids=lambda s: type(s).__name__,
 )
 def test_flow_reaches_theorem_3_3_optimum(solver):
@@ -24,15 +24,22 @@ def test_flow_reaches_theorem_3_3_optimum(solver):
     # The sharpness decreases along the flow (dR/dt = -|P_T grad R|^2), up to rounding.
     assert np.all(np.diff(sol.sharpness) <= 1e-11 * sol.sharpness[0])
     report = gatmiry.two_layer_checks(
-        manifold, sol.theta_final, gradient_norm=sol.gradient_norm[-1], stationarity=1e-9,
-        constraint_history=sol.constraint_violation, constraint_tolerance=1e-13,
-        ts=sol.step_ts, gradient_history=sol.gradient_norm,
+        manifold,
+        sol.theta_final,
+        gradient_norm=sol.gradient_norm[-1],
+        stationarity=1e-9,
+        constraint_history=sol.constraint_violation,
+        constraint_tolerance=1e-13,
+        ts=sol.step_ts,
+        gradient_history=sol.gradient_norm,
     )
     failed = [c for c in report["checks"] if c["applicable"] and not c["passed"]]
     assert not failed, failed
     Z = np.asarray(manifold.features(sol.theta_final))
     z_star = np.asarray(manifold.activation.inverse(y / 4))
-    bound = next(c["bound"] for c in report["checks"] if c["name"] == "optimum_distance")
+    bound = next(
+        c["bound"] for c in report["checks"] if c["name"] == "optimum_distance"
+    )
     assert np.max(np.abs(Z - z_star)) <= bound
 
 
@@ -54,14 +61,21 @@ def test_fixed_step_convergence_order():
     """Heun (order 2) stays order 2 when every step is retracted onto the manifold."""
     _, _, _, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=6)
     T = 0.5
-    reference = mf.solve_flow(manifold, t1=T, stationarity=0.0, throw=False,
-                              rtol=1e-13, atol=1e-14).theta_final
+    reference = mf.solve_flow(
+        manifold, t1=T, stationarity=0.0, throw=False, rtol=1e-13, atol=1e-14
+    ).theta_final
     dts = [T / 8, T / 16, T / 32, T / 64]
     errors = []
     for dt in dts:
         sol = mf.solve_flow(
-            manifold, solver=diffrax.Heun(), t1=T, dt0=dt, stationarity=0.0,
-            stepsize_controller=diffrax.ConstantStepSize(), throw=False, window=128,
+            manifold,
+            solver=diffrax.Heun(),
+            t1=T,
+            dt0=dt,
+            stationarity=0.0,
+            stepsize_controller=diffrax.ConstantStepSize(),
+            throw=False,
+            window=128,
         )
         errors.append(float(jnp.linalg.norm(sol.theta_final - reference)))
     slope = np.polyfit(np.log(dts), np.log(errors), 1)[0]
@@ -80,8 +94,14 @@ def test_flow_constant_rescales_time():
 def test_general_model_flow_decreases_sharpness_on_manifold():
     model, X, y = mlp_problem()
     manifold = mf.ZeroLossManifold(model, X, y)
-    sol = mf.solve_flow(manifold, t1=5.0, stationarity=0.0, throw=False,
-                        solver=diffrax.Tsit5(), projector=mf.QRProjector())
+    sol = mf.solve_flow(
+        manifold,
+        t1=5.0,
+        stationarity=0.0,
+        throw=False,
+        solver=diffrax.Tsit5(),
+        projector=mf.QRProjector(),
+    )
     assert sol.result == mf.RESULTS.t1_reached
     assert np.max(sol.constraint_violation) <= 1e-13
     assert sol.sharpness[-1] < sol.sharpness[0]
@@ -111,8 +131,9 @@ def test_rank_deficient_data_needs_svd_projector():
         mf.solve_flow(duplicated)
     # With the SVD projector the duplicate is a redundant constraint: same flow as
     # without it, up to the weight of the duplicated point in R (kept equal here).
-    sol = mf.solve_flow(duplicated, projector=mf.SVDProjector(), t1=0.5,
-                        stationarity=0.0, throw=False)
+    sol = mf.solve_flow(
+        duplicated, projector=mf.SVDProjector(), t1=0.5, stationarity=0.0, throw=False
+    )
     assert sol.result == mf.RESULTS.t1_reached
     assert np.max(sol.constraint_violation) <= 1e-13
 
@@ -131,6 +152,11 @@ def test_noise_floor_tightens_tolerances():
     sol = mf.solve_flow(manifold, stationarity=1e-12)
     assert sol.stationary and sol.gradient_norm[-1] <= 1e-12
     assert sol.tightened and sol.tightened[0][1] == pytest.approx(1e-12)
-    stuck = mf.solve_flow(manifold, stationarity=1e-12, throw=False, patience=50,
-                          stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12))
+    stuck = mf.solve_flow(
+        manifold,
+        stationarity=1e-12,
+        throw=False,
+        patience=50,
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+    )
     assert stuck.result == mf.RESULTS.stagnated

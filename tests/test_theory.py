@@ -1,10 +1,8 @@
 import jax
-import jax.numpy as jnp
+import manifoldflow as mf
 import numpy as np
 import pytest
 import scipy.linalg
-
-import manifoldflow as mf
 from manifoldflow.theory import gatmiry
 
 from .helpers import ACTIVATIONS, two_layer_problem
@@ -15,7 +13,12 @@ def test_optimum_is_stationary_with_minimum_sharpness(activation):
     m, n, d = 4, 3, 6
     # init_scale = 0: theta_j^T x_i = phi^{-1}(y_i / (m a)) exactly, nothing off-span.
     _, X, y, _, manifold = two_layer_problem(
-        m=m, n=n, d=d, activation=activation, a=np.full(m, 1.5), init_scale=0.0,
+        m=m,
+        n=n,
+        d=d,
+        activation=activation,
+        a=np.full(m, 1.5),
+        init_scale=0.0,
         unit=False,
     )
     u = manifold.initial_point()
@@ -27,8 +30,14 @@ def test_optimum_is_stationary_with_minimum_sharpness(activation):
     # Other points of the manifold are flatter nowhere (global minimum).
     for seed in range(3):
         _, _, _, _, other = two_layer_problem(
-            m=m, n=n, d=d, activation=activation, a=np.full(m, 1.5), seed=0,
-            init_scale=0.5 + seed, unit=False,
+            m=m,
+            n=n,
+            d=d,
+            activation=activation,
+            a=np.full(m, 1.5),
+            seed=0,
+            init_scale=0.5 + seed,
+            unit=False,
         )
         assert float(other.sharpness(other.initial_point())) > R_star
 
@@ -43,9 +52,12 @@ def test_asymptotic_rate_is_the_riemannian_hessian_minimum():
     H = np.asarray(jax.hessian(lagrangian)(u))
     K = scipy.linalg.null_space(np.asarray(lin.jacobian.as_matrix()))
     independent = np.linalg.eigvalsh(K.T @ H @ K)[0]
-    np.testing.assert_allclose(gatmiry.asymptotic_rate(manifold), independent, rtol=1e-9)
-    np.testing.assert_allclose(gatmiry.asymptotic_rate(manifold, 0.5), independent / 2,
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        gatmiry.asymptotic_rate(manifold), independent, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        gatmiry.asymptotic_rate(manifold, 0.5), independent / 2, rtol=1e-9
+    )
 
 
 def test_fit_linear_rate_ignores_the_noise_floor():
@@ -55,7 +67,9 @@ def test_fit_linear_rate_ignores_the_noise_floor():
     noisy = np.maximum(g, 1e-11 * (1 + rng.uniform(0, 3, t.size)))
     assert gatmiry.fit_linear_rate(t, g) == pytest.approx(0.7, rel=1e-10)
     stop = np.argmax(noisy < 2e-11) + 1
-    assert gatmiry.fit_linear_rate(t[:stop], noisy[:stop]) == pytest.approx(0.7, rel=1e-2)
+    assert gatmiry.fit_linear_rate(t[:stop], noisy[:stop]) == pytest.approx(
+        0.7, rel=1e-2
+    )
 
 
 def test_unequal_second_layer_has_no_closed_form():

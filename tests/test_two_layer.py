@@ -1,10 +1,9 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import manifoldflow as mf
 import numpy as np
 import pytest
-
-import manifoldflow as mf
 from manifoldflow.models import CubeBeta, TwoLayerManifold, TwoLayerNet
 
 from .helpers import ACTIVATIONS, two_layer_problem
@@ -18,7 +17,9 @@ def test_activation_derivatives_and_inverse(activation):
         (activation.derivative, activation.second_derivative),
         (activation.second_derivative, activation.third_derivative),
     ]:
-        np.testing.assert_allclose(jax.vmap(jax.grad(f))(z), df(z), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(
+            jax.vmap(jax.grad(f))(z), df(z), rtol=1e-13, atol=1e-13
+        )
     u = jnp.concatenate([-jnp.geomspace(1e-6, 1e3, 30), jnp.geomspace(1e-6, 1e3, 30)])
     np.testing.assert_allclose(activation(activation.inverse(u)), u, rtol=1e-14)
 
@@ -40,7 +41,9 @@ def test_structured_path_equals_generic_path(activation, a):
     theta = generic.initial_point()
     u = structured.initial_point()
     np.testing.assert_allclose(structured.full_theta(u), net.theta, atol=1e-14)
-    np.testing.assert_allclose(generic.constraint(theta), structured.constraint(u), atol=1e-13)
+    np.testing.assert_allclose(
+        generic.constraint(theta), structured.constraint(u), atol=1e-13
+    )
     lg, ls = generic.linearise(theta), structured.linearise(u)
     np.testing.assert_allclose(ls.sharpness, lg.sharpness, rtol=1e-13)
     np.testing.assert_allclose(ls.gram, lg.gram, rtol=1e-12, atol=1e-13)
@@ -48,8 +51,9 @@ def test_structured_path_equals_generic_path(activation, a):
     Q = structured.basis
     to_theta = lambda v: v.reshape(m, -1) @ Q.T
     scale = float(jnp.abs(lg.gradient).max())
-    np.testing.assert_allclose(to_theta(ls.gradient), lg.gradient.reshape(m, d),
-                               atol=1e-12 * scale)
+    np.testing.assert_allclose(
+        to_theta(ls.gradient), lg.gradient.reshape(m, d), atol=1e-12 * scale
+    )
     vf_g = mf.SharpnessFlow(generic)(0.0, theta, None).reshape(m, d)
     vf_s = to_theta(mf.SharpnessFlow(structured)(0.0, u, None))
     np.testing.assert_allclose(vf_s, vf_g, atol=1e-12 * float(jnp.abs(vf_g).max()))

@@ -19,7 +19,11 @@ def _solve_depressed_cubic(p: float, q: Array) -> Array:
     z = jnp.sign(q) * jnp.where(A > 0, A - p / (3 * safe_A), 0.0)
     for _ in range(2):
         derivative = 3 * z**2 + p
-        z = jnp.where(derivative > 0, z - (z**3 + p * z - q) / jnp.where(derivative > 0, derivative, 1.0), z)
+        z = jnp.where(
+            derivative > 0,
+            z - (z**3 + p * z - q) / jnp.where(derivative > 0, derivative, 1.0),
+            z,
+        )
     return z
 
 

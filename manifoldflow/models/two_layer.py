@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._loss import AbstractLoss, MeanSquaredLoss
-from .._manifold import AbstractManifold, Linearisation, check_data
+from .._manifold import AbstractManifold, check_data, Linearisation
 from .activations import AbstractActivation, CubicLinear
 
 
@@ -200,7 +200,9 @@ def initialise_on_manifold(
     n, d = X.shape
     a = np.ones(m) if a is None else np.asarray(a, dtype=np.float64)
     if np.any(a <= 0):
-        raise ValueError("initialise_on_manifold needs positive second-layer weights a.")
+        raise ValueError(
+            "initialise_on_manifold needs positive second-layer weights a."
+        )
     k_share, k_perp = jax.random.split(key)
     shares = np.asarray(
         jax.nn.softmax(init_scale * jax.random.normal(k_share, (m, n)), axis=0)

@@ -47,7 +47,9 @@ def optimum_features(manifold: TwoLayerManifold) -> np.ndarray | None:
     a = np.asarray(manifold.a)
     if np.ptp(a) > 0 or a[0] == 0:
         return None
-    return np.asarray(manifold.activation.inverse(np.asarray(manifold.y) / (a.size * a[0])))
+    return np.asarray(
+        manifold.activation.inverse(np.asarray(manifold.y) / (a.size * a[0]))
+    )
 
 
 def minimum_sharpness(manifold: TwoLayerManifold) -> float | None:
@@ -59,7 +61,9 @@ def minimum_sharpness(manifold: TwoLayerManifold) -> float | None:
     a = float(np.asarray(manifold.a)[0])
     w = np.asarray(manifold.weights) * np.diag(np.asarray(manifold.data_gram))
     m = manifold.a.shape[0]
-    return float(np.sum(w * m * a**2 * np.asarray(manifold.activation.derivative(z_star)) ** 2))
+    return float(
+        np.sum(w * m * a**2 * np.asarray(manifold.activation.derivative(z_star)) ** 2)
+    )
 
 
 def asymptotic_rate(manifold: TwoLayerManifold, constant: float = 1.0) -> float | None:
@@ -81,8 +85,12 @@ def asymptotic_rate(manifold: TwoLayerManifold, constant: float = 1.0) -> float 
     a = float(np.asarray(manifold.a)[0])
     G = np.asarray(manifold.data_gram)
     h = (
-        2 * np.asarray(manifold.weights) * np.diag(G) * a**2
-        * np.asarray(act.derivative(z_star)) * np.asarray(act.third_derivative(z_star))
+        2
+        * np.asarray(manifold.weights)
+        * np.diag(G)
+        * a**2
+        * np.asarray(act.derivative(z_star))
+        * np.asarray(act.third_derivative(z_star))
     )
     root = np.sqrt(h)
     return float(constant * np.linalg.eigvalsh(root[:, None] * G * root[None, :])[0])
@@ -167,63 +175,122 @@ def two_layer_checks(
     out = dict(R_final=R_final, lambda_min_data_gram=lam_min)
 
     # Stationarity and the constraint.
-    checks.append(_check(
-        "stationarity", "|P_T grad R| at the end <= the requested threshold",
-        stationarity, delta, stationarity, True, delta <= stationarity,
-    ))
+    checks.append(
+        _check(
+            "stationarity",
+            "|P_T grad R| at the end <= the requested threshold",
+            stationarity,
+            delta,
+            stationarity,
+            True,
+            delta <= stationarity,
+        )
+    )
     cmax = float(np.max(constraint_history))
-    checks.append(_check(
-        "constraint", "max|F| = max_i |f(x_i) - y_i| along the whole trajectory",
-        0.0, cmax, constraint_tolerance, True, cmax <= constraint_tolerance,
-    ))
+    checks.append(
+        _check(
+            "constraint",
+            "max|F| = max_i |f(x_i) - y_i| along the whole trajectory",
+            0.0,
+            cmax,
+            constraint_tolerance,
+            True,
+            cmax <= constraint_tolerance,
+        )
+    )
 
     # Assumptions.
-    checks.append(_check(
-        "assumption_3_1", f"rho1 = inf phi' > 0 and rho2 = inf phi''' > 0 "
-        f"(rho1 = {rho1:g}, rho2 = {rho2:g})", None, rho1, 0.0, rho1 > 0,
-        rho1 > 0 and rho2 > 0,
-        "" if rho1 > 0 else "does not apply to this activation (phi'(0) = 0); "
-        "Theorem 3.3 then needs sign-consistent features (Lemma G.4), checked below",
-    ))
-    checks.append(_check(
-        "linear_independence", "lambda_min(X X^T) > 0 (Assumption 3.2 implies it)",
-        None, lam_min, 1e3 * _EPS * float(np.linalg.eigvalsh(G)[-1]), True,
-        lam_min > 1e3 * _EPS * float(np.linalg.eigvalsh(G)[-1]),
-    ))
+    checks.append(
+        _check(
+            "assumption_3_1",
+            f"rho1 = inf phi' > 0 and rho2 = inf phi''' > 0 "
+            f"(rho1 = {rho1:g}, rho2 = {rho2:g})",
+            None,
+            rho1,
+            0.0,
+            rho1 > 0,
+            rho1 > 0 and rho2 > 0,
+            ""
+            if rho1 > 0
+            else "does not apply to this activation (phi'(0) = 0); "
+            "Theorem 3.3 then needs sign-consistent features (Lemma G.4), checked below",
+        )
+    )
+    checks.append(
+        _check(
+            "linear_independence",
+            "lambda_min(X X^T) > 0 (Assumption 3.2 implies it)",
+            None,
+            lam_min,
+            1e3 * _EPS * float(np.linalg.eigvalsh(G)[-1]),
+            True,
+            lam_min > 1e3 * _EPS * float(np.linalg.eigvalsh(G)[-1]),
+        )
+    )
     ratio = d2**2 / np.maximum(d1 * d3, np.finfo(float).tiny)
-    checks.append(_check(
-        "normality", "phi''^2 <= alpha phi' phi''' at the final features "
-        "(Assumption 3.4, candidate N1; equality for cube)", act.normality(),
-        float(np.max(ratio)), act.normality() * (1 + 64 * _EPS), True,
-        float(np.max(ratio)) <= act.normality() * (1 + 64 * _EPS),
-    ))
+    checks.append(
+        _check(
+            "normality",
+            "phi''^2 <= alpha phi' phi''' at the final features "
+            "(Assumption 3.4, candidate N1; equality for cube)",
+            act.normality(),
+            float(np.max(ratio)),
+            act.normality() * (1 + 64 * _EPS),
+            True,
+            float(np.max(ratio)) <= act.normality() * (1 + 64 * _EPS),
+        )
+    )
     signs_ok = bool(np.all(np.sign(Z) == np.sign(y[None, :] / a[:, None])))
     min_abs = float(np.min(np.abs(Z)))
     z_star = optimum_features(manifold)
     floor = 1e-3 * float(np.min(np.abs(z_star))) if z_star is not None else 1e-8
     sign_note = (
-        "" if min_abs > floor else
-        f"drifted to theta_j^T x_i -> 0 (min |z| = {min_abs:.2e}): a spurious "
+        ""
+        if min_abs > floor
+        else f"drifted to theta_j^T x_i -> 0 (min |z| = {min_abs:.2e}): a spurious "
         "stationary point of the cube activation, NOT the optimum"
     )
-    checks.append(_check(
-        "sign_consistency", "sign(theta_j^T x_i) = sign(y_i / a_j) and |theta_j^T x_i| "
-        "away from 0 (Lemma G.4)", None, min_abs, floor, isinstance(act, Cube),
-        signs_ok and min_abs > floor, sign_note,
-    ))
+    checks.append(
+        _check(
+            "sign_consistency",
+            "sign(theta_j^T x_i) = sign(y_i / a_j) and |theta_j^T x_i| "
+            "away from 0 (Lemma G.4)",
+            None,
+            min_abs,
+            floor,
+            isinstance(act, Cube),
+            signs_ok and min_abs > floor,
+            sign_note,
+        )
+    )
 
     # Stationarity of the phi''-image: a_j phi''(z_ji) equal over j (any fixed a).
-    eps_ji = delta / (2 * w[None, :] * norms2[None, :] * np.sqrt(lam_min)
-                      * np.abs(a)[:, None] * np.maximum(d1, np.finfo(float).tiny))
+    eps_ji = delta / (
+        2
+        * w[None, :]
+        * norms2[None, :]
+        * np.sqrt(lam_min)
+        * np.abs(a)[:, None]
+        * np.maximum(d1, np.finfo(float).tiny)
+    )
     image = a[:, None] * d2
     spread = np.ptp(image, axis=0)
-    spread_bound = 2 * np.max(eps_ji, axis=0) + 64 * _EPS * np.max(np.abs(image), axis=0)
+    spread_bound = 2 * np.max(eps_ji, axis=0) + 64 * _EPS * np.max(
+        np.abs(image), axis=0
+    )
     out["phi2_image_spread"] = float(np.max(spread))
-    checks.append(_check(
-        "phi2_image_rank_one", "max_i (max_j - min_j) a_j phi''(theta_j^T x_i): the "
-        "phi''-image of the features is rank one at stationarity", 0.0,
-        np.max(spread), np.max(spread_bound), True, bool(np.all(spread <= spread_bound)),
-    ))
+    checks.append(
+        _check(
+            "phi2_image_rank_one",
+            "max_i (max_j - min_j) a_j phi''(theta_j^T x_i): the "
+            "phi''-image of the features is rank one at stationarity",
+            0.0,
+            np.max(spread),
+            np.max(spread_bound),
+            True,
+            bool(np.all(spread <= spread_bound)),
+        )
+    )
 
     # Measured linear rate of |P_T grad R|.
     rate = fit_linear_rate(ts, gradient_history)
@@ -231,16 +298,24 @@ def two_layer_checks(
     rate_applicable = bool(np.isfinite(rate))
     out["linear_rate"] = rate
     out["linear_rate_predicted"] = predicted_rate
-    checks.append(_check(
-        "linear_rate", "fitted tail rate r of |P_T grad R| ~ e^{-r t} >= 0.95 x the "
-        "exact asymptotic rate c lambda_min(H^1/2 G H^1/2) (Theorem 3.5: linear "
-        "convergence)", predicted_rate, rate,
-        None if predicted_rate is None else 0.95 * predicted_rate, rate_applicable,
-        rate > 0 and (predicted_rate is None or rate >= 0.95 * predicted_rate),
-        "no trajectory to fit (fewer than 3 steps, e.g. stationary at the start)"
-        if not rate_applicable else "" if predicted_rate is not None else
-        "no closed-form rate for unequal a: checks only that the fitted rate is positive",
-    ))
+    checks.append(
+        _check(
+            "linear_rate",
+            "fitted tail rate r of |P_T grad R| ~ e^{-r t} >= 0.95 x the "
+            "exact asymptotic rate c lambda_min(H^1/2 G H^1/2) (Theorem 3.5: linear "
+            "convergence)",
+            predicted_rate,
+            rate,
+            None if predicted_rate is None else 0.95 * predicted_rate,
+            rate_applicable,
+            rate > 0 and (predicted_rate is None or rate >= 0.95 * predicted_rate),
+            "no trajectory to fit (fewer than 3 steps, e.g. stationary at the start)"
+            if not rate_applicable
+            else ""
+            if predicted_rate is not None
+            else "no closed-form rate for unequal a: checks only that the fitted rate is positive",
+        )
+    )
 
     if z_star is None:
         out.update(R_star=None, optimum_distance=None)
@@ -257,7 +332,8 @@ def two_layer_checks(
     rho2_local = float(np.min(d3))
     residual_term = residual / (m * abs(a0) * np.asarray(act.derivative(z_star)))
     dist_bound_i = (
-        2 * np.max(eps_ji, axis=0) / (abs(a0) * rho2_local) + residual_term
+        2 * np.max(eps_ji, axis=0) / (abs(a0) * rho2_local)
+        + residual_term
         + 64 * _EPS * np.maximum(np.abs(z_star), np.max(np.abs(Z), axis=0))
     )
     dist_bound = float(np.max(dist_bound_i))
@@ -266,19 +342,34 @@ def two_layer_checks(
     if rho1 > 0 and np.allclose(norms2, 1) and np.ptp(w) == 0 and a0 == 1:
         lemma = delta / (w[0] * rho1 * rho2 * np.sqrt(lam_min))
     out["lemma_4_6_bound"] = lemma
-    checks.append(_check(
-        "optimum_distance", "max_ij |theta_j^T x_i - phi^{-1}(y_i / (m a))| "
-        "(Theorem 3.3, eq. (4)); bound: Lemma 4.6 from the delta reached", 0.0,
-        measured_dist, dist_bound, True, bool(np.all(np.max(dist, 0) <= dist_bound_i)),
-        "" if lemma is None else f"a-priori Lemma 4.6 bound n delta/(2 rho1 rho2 "
-        f"sqrt(lambda_min)) = {lemma:.3e}",
-    ))
+    checks.append(
+        _check(
+            "optimum_distance",
+            "max_ij |theta_j^T x_i - phi^{-1}(y_i / (m a))| "
+            "(Theorem 3.3, eq. (4)); bound: Lemma 4.6 from the delta reached",
+            0.0,
+            measured_dist,
+            dist_bound,
+            True,
+            bool(np.all(np.max(dist, 0) <= dist_bound_i)),
+            ""
+            if lemma is None
+            else f"a-priori Lemma 4.6 bound n delta/(2 rho1 rho2 "
+            f"sqrt(lambda_min)) = {lemma:.3e}",
+        )
+    )
 
     R_star = minimum_sharpness(manifold)
     out["R_star"] = R_star
-    slope = 2 * w * norms2 * a0**2 * np.maximum(
-        np.max(np.abs(d1 * d2), axis=0),
-        np.abs(np.asarray(act.derivative(z_star) * act.second_derivative(z_star))),
+    slope = (
+        2
+        * w
+        * norms2
+        * a0**2
+        * np.maximum(
+            np.max(np.abs(d1 * d2), axis=0),
+            np.abs(np.asarray(act.derivative(z_star) * act.second_derivative(z_star))),
+        )
     )
     rounding = 4 * m * n * _EPS * R_star
     R_bound = float(np.sum(m * slope * dist_bound_i)) + rounding
@@ -286,20 +377,35 @@ def two_layer_checks(
     # lambda*_i = 2 w_i |x_i|^2 a phi''(z*_i) the optimum's multipliers.
     multipliers = 2 * w * norms2 * a0 * np.asarray(act.second_derivative(z_star))
     below = rounding + float(np.sum(np.abs(multipliers) * residual))
-    checks.append(_check(
-        "minimum_sharpness", "R_final - R* with R* = sum_i w_i |x_i|^2 m a^2 "
-        "phi'(z*_i)^2 (global minimum, Theorem 3.3); R_final >= R* - |lambda*.F| - "
-        "rounding", R_star, R_final - R_star, R_bound, True,
-        -below <= R_final - R_star <= R_bound,
-    ))
+    checks.append(
+        _check(
+            "minimum_sharpness",
+            "R_final - R* with R* = sum_i w_i |x_i|^2 m a^2 "
+            "phi'(z*_i)^2 (global minimum, Theorem 3.3); R_final >= R* - |lambda*.F| - "
+            "rounding",
+            R_star,
+            R_final - R_star,
+            R_bound,
+            True,
+            -below <= R_final - R_star <= R_bound,
+        )
+    )
     ratio_rank = _rank_one_ratio(Z)
     out["rank_one_ratio"] = ratio_rank
     sigma1 = float(np.linalg.norm(Z, 2))
     rank_bound = np.sqrt(m * n) * dist_bound / sigma1 + 16 * np.sqrt(m * n) * _EPS
-    checks.append(_check(
-        "rank_one", "sigma_2 / sigma_1 of the feature matrix Theta X^T (rank one at "
-        "the optimum)", 0.0, ratio_rank, rank_bound, True, ratio_rank <= rank_bound,
-    ))
+    checks.append(
+        _check(
+            "rank_one",
+            "sigma_2 / sigma_1 of the feature matrix Theta X^T (rank one at "
+            "the optimum)",
+            0.0,
+            ratio_rank,
+            rank_bound,
+            True,
+            ratio_rank <= rank_bound,
+        )
+    )
     out["checks"] = checks
     return out
 
