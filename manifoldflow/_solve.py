@@ -220,8 +220,9 @@ def solve_flow(
     - `retract_every`: retract after every k-th step.
     - `progress`: show a tqdm progress bar (in decades of $\|P_T\nabla R\|$).
     - `callback`: called with a dict after every window.
-    - `throw`: raise if the solve ends without reaching stationarity within `t1`
-      (otherwise inspect `solution.result`).
+    - `throw`: raise if the solve fails (`max_steps` reached, a step failure, or
+      stagnation); reaching `t1` or an interrupt is not a failure. With `throw=False`
+      inspect `solution.result`.
 
     **Returns:** a [`manifoldflow.FlowSolution`][].
     """
@@ -411,7 +412,8 @@ def solve_flow(
         wall_seconds=time.perf_counter() - start,
         manifold=manifold,
     )
-    if throw and result not in (RESULTS.stationary, RESULTS.interrupted):
+    failures = (RESULTS.max_steps_reached, RESULTS.step_failure, RESULTS.stagnated)
+    if throw and result in failures:
         message = (
             f"solve_flow ended without stationarity: {result}. It got to "
             f"t = {solution.t_final:.6g} after {num_steps} steps "

@@ -160,3 +160,11 @@ def test_noise_floor_tightens_tolerances():
         stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
     )
     assert stuck.result == mf.RESULTS.stagnated
+
+
+def test_reaching_t1_is_not_a_failure():
+    _, _, _, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=2)
+    sol = mf.solve_flow(manifold, t1=0.5)
+    assert sol.result == mf.RESULTS.t1_reached
+    assert sol.t_final == pytest.approx(0.5)
+    assert sol.gradient_norm[-1] > 1e-9
