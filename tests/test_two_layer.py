@@ -82,3 +82,18 @@ def test_two_layer_input_errors():
         TwoLayerNet(jnp.ones((3, 4)), a=jnp.ones(2))
     assert isinstance(net(jnp.ones(4)), jax.Array)
     assert eqx.filter(net, net.filter_spec()).a is None
+
+
+@pytest.mark.parametrize(
+    "projector",
+    [mf.QRProjector(), mf.CGProjector(), mf.SVDProjector()],
+    ids=lambda p: type(p).__name__,
+)
+def test_projectors_agree_on_the_structured_jacobian(projector):
+    _, _, _, _, structured = two_layer_problem(m=5, n=4, d=7, seed=3)
+    lin = structured.linearise(structured.initial_point())
+    reference, lam_ref = mf.CholeskyProjector().project(lin, lin.gradient)
+    projected, lam = projector.project(lin, lin.gradient)
+    scale = float(jnp.abs(lin.gradient).max())
+    np.testing.assert_allclose(projected, reference, atol=1e-11 * scale)
+    np.testing.assert_allclose(lam, lam_ref, rtol=1e-10, atol=1e-12 * scale)
