@@ -150,7 +150,8 @@ def main():
         )
         rows.append(row)
 
-    path = write_json("time_to_stationarity", dict(machine=machine(), rows=rows))
+    name = "time_to_stationarity_quick" if args.quick else "time_to_stationarity"
+    path = write_json(name, dict(machine=machine(), rows=rows))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +180,7 @@ def main():
     ax.set_title(f"time to |P_T grad R| <= {args.stationarity:g}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "time_to_stationarity.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
     print("wrote", path)
 
 

@@ -140,8 +140,9 @@ def main():
             flush=True,
         )
         rows.append(row)
+    name = "vector_field_quick" if args.quick else "vector_field"
     path = write_json(
-        "vector_field",
+        name,
         dict(machine=machine(), dtype="float64", activation="cubic-linear", rows=rows),
     )
     import matplotlib
@@ -165,8 +166,8 @@ def main():
     )
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "vector_field.png", dpi=110)
-    print("wrote", path, "and", RESULTS / "vector_field.png")
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
+    print("wrote", path, "and", RESULTS / f"{name}.png")
     del D
 
 
