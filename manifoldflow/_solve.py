@@ -286,7 +286,7 @@ def solve_flow(
     window_dt0 = None if adaptive else dt0
     theta = retracted.theta
     s0, g0, v0 = (float(x) for x in _diagnostics_jit(flow, theta))
-    ts, ys = [np.asarray([t0])], [np.asarray(theta)[None]]
+    ys = [np.asarray(theta)[None]]
     step_ts, diag = [np.asarray([t0])], [np.asarray([[s0, g0, v0]])]
     t_cur, made_jump = t0_, jnp.array(False)
     num_steps = num_rejected = 0
@@ -338,7 +338,6 @@ def solve_flow(
                 diag.append(
                     np.stack([np.asarray(a[:count]) for a in (w_s, w_g, w_v)], 1)
                 )
-                ts.append(w_ts[:count])
                 ys.append(w_ys)
                 t_cur = jnp.asarray(w_ts[count - 1], theta0.dtype)
             g_last = float(diag[-1][-1, 1])
@@ -390,7 +389,7 @@ def solve_flow(
             bar.close()
     step_ts_all = np.concatenate(step_ts)
     diag_all = np.concatenate(diag)
-    ts_all, ys_all = np.concatenate(ts), np.concatenate(ys)
+    ts_all, ys_all = step_ts_all, np.concatenate(ys)
     if save_every > 1:
         keep = np.zeros(len(ts_all), bool)
         keep[::save_every] = True
