@@ -27,9 +27,8 @@ from ._retraction import (
     NewtonRetraction as NewtonRetraction,
     RetractionSolution as RetractionSolution,
 )
-from ._solve import (
-    FlowSolution as FlowSolution,
-    RESULTS as RESULTS,
-    solve_flow as solve_flow,
-)
+from ._errors import InputError as InputError
+from ._results import RESULTS as RESULTS
+from ._solution import FlowSolution as FlowSolution
+from ._solve import solve_flow as solve_flow
 from ._solver import ProjectedSolver as ProjectedSolver

@@ -14,71 +14,10 @@ from jaxtyping import Array, ArrayLike, Float
 from ._flow import SharpnessFlow
 from ._manifold import AbstractManifold
 from ._projection import AbstractProjector, CholeskyProjector, SVDProjector
+from ._results import RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
+from ._solution import FlowSolution
 from ._solver import ProjectedSolver
-
-
-class RESULTS:
-    """How a flow solve ended. Each value is the user-facing message."""
-
-    stationary = "stationary: the Riemannian gradient norm reached the threshold"
-    t1_reached = "reached t1 before the stationarity threshold"
-    max_steps_reached = "max_steps was reached before stationarity"
-    interrupted = (
-        "interrupted (KeyboardInterrupt); the solution holds what was computed"
-    )
-    step_failure = "the solver could not make a step (step size collapsed or NaN)"
-    stagnated = (
-        "the Riemannian gradient norm stopped decreasing above the threshold: the "
-        "integrator's noise floor (local errors of size rtol*|theta| move the point as "
-        "much as its distance to the stationary point); tighten rtol/atol or raise "
-        "the stationarity threshold"
-    )
-
-
-class FlowSolution(eqx.Module):
-    """The computed trajectory of a flow solve, on the manifold at every saved point.
-
-    **Fields:**
-
-    - `ts`: times of the saved points (the initial point and every accepted step,
-      thinned by `save_every`), NumPy array.
-    - `ys`: manifold coordinates at `ts`, shape `(len(ts), D)`.
-    - `sharpness`, `gradient_norm`, `constraint_violation`: $R$,
-      $\\|P_T\\nabla R\\|$ and $\\max_i |F_i|$ at EVERY accepted step (`step_ts`).
-    - `step_ts`: times of every accepted step (and the initial point).
-    - `theta_final`, `t_final`: the last point and its time.
-    - `num_steps`, `num_rejected_steps`: accepted and rejected solver steps.
-    - `result`: one of [`manifoldflow.RESULTS`][]' messages; `stationary` is success.
-    - `tightened`: `(t, rtol, atol)` for each time the tolerances were tightened at the
-      integrator's noise floor (see `patience`).
-    - `wall_seconds`: time spent in the solve (compilation included),
-      `compile_seconds`: time spent in the first window beyond the per-window median.
-    - `manifold`: the manifold, for `manifold.to_parameters(theta)`.
-    """
-
-    ts: np.ndarray
-    ys: np.ndarray
-    step_ts: np.ndarray
-    sharpness: np.ndarray
-    gradient_norm: np.ndarray
-    constraint_violation: np.ndarray
-    theta_final: Array
-    t_final: float
-    num_steps: int
-    num_rejected_steps: int
-    result: str
-    tightened: list
-    wall_seconds: float
-    manifold: AbstractManifold
-
-    @property
-    def stationary(self) -> bool:
-        return self.result == RESULTS.stationary
-
-    def parameters(self, index: int = -1) -> Any:
-        """The model parameters at saved point `index` (default: the last)."""
-        return self.manifold.to_parameters(jnp.asarray(self.ys[index]))
 
 
 def _diagnostics(flow: SharpnessFlow, theta):
@@ -390,11 +329,12 @@ def solve_flow(
     step_ts_all = np.concatenate(step_ts)
     diag_all = np.concatenate(diag)
     ts_all, ys_all = step_ts_all, np.concatenate(ys)
+    saved_index = np.arange(len(ts_all))
     if save_every > 1:
         keep = np.zeros(len(ts_all), bool)
         keep[::save_every] = True
         keep[-1] = True
-        ts_all, ys_all = ts_all[keep], ys_all[keep]
+        ts_all, ys_all, saved_index = ts_all[keep], ys_all[keep], saved_index[keep]
     solution = FlowSolution(
         ts=ts_all,
         ys=ys_all,
@@ -402,19 +342,22 @@ def solve_flow(
         sharpness=diag_all[:, 0],
         gradient_norm=diag_all[:, 1],
         constraint_violation=diag_all[:, 2],
+        saved_index=saved_index,
         theta_final=theta,
         t_final=float(step_ts_all[-1]),
         num_steps=num_steps,
         num_rejected_steps=num_rejected,
         result=result,
         tightened=tightened,
+        constant=float(constant),
+        stationarity=float(stationarity),
         wall_seconds=time.perf_counter() - start,
         manifold=manifold,
     )
     failures = (RESULTS.max_steps_reached, RESULTS.step_failure, RESULTS.stagnated)
-    if throw and result in failures:
+    if throw and any(bool(result == f) for f in failures):
         message = (
-            f"solve_flow ended without stationarity: {result}. It got to "
+            f"solve_flow ended without stationarity: {RESULTS[result]}. It got to "
             f"t = {solution.t_final:.6g} after {num_steps} steps "
             f"({num_rejected} rejected) with |P_T grad R| = "
             f"{solution.gradient_norm[-1]:.3e} (threshold {stationarity:g}) and "

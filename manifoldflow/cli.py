@@ -299,7 +299,7 @@ def two_layer(args) -> int:
         gradient_history=solution.gradient_norm,
     )
     checks = report["checks"]
-    finished = solution.result == mf.RESULTS.stationary
+    finished = solution.stationary
     passed = finished and all(c["passed"] for c in checks if c["applicable"])
     stride = max(1, len(solution.ts) // 400)
     idx = np.unique(np.r_[np.arange(0, len(solution.ts), stride), len(solution.ts) - 1])
@@ -325,7 +325,7 @@ def two_layer(args) -> int:
         stationarity=args.stationarity,
         loss="mean squared: L = (1/n) sum_i (f_i - y_i)^2",
         flow_constant=1.0,
-        result=solution.result,
+        result=solution.result_name,
         t_final=solution.t_final,
         num_steps=solution.num_steps,
         num_rejected_steps=solution.num_rejected_steps,
@@ -381,7 +381,7 @@ def two_layer(args) -> int:
     stream = sys.stderr if args.json else sys.stdout
     print(
         f"two-layer: m={m} d={d} n={n} activation={args.activation} path={args.path} "
-        f"solver={args.solver}\n{solution.result}: t={solution.t_final:.6g}, "
+        f"solver={args.solver}\n{solution.message}: t={solution.t_final:.6g}, "
         f"{solution.num_steps} steps ({solution.num_rejected_steps} rejected), "
         f"solve {solution.wall_seconds:.2f} s, process {summary['wall_seconds']:.2f} s\n"
         f"R: {summary['R_initial']:.12g} -> {summary['R_final']:.12g}"

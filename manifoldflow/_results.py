@@ -1,0 +1,51 @@
+"""How a flow solve ended: an enumeration that extends `diffrax.RESULTS`."""
+
+import diffrax
+
+
+class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
+    """How [`manifoldflow.solve_flow`][] ended. Each value is its user-facing message.
+
+    Extends `diffrax.RESULTS` (and through it optimistix's and lineax's), so a failure
+    inside a step keeps its cause: `RESULTS.promote(diffrax_result)` maps any of
+    them here. `stationary` is success; `t1_reached` and `interrupted` end a solve
+    without failing it.
+    """
+
+    stationary = "stationary: |P_T grad R| reached the stationarity threshold"
+    t1_reached = "reached t1 before the stationarity threshold"
+    interrupted = "interrupted (KeyboardInterrupt): the solution holds what was computed"
+    step_failure = (
+        "a step produced non-finite values (NaN or inf) that a smaller step did not "
+        "cure: the model, its gradient or the sharpness is not finite there"
+    )
+    stagnated = (
+        "stagnated: |P_T grad R| stopped decreasing while R stayed constant to within "
+        "its rounding noise, at the tightest tolerances the noise-floor policy allows "
+        "(the integrator's noise floor)"
+    )
+    ill_conditioned = (
+        "ill-conditioned: the Gram matrix J J^T became numerically singular (the "
+        "manifold is close to a singular point, or constraints became dependent)"
+    )
+    retraction_failed = (
+        "the retraction onto the manifold did not converge after a step (with a "
+        "constant step size the step cannot be retried smaller)"
+    )
+    projection_failed = (
+        "the linear solve of the tangent projection failed (e.g. CG reached its "
+        "iteration cap, or the Gram matrix is singular)"
+    )
+    step_size_collapsed = (
+        "the step size collapsed: time stopped advancing although steps were accepted "
+        "or kept being rejected"
+    )
+
+
+def result_name(result: RESULTS) -> str:
+    """The name of a (concrete, non-traced) result, e.g. `"stationary"`."""
+    value = int(result._value)
+    for name, item in RESULTS._name_to_item.items():
+        if int(item._value) == value:
+            return name
+    raise ValueError(f"{result!r} is not a concrete manifoldflow.RESULTS item.")
