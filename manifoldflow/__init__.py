@@ -1,6 +1,7 @@
 """manifoldflow: high-precision sharpness flows on zero-loss manifolds."""
 
 from . import models as models, theory as theory
+from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
 from ._loss import (
     AbstractLoss as AbstractLoss,
@@ -9,6 +10,7 @@ from ._loss import (
 )
 from ._manifold import (
     AbstractManifold as AbstractManifold,
+    ConstraintManifold as ConstraintManifold,
     Linearisation as Linearisation,
     ZeroLossManifold as ZeroLossManifold,
 )
@@ -19,6 +21,7 @@ from ._projection import (
     QRProjector as QRProjector,
     SVDProjector as SVDProjector,
 )
+from ._results import RESULTS as RESULTS
 from ._retraction import (
     AbstractMultiplierRetraction as AbstractMultiplierRetraction,
     AbstractRetraction as AbstractRetraction,
@@ -27,8 +30,6 @@ from ._retraction import (
     NewtonRetraction as NewtonRetraction,
     RetractionSolution as RetractionSolution,
 )
-from ._errors import InputError as InputError
-from ._results import RESULTS as RESULTS
 from ._solution import FlowSolution as FlowSolution
 from ._solve import solve_flow as solve_flow
 from ._solver import ProjectedSolver as ProjectedSolver

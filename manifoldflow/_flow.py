@@ -2,6 +2,7 @@ r"""The limiting flow of label-noise SGD: $\dot\theta = -c\, P_T \nabla R(\theta
 
 import equinox as eqx
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, Float, Scalar
 
 from ._manifold import AbstractManifold, Linearisation
@@ -9,11 +10,13 @@ from ._projection import AbstractProjector, CholeskyProjector
 
 
 class FlowEvaluation(eqx.Module):
-    """The Riemannian gradient $g = P_T\\nabla R$ at a point, with its by-products."""
+    """The Riemannian gradient $g = P_T\\nabla R$ at a point, with its by-products and
+    the result of the projection's linear solve (a lineax `RESULTS` item)."""
 
     riemannian_gradient: Float[Array, " D"]
     multipliers: Float[Array, " n"]
     linearisation: Linearisation
+    result: lx.RESULTS
 
     @property
     def sharpness(self) -> Scalar:
@@ -49,13 +52,18 @@ class SharpnessFlow(eqx.Module):
     def evaluate(self, theta: Float[Array, " D"]) -> FlowEvaluation:
         """$P_T \\nabla R$, its multipliers and the linearisation at `theta`."""
         lin = self.manifold.linearise(theta)
-        g, lam = self.projector.project(lin, lin.gradient)
-        return FlowEvaluation(g, lam, lin)
+        g, lam, result = self.projector.project_with_result(lin, lin.gradient)
+        return FlowEvaluation(g, lam, lin, result)
 
     def gradient_norm(self, theta: Float[Array, " D"]) -> Scalar:
         """$\\|P_T \\nabla R(\\theta)\\|$ (independent of `constant`)."""
         return self.evaluate(theta).gradient_norm
 
     def __call__(self, t, theta, args):
+        """$-c P_T\\nabla R(\\theta)$; NaN where the projection's linear solve failed,
+        so that the step fails (and an adaptive controller retries it smaller) instead
+        of moving along an inaccurate direction."""
         del t, args
-        return -self.constant * self.evaluate(theta).riemannian_gradient
+        evaluation = self.evaluate(theta)
+        ok = evaluation.result == lx.RESULTS.successful
+        return jnp.where(ok, -self.constant * evaluation.riemannian_gradient, jnp.nan)

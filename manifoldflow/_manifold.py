@@ -1,4 +1,4 @@
-"""Constraint manifolds: $\\Gamma = \\{\\theta : F(\\theta) = 0\\}$ with the on-manifold sharpness."""
+r"""Constraint manifolds $\Gamma = \{\theta : F(\theta) = 0\}$ and their sharpness."""
 
 import abc
 from collections.abc import Callable
@@ -12,6 +12,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
+from ._errors import InputError
 from ._loss import AbstractLoss, MeanSquaredLoss
 
 
@@ -83,37 +84,121 @@ class AbstractManifold(eqx.Module):
 def _check_finite(name: str, array: np.ndarray) -> None:
     if not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(array))
-        raise ValueError(
-            f"{name} contains {len(bad)} non-finite value(s) (NaN or inf), the first at "
-            f"index {tuple(int(i) for i in bad[0])}. Remove or impute them first."
+        raise InputError(
+            f"{name} contains {len(bad)} non-finite value(s) (NaN or inf), the first "
+            f"at index {tuple(int(i) for i in bad[0])}. Remove or impute them first."
+        )
+
+
+def _check_consistent_labels(X: np.ndarray, y: np.ndarray) -> None:
+    """Identical rows of `X` with different labels: no model fits both, so the
+    zero-loss set is empty. Sorting the rows costs O(n log n) comparisons."""
+    if y.shape[0] < 2:
+        return
+    rows = X.reshape(X.shape[0], -1)
+    _, first, group = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    representative = first[group.reshape(-1)]
+    conflicts = np.flatnonzero(y != y[representative])
+    if conflicts.size:
+        j = int(conflicts[0])
+        i = int(representative[j])
+        raise InputError(
+            f"Rows {i} and {j} of X are identical but their labels differ "
+            f"(y[{i}] = {y[i].item()}, y[{j}] = {y[j].item()}): no model fits both, so "
+            f"the zero-loss manifold is empty ({conflicts.size} conflicting row(s) in "
+            "all). Remove one of the rows or fix the labels."
         )
 
 
 def check_data(X: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
-    """Validate a data set `(X, y)`: matching lengths, finite values, float dtype."""
+    """Validate a data set `(X, y)`: matching lengths, finite values, float dtype, and
+    no identical inputs with different labels (an empty zero-loss manifold).
+
+    Raises [`manifoldflow.InputError`][] naming what is wrong and the fix.
+    """
     X_np = np.asarray(X)
     y_np = np.asarray(y)
     if y_np.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"y must be a vector of n labels, got shape {y_np.shape}. "
             "Flatten it (y.reshape(-1)) if it holds one label per example."
         )
     if X_np.ndim < 1 or X_np.shape[0] != y_np.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"X has shape {X_np.shape} but y has shape {y_np.shape}: X must have one "
             f"row per label, i.e. leading dimension {y_np.shape[0]}."
         )
     if not np.issubdtype(X_np.dtype, np.number) or not np.issubdtype(
         y_np.dtype, np.number
     ):
-        raise ValueError(f"X and y must be numeric, got {X_np.dtype} and {y_np.dtype}.")
+        raise InputError(f"X and y must be numeric, got {X_np.dtype} and {y_np.dtype}.")
     _check_finite("X", X_np)
     _check_finite("y", y_np)
+    _check_consistent_labels(X_np, y_np)
     dtype = jnp.result_type(float)
     return jnp.asarray(X_np, dtype=dtype), jnp.asarray(y_np, dtype=dtype)
 
 
-class ZeroLossManifold(AbstractManifold):
+def _partition_coordinates(
+    tree: PyTree, filter_spec: PyTree[bool | Callable[[Any], bool]]
+) -> tuple[PyTree, PyTree]:
+    """`eqx.partition`, refusing a partition with no coordinates."""
+    parameters, static = eqx.partition(tree, filter_spec)
+    if not jax.tree_util.tree_leaves(parameters):
+        raise InputError(
+            "There are no trainable leaves under this filter_spec: nothing to move "
+            "along the manifold. Pass a filter_spec that selects the floating-point "
+            "arrays to train (the default eqx.is_inexact_array selects all of them)."
+        )
+    return parameters, static
+
+
+class _AbstractPytreeManifold(AbstractManifold):
+    r"""A manifold whose coordinates $\theta$ are the flattened leaves `parameters` of
+    a pytree, the rest of which (`static`) stays fixed, and whose Jacobian is a dense
+    matrix. $R = \sum_i w_i \|J_i\|^2$ and $\nabla R$ come from one
+    `jax.value_and_grad` through `jacobian_matrix`.
+    """
+
+    parameters: eqx.AbstractVar[PyTree]
+    static: eqx.AbstractVar[PyTree]
+    weights: eqx.AbstractVar[Float[Array, " n"]]
+
+    @abc.abstractmethod
+    def jacobian_matrix(self, theta: Float[Array, " D"]) -> Float[Array, "n D"]:
+        """$J = \\partial F / \\partial \\theta$ as a dense matrix."""
+
+    @property
+    def num_constraints(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def dimension(self) -> int:
+        return sum(np.size(x) for x in jax.tree_util.tree_leaves(self.parameters))
+
+    def initial_point(self) -> Float[Array, " D"]:
+        return jfu.ravel_pytree(self.parameters)[0]
+
+    def to_parameters(self, theta: Float[Array, " D"]) -> PyTree:
+        """The pytree with its coordinate leaves set to `theta`."""
+        unravel = jfu.ravel_pytree(self.parameters)[1]
+        return eqx.combine(unravel(theta), self.static)
+
+    def linearise(self, theta):
+        def sharpness(theta):
+            jac = self.jacobian_matrix(theta)
+            return jnp.sum(self.weights * jnp.sum(jac**2, axis=1)), jac
+
+        (value, jac), gradient = jax.value_and_grad(sharpness, has_aux=True)(theta)
+        return Linearisation(
+            jacobian=lx.MatrixLinearOperator(jac),
+            gram=jac @ jac.T,
+            sharpness=value,
+            gradient=gradient,
+        )
+
+
+class ZeroLossManifold(_AbstractPytreeManifold):
     r"""The zero-loss manifold $\Gamma = \{\theta : f_\theta(x_i) = y_i\ \forall i\}$ of
     any Equinox model that maps ONE example to a scalar.
 
@@ -131,6 +216,9 @@ class ZeroLossManifold(AbstractManifold):
     - `y`: labels, shape `(n,)`.
     - `loss`: the per-sample loss, default [`manifoldflow.MeanSquaredLoss`][].
     - `filter_spec`: which leaves are trained; default `eqx.is_inexact_array`.
+
+    Raises [`manifoldflow.InputError`][] for bad data (see `check_data`), a model
+    that does not return a scalar, no trainable leaves, or $n > D$.
     """
 
     parameters: PyTree
@@ -149,48 +237,27 @@ class ZeroLossManifold(AbstractManifold):
         filter_spec: PyTree[bool | Callable[[Any], bool]] = eqx.is_inexact_array,
     ):
         self.X, self.y = check_data(X, y)
-        self.parameters, self.static = eqx.partition(model, filter_spec)
-        if not jax.tree_util.tree_leaves(self.parameters):
-            raise ValueError(
-                "The model has no trainable leaves under this filter_spec: nothing "
-                "to move along the manifold."
-            )
+        self.parameters, self.static = _partition_coordinates(model, filter_spec)
         out = jax.eval_shape(
             model, jax.ShapeDtypeStruct(self.X.shape[1:], self.X.dtype)
         )
         if getattr(out, "shape", None) != ():
-            raise ValueError(
+            raise InputError(
                 f"The model must map one example of shape {self.X.shape[1:]} to a "
                 f"scalar, but it returned shape {getattr(out, 'shape', type(out))}. "
                 "Wrap it so that it returns a scalar (e.g. `lambda x: net(x)[0]`)."
             )
         n, D = self.y.shape[0], self.dimension
         if n > D:
-            raise ValueError(
+            raise InputError(
                 f"There are n = {n} data points but only D = {D} trainable parameters:"
                 " the zero-loss set is generically empty or not a manifold of "
                 "codimension n. Use fewer data points or a larger model."
             )
         self.weights = loss.curvature_weights(self.y)
 
-    @property
-    def num_constraints(self) -> int:
-        return self.y.shape[0]
-
-    @property
-    def dimension(self) -> int:
-        return sum(np.size(x) for x in jax.tree_util.tree_leaves(self.parameters))
-
-    def initial_point(self) -> Float[Array, " D"]:
-        return jfu.ravel_pytree(self.parameters)[0]
-
     def constraint_scale(self) -> Scalar:
         return jnp.maximum(1.0, jnp.max(jnp.abs(self.y)))
-
-    def to_parameters(self, theta: Float[Array, " D"]) -> PyTree:
-        """The model with its trainable leaves set to `theta`."""
-        unravel = jfu.ravel_pytree(self.parameters)[1]
-        return eqx.combine(unravel(theta), self.static)
 
     def _output(self, theta: Float[Array, " D"], x: Array) -> Scalar:
         return self.to_parameters(theta)(x)
@@ -202,15 +269,126 @@ class ZeroLossManifold(AbstractManifold):
         """$J$ as a dense matrix, one per-example gradient per row."""
         return jax.vmap(jax.grad(self._output), in_axes=(None, 0))(theta, self.X)
 
-    def linearise(self, theta):
-        def sharpness(theta):
-            jac = self.jacobian_matrix(theta)
-            return jnp.sum(self.weights * jnp.sum(jac**2, axis=1)), jac
 
-        (value, jac), gradient = jax.value_and_grad(sharpness, has_aux=True)(theta)
-        return Linearisation(
-            jacobian=lx.MatrixLinearOperator(jac),
-            gram=jac @ jac.T,
-            sharpness=value,
-            gradient=gradient,
-        )
+class ConstraintManifold(_AbstractPytreeManifold):
+    r"""The manifold $\Gamma = \{\theta : F(\theta) = 0\}$ of any constraint map
+    $F : \mathbb R^D \to \mathbb R^n$ on the leaves of a pytree, with the sharpness
+
+    $$R(\theta) = \sum_{i=1}^n w_i \|\nabla F_i(\theta)\|^2 .$$
+
+    For constraints that are not "model outputs = labels": e.g. the minimisers of
+    the risk of a deep linear network on noisy data, $\{W : (W_L \cdots W_1)^\top p =
+    w^*\}$ ($d$ equations), where no zero-loss point exists.
+
+    $\theta$ is the flat vector of the leaves of `params` selected by `filter_spec`
+    (as in `eqx.partition`); every other leaf stays fixed. $J$ is a dense
+    $n \times D$ matrix from `jax.jacrev` (cheap for $n \ll D$), and $R$ and
+    $\nabla R$ come from one `jax.value_and_grad` through it.
+
+    !!! example
+
+        ```python
+        def constraint(Ws, args):
+            p, w_star = args
+            product = functools.reduce(lambda A, W: W @ A, Ws)
+            return product.T @ p - w_star
+
+        manifold = ConstraintManifold(constraint, (W1, W2, W3), (p, w_star))
+        ```
+
+    **Arguments:**
+
+    - `constraint`: $F$, called as `constraint(params, args)`; must return a 1-D
+        floating-point array of $n \le D$ equations, finite at `params`. Under
+        `eqx.filter_jit` it is static (compared by identity): define it once rather
+        than as a new `lambda` per manifold, so that compiled code is reused.
+    - `params`: a pytree (e.g. a tuple of arrays or an `eqx.Module`); its coordinate
+        leaves are the initial point.
+    - `args`: a pytree of arrays passed to `constraint`. It is a field of the
+        manifold, so that under `jax.jit` data are traced arguments rather than
+        constants folded into the compiled program: pass data here, not by closure.
+    - `weights`: $w$, shape `(n,)`, finite and non-negative; default all ones.
+    - `filter_spec`: which leaves of `params` are coordinates; default
+        `eqx.is_inexact_array`.
+
+    Raises [`manifoldflow.InputError`][] for an output that is not a 1-D
+    floating-point vector, $n > D$, $F$ not finite at `params`, bad `weights`, or no
+    coordinate leaves.
+    """
+
+    parameters: PyTree
+    static: PyTree
+    constraint_function: Callable[[PyTree, PyTree], Float[Array, " n"]]
+    args: PyTree
+    weights: Float[Array, " n"]
+
+    def __init__(
+        self,
+        constraint: Callable[[PyTree, PyTree], Float[Array, " n"]],
+        params: PyTree,
+        args: PyTree = None,
+        *,
+        weights: ArrayLike | None = None,
+        filter_spec: PyTree[bool | Callable[[Any], bool]] = eqx.is_inexact_array,
+    ):
+        self.parameters, self.static = _partition_coordinates(params, filter_spec)
+        self.constraint_function = constraint
+        self.args = args
+        out = eqx.filter_eval_shape(constraint, params, args)
+        shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+        if (
+            shape is None
+            or len(shape) != 1
+            or not jnp.issubdtype(dtype, jnp.floating)
+            or shape[0] == 0
+        ):
+            got = type(out).__name__ if shape is None else f"shape {shape}, {dtype}"
+            raise InputError(
+                "The constraint must return a 1-D floating-point array of n >= 1 "
+                f"equations, but it returned {got}. Stack the equations into one "
+                "vector (e.g. `jnp.concatenate([F1.ravel(), F2.ravel()])`) and use "
+                "floating-point parameters."
+            )
+        n, D = shape[0], self.dimension
+        if n > D:
+            raise InputError(
+                f"The constraint has n = {n} equations but there are only D = {D} "
+                "coordinates: the solution set is generically empty or not a manifold "
+                "of codimension n. Use fewer equations, or more coordinates (check "
+                "filter_spec)."
+            )
+        value = constraint(params, args)
+        if not isinstance(value, jax.core.Tracer):
+            value = np.asarray(value)
+            if not np.all(np.isfinite(value)):
+                bad = np.flatnonzero(~np.isfinite(value))
+                raise InputError(
+                    f"The constraint is not finite at the initial point: {bad.size} of "
+                    f"its n = {n} values are NaN or inf, the first F[{bad[0]}] = "
+                    f"{value[bad[0]]}. Start from a point where it is defined."
+                )
+        dtype = self.initial_point().dtype
+        if weights is None:
+            self.weights = jnp.ones(n, dtype)
+        else:
+            self.weights = jnp.asarray(weights, dtype)
+            if self.weights.shape != (n,):
+                raise InputError(
+                    f"weights must hold one weight per equation: shape ({n},), got "
+                    f"{self.weights.shape}."
+                )
+            if not isinstance(self.weights, jax.core.Tracer):
+                w = np.asarray(self.weights)
+                if not np.all(np.isfinite(w)) or np.any(w < 0):
+                    i = int(np.flatnonzero(~(np.isfinite(w) & (w >= 0)))[0])
+                    raise InputError(
+                        f"weights must be finite and non-negative, but weights[{i}] = "
+                        f"{w[i]}. R = sum_i w_i |grad F_i|^2 needs w_i >= 0."
+                    )
+
+    def constraint(self, theta):
+        return self.constraint_function(self.to_parameters(theta), self.args)
+
+    def jacobian_matrix(self, theta: Float[Array, " D"]) -> Float[Array, "n D"]:
+        """$J$ as a dense matrix, by `jax.jacrev` over the flat coordinates."""
+        return jax.jacrev(self.constraint)(theta)

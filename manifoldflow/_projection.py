@@ -1,48 +1,87 @@
 r"""Orthogonal projection onto the tangent space $T_\theta\Gamma = \ker J$.
 
-Linear solves never throw inside the solve: a failed factorisation gives non-finite
-values, which make the step fail (and be rejected) instead of aborting the program.
-
 $P_T v = v - J^\top \lambda$ with multipliers $\lambda = (J J^\top)^{-1} J v$, i.e.
 $\lambda$ minimises $\|v - J^\top \lambda\|$. Every projector returns $\lambda$ too: the
 normal component $J^\top\lambda$ is what the retraction and the theory checks use.
+
+Linear solves never throw inside a solve: each method returns lineax's `RESULTS` item
+beside its value (`singular` where a factorisation produced non-finite values,
+`max_steps_reached` where CG hit its cap), and the caller turns a failure into a failed
+step with that cause.
 """
 
 import abc
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
 
 from ._manifold import Linearisation
 
 
+def _checked(solution: lx.Solution) -> tuple[Array, lx.RESULTS]:
+    """The value of a lineax solve and its result, `singular` if it is not finite."""
+    finite = jnp.all(jnp.isfinite(solution.value))
+    result = lx.RESULTS.where(
+        finite | (solution.result != lx.RESULTS.successful),
+        solution.result,
+        lx.RESULTS.singular,
+    )
+    return solution.value, result
+
+
 class AbstractProjector(eqx.Module):
     """Computes tangent projections and solves with the Gram matrix $JJ^\\top$."""
 
     @abc.abstractmethod
-    def multipliers(
-        self, linearisation: Linearisation, vector: Float[Array, " D"]
-    ) -> Float[Array, " n"]:
-        r"""$\lambda = \arg\min_\lambda \|v - J^\top \lambda\|$."""
-
-    @abc.abstractmethod
-    def solve_gram(
+    def solve_gram_with_result(
         self, linearisation: Linearisation, rhs: Float[Array, " n"]
-    ) -> Float[Array, " n"]:
-        r"""$(J J^\top)^{-1} r$ (a minimum-norm solution where the Gram is singular)."""
+    ) -> tuple[Float[Array, " n"], lx.RESULTS]:
+        r"""$(J J^\top)^{-1} r$ (minimum-norm where the Gram is singular) and the
+        linear solve's result."""
+
+    def multipliers_with_result(
+        self, linearisation: Linearisation, vector: Float[Array, " D"]
+    ) -> tuple[Float[Array, " n"], lx.RESULTS]:
+        r"""$\lambda = \arg\min_\lambda \|v - J^\top \lambda\|$ and the linear solve's
+        result. The default solves $JJ^\top\lambda = Jv$."""
+        return self.solve_gram_with_result(
+            linearisation, linearisation.jacobian.mv(vector)
+        )
+
+    def solve_gram(self, linearisation, rhs) -> Float[Array, " n"]:
+        r"""$(J J^\top)^{-1} r$, without the result."""
+        return self.solve_gram_with_result(linearisation, rhs)[0]
+
+    def multipliers(self, linearisation, vector) -> Float[Array, " n"]:
+        r"""$\lambda$, without the result."""
+        return self.multipliers_with_result(linearisation, vector)[0]
+
+    def project_with_result(
+        self, linearisation: Linearisation, vector: Float[Array, " D"]
+    ) -> tuple[Float[Array, " D"], Float[Array, " n"], lx.RESULTS]:
+        r"""$(P_T v, \lambda, \text{result})$ with $P_T v = v - J^\top\lambda$."""
+        lam, result = self.multipliers_with_result(linearisation, vector)
+        return vector - linearisation.jacobian.transpose().mv(lam), lam, result
 
     def project(
         self, linearisation: Linearisation, vector: Float[Array, " D"]
     ) -> tuple[Float[Array, " D"], Float[Array, " n"]]:
         r"""$(P_T v, \lambda)$ with $P_T v = v - J^\top\lambda$."""
-        lam = self.multipliers(linearisation, vector)
-        return vector - linearisation.jacobian.transpose().mv(lam), lam
+        projected, lam, _ = self.project_with_result(linearisation, vector)
+        return projected, lam
 
 
 def _gram_operator(linearisation: Linearisation) -> lx.MatrixLinearOperator:
     return lx.MatrixLinearOperator(linearisation.gram, lx.positive_semidefinite_tag)
+
+
+def _cholesky_solve(linearisation, rhs):
+    return _checked(
+        lx.linear_solve(_gram_operator(linearisation), rhs, lx.Cholesky(), throw=False)
+    )
 
 
 class CholeskyProjector(AbstractProjector):
@@ -52,13 +91,8 @@ class CholeskyProjector(AbstractProjector):
     $\kappa(JJ^\top) = \kappa(J)^2$.
     """
 
-    def solve_gram(self, linearisation, rhs):
-        return lx.linear_solve(
-            _gram_operator(linearisation), rhs, lx.Cholesky(), throw=False
-        ).value
-
-    def multipliers(self, linearisation, vector):
-        return self.solve_gram(linearisation, linearisation.jacobian.mv(vector))
+    def solve_gram_with_result(self, linearisation, rhs):
+        return _cholesky_solve(linearisation, rhs)
 
 
 class QRProjector(AbstractProjector):
@@ -66,21 +100,20 @@ class QRProjector(AbstractProjector):
     $J^\top$: accuracy like $\kappa(J)$ rather than $\kappa(J)^2$. Materialises $J$.
     """
 
-    def solve_gram(self, linearisation, rhs):
-        return lx.linear_solve(
-            _gram_operator(linearisation), rhs, lx.Cholesky(), throw=False
-        ).value
+    def solve_gram_with_result(self, linearisation, rhs):
+        return _cholesky_solve(linearisation, rhs)
 
-    def multipliers(self, linearisation, vector):
+    def multipliers_with_result(self, linearisation, vector):
         jac_t = lx.MatrixLinearOperator(linearisation.jacobian.transpose().as_matrix())
-        return lx.linear_solve(jac_t, vector, lx.QR(), throw=False).value
+        return _checked(lx.linear_solve(jac_t, vector, lx.QR(), throw=False))
 
 
 class CGProjector(AbstractProjector):
     r"""Matrix-free conjugate gradients on $\lambda \mapsto J(J^\top\lambda)$.
 
     Never forms $JJ^\top$; each iteration costs one product with $J$ and one with
-    $J^\top$.
+    $J^\top$. Reaching `max_steps` is a failure (`max_steps_reached`), never a silent
+    inaccurate answer.
 
     **Arguments:**
 
@@ -92,7 +125,7 @@ class CGProjector(AbstractProjector):
     atol: float = 1e-15
     max_steps: int | None = None
 
-    def solve_gram(self, linearisation, rhs):
+    def solve_gram_with_result(self, linearisation, rhs):
         jac = linearisation.jacobian
         if isinstance(jac, lx.MatrixLinearOperator):
             # Two products with the stored matrix: going through `jac.transpose()`
@@ -108,28 +141,24 @@ class CGProjector(AbstractProjector):
         )
         max_steps = 10 * rhs.shape[0] if self.max_steps is None else self.max_steps
         solver = lx.CG(rtol=self.rtol, atol=self.atol, max_steps=max_steps)
-        return lx.linear_solve(operator, rhs, solver, throw=False).value
-
-    def multipliers(self, linearisation, vector):
-        return self.solve_gram(linearisation, linearisation.jacobian.mv(vector))
+        return _checked(lx.linear_solve(operator, rhs, solver, throw=False))
 
 
 class SVDProjector(AbstractProjector):
     r"""Pseudo-inverse of the Gram matrix by an SVD: correct also where $J$ is rank
-    deficient (repeated or linearly dependent data points), where it projects onto
-    $\ker J$ exactly. Singular values below `rcond` times the largest are dropped
-    (default: machine epsilon times $n$).
+    deficient (repeated or linearly dependent data points, singular points of the
+    manifold), where it projects onto $\ker J$ exactly. Singular values below `rcond`
+    times the largest are dropped (default: machine epsilon times $n$).
     """
 
     rcond: float | None = None
 
-    def solve_gram(self, linearisation, rhs):
-        return lx.linear_solve(
-            lx.MatrixLinearOperator(linearisation.gram),
-            rhs,
-            lx.SVD(rcond=self.rcond),
-            throw=False,
-        ).value
-
-    def multipliers(self, linearisation, vector):
-        return self.solve_gram(linearisation, linearisation.jacobian.mv(vector))
+    def solve_gram_with_result(self, linearisation, rhs):
+        return _checked(
+            lx.linear_solve(
+                lx.MatrixLinearOperator(linearisation.gram),
+                rhs,
+                lx.SVD(rcond=self.rcond),
+                throw=False,
+            )
+        )

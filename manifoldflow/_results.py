@@ -14,7 +14,9 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
 
     stationary = "stationary: |P_T grad R| reached the stationarity threshold"
     t1_reached = "reached t1 before the stationarity threshold"
-    interrupted = "interrupted (KeyboardInterrupt): the solution holds what was computed"
+    interrupted = (
+        "interrupted (KeyboardInterrupt): the solution holds what was computed"
+    )
     step_failure = (
         "a step produced non-finite values (NaN or inf) that a smaller step did not "
         "cure: the model, its gradient or the sharpness is not finite there"

@@ -17,6 +17,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import lineax as lx
+import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, Scalar
 
 from ._manifold import AbstractManifold, Linearisation
@@ -24,21 +25,30 @@ from ._projection import AbstractProjector
 
 
 def _damped_iteration(constraint_at, direction, x0, tolerance, max_steps):
-    r"""$x_{k+1} = x_k + \alpha_k \delta_k$ with $\delta_k$ = `direction(x_k, F_k)`,
-    halving $\alpha_k$ from 1 until $\max|F|$ decreases (so that a far-away start
-    cannot diverge); stops at `tolerance`, after `max_steps`, or when no step
-    decreases the residual (its rounding floor). Returns `(x, residual, steps)`."""
+    r"""$x_{k+1} = x_k + \alpha_k \delta_k$ with `(delta_k, linear_result)` =
+    `direction(x_k, F_k)`, halving $\alpha_k$ from 1 until $\max|F|$ decreases (so that
+    a far-away start cannot diverge); stops at `tolerance`, after `max_steps`, when no
+    step decreases the residual (its rounding floor, or no zero nearby), or when a
+    linear solve fails. Returns `(x, residual, steps, result)`, `result` an optimistix
+    `RESULTS` item: `successful`, `nonlinear_max_steps_reached`,
+    `nonlinear_divergence` (stalled above the tolerance) or the linear solve's
+    failure."""
 
     def max_abs(F):
         return jnp.max(jnp.abs(F))
 
     def cond(carry):
-        _, _, res, step, stalled = carry
-        return (res > tolerance) & (step < max_steps) & ~stalled
+        _, _, res, step, stalled, linear_result = carry
+        return (
+            (res > tolerance)
+            & (step < max_steps)
+            & ~stalled
+            & (linear_result == lx.RESULTS.successful)
+        )
 
     def body(carry):
-        x, F, res, step, _ = carry
-        delta = direction(x, F)
+        x, F, res, step, _, _ = carry
+        delta, linear_result = direction(x, F)
 
         def shrink_cond(c):
             alpha, _, new_res = c
@@ -57,19 +67,36 @@ def _damped_iteration(constraint_at, direction, x0, tolerance, max_steps):
         x = jnp.where(improved, x + alpha * delta, x)
         F = jnp.where(improved, new_F, F)
         res = jnp.where(improved, new_res, res)
-        return x, F, res, step + 1, ~improved
+        return x, F, res, step + 1, ~improved, linear_result
 
     F0 = constraint_at(x0)
-    init = (x0, F0, max_abs(F0), jnp.array(0), jnp.array(False))
-    x, _, res, steps, _ = lax.while_loop(cond, body, init)
-    return x, res, steps
+    init = (x0, F0, max_abs(F0), jnp.array(0), jnp.array(False), lx.RESULTS.successful)
+    x, _, res, steps, stalled, linear_result = lax.while_loop(cond, body, init)
+    result = optx.RESULTS.where(
+        res <= tolerance,
+        optx.RESULTS.successful,
+        optx.RESULTS.where(
+            linear_result != lx.RESULTS.successful,
+            optx.RESULTS.promote(linear_result),
+            optx.RESULTS.where(
+                stalled,
+                optx.RESULTS.nonlinear_divergence,
+                optx.RESULTS.nonlinear_max_steps_reached,
+            ),
+        ),
+    )
+    return x, res, steps, result
 
 
 class RetractionSolution(eqx.Module):
     """The retracted point and how the iteration went.
 
     **Fields:** `theta` (the point), `multipliers` ($\\lambda$), `residual`
-    ($\\max_i |F_i(\\theta)|$), `num_steps`, `converged` (residual within tolerance).
+    ($\\max_i |F_i(\\theta)|$), `num_steps`, `converged` (residual within tolerance),
+    `tolerance` (the tolerance used), `result` (an optimistix `RESULTS` item:
+    `successful`; `nonlinear_max_steps_reached` when `max_steps` ran out;
+    `nonlinear_divergence` when the residual stopped decreasing above the tolerance,
+    i.e. no zero of $F$ near the start; or the failure of a linear solve).
     """
 
     theta: Float[Array, " D"]
@@ -77,6 +104,8 @@ class RetractionSolution(eqx.Module):
     residual: Scalar
     num_steps: Int[Array, ""]
     converged: Bool[Array, ""]
+    tolerance: Scalar
+    result: optx.RESULTS
 
 
 class AbstractRetraction(eqx.Module):
@@ -112,8 +141,9 @@ class AbstractMultiplierRetraction(AbstractRetraction):
         base: Linearisation,
         theta: Float[Array, " D"],
         residual: Float[Array, " n"],
-    ) -> Float[Array, " n"]:
-        r"""The multiplier update $\delta\lambda$ for the current iterate."""
+    ) -> tuple[Float[Array, " n"], lx.RESULTS]:
+        r"""The multiplier update $\delta\lambda$ for the current iterate, and the
+        result of its linear solve."""
 
     def __call__(
         self,
@@ -132,7 +162,7 @@ class AbstractMultiplierRetraction(AbstractRetraction):
             return self.correction(manifold, projector, base, point(lam), F)
 
         lam0 = jnp.zeros(manifold.num_constraints, theta_tilde.dtype)
-        lam, res, steps = _damped_iteration(
+        lam, res, steps, result = _damped_iteration(
             lambda lam: manifold.constraint(point(lam)),
             direction,
             lam0,
@@ -145,6 +175,8 @@ class AbstractMultiplierRetraction(AbstractRetraction):
             residual=res,
             num_steps=steps,
             converged=res <= tolerance,
+            tolerance=tolerance,
+            result=result,
         )
 
 
@@ -162,7 +194,8 @@ class ChordRetraction(AbstractMultiplierRetraction):
     max_steps: int = 100
 
     def correction(self, manifold, projector, base, theta, residual):
-        return -projector.solve_gram(base, residual)
+        delta, result = projector.solve_gram_with_result(base, residual)
+        return -delta, result
 
 
 class NewtonRetraction(AbstractMultiplierRetraction):
@@ -183,7 +216,10 @@ class NewtonRetraction(AbstractMultiplierRetraction):
                 jnp.eye(residual.shape[0], dtype=residual.dtype)
             )
         )
-        return -lx.linear_solve(operator, residual, lx.LU(), throw=False).value
+        solution = lx.linear_solve(operator, residual, lx.LU(), throw=False)
+        finite = jnp.all(jnp.isfinite(solution.value))
+        result = lx.RESULTS.where(finite, solution.result, lx.RESULTS.singular)
+        return -solution.value, result
 
 
 class GaussNewtonRetraction(AbstractRetraction):
@@ -205,9 +241,10 @@ class GaussNewtonRetraction(AbstractRetraction):
 
         def direction(theta, F):
             lin = manifold.linearise(theta)
-            return -lin.jacobian.transpose().mv(projector.solve_gram(lin, F))
+            lam, result = projector.solve_gram_with_result(lin, F)
+            return -lin.jacobian.transpose().mv(lam), result
 
-        theta, res, steps = _damped_iteration(
+        theta, res, steps, result = _damped_iteration(
             manifold.constraint, direction, theta_tilde, tolerance, self.max_steps
         )
         return RetractionSolution(
@@ -216,4 +253,6 @@ class GaussNewtonRetraction(AbstractRetraction):
             residual=res,
             num_steps=steps,
             converged=res <= tolerance,
+            tolerance=tolerance,
+            result=result,
         )

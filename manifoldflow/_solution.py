@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._manifold import AbstractManifold
-from ._results import RESULTS, result_name
+from ._results import result_name, RESULTS
 
 
 class FlowSolution(eqx.Module):

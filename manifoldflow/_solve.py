@@ -1,106 +1,48 @@
-"""`solve_flow`: integrate the sharpness flow on a manifold, like `diffrax.diffeqsolve`."""
+"""`solve_flow`: integrate the sharpness flow on a manifold, like `diffrax.diffeqsolve`.
+
+The driver validates its input, builds the projected solver and the policies, then runs
+jitted windows of steps (`_loop.py`) towards each output time, asking the noise-floor
+policy and the progress meter between windows, and assembles a `FlowSolution`.
+"""
 
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from diffrax._root_finder import use_stepsize_tol  # the tolerances diffeqsolve fills in
+from jaxtyping import ArrayLike, Float
 
+from ._errors import InputError
 from ._flow import SharpnessFlow
+from ._loop import Integrator, LoopState
 from ._manifold import AbstractManifold
+from ._noise_floor import AbstractNoiseFloorPolicy, StopAtNoiseFloor, TightenTolerances
+from ._progress import (
+    AbstractProgressMeter,
+    CallbackProgressMeter,
+    NoProgressMeter,
+    ProgressMeters,
+    TqdmProgressMeter,
+)
 from ._projection import AbstractProjector, CholeskyProjector, SVDProjector
 from ._results import RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
 from ._solution import FlowSolution
 from ._solver import ProjectedSolver
+from ._stop import (
+    AbstractStopCondition,
+    ConditionStop,
+    DEFAULT_MAX_CONDITION,
+    StationarityStop,
+)
+from ._trajectory import Trajectory
 
 
-def _diagnostics(flow: SharpnessFlow, theta):
-    evaluation = flow.evaluate(theta)
-    violation = jnp.max(jnp.abs(flow.manifold.constraint(theta)))
-    return evaluation.sharpness, evaluation.gradient_norm, violation
-
-
-_diagnostics_jit = eqx.filter_jit(_diagnostics)
-
-
-@eqx.filter_jit
-def _gram(manifold, theta):
-    return manifold.linearise(theta).gram
-
-
-@eqx.filter_jit
-def _initialise(flow, psolver, controller, initial_retraction, theta0, t0, t1, dt0):
-    retracted = initial_retraction(flow.manifold, flow.projector, theta0)
-    theta = retracted.theta
-    term = diffrax.ODETerm(flow)
-    error_order = psolver.error_order(term)
-    tnext, controller_state = controller.init(
-        term, t0, t1, theta, dt0, None, psolver.func, error_order
-    )
-    solver_state = psolver.init(term, t0, tnext, theta, None)
-    return retracted, solver_state, controller_state
-
-
-@eqx.filter_jit
-def _window(
-    flow,
-    psolver,
-    controller,
-    max_steps,
-    theta,
-    t0,
-    t1,
-    dt0,
-    solver_state,
-    controller_state,
-    made_jump,
-    threshold,
-):
-    def stop(t, y, args, **kwargs):
-        del t, args, kwargs
-        return flow.gradient_norm(y) <= threshold
-
-    def save(t, y, args):
-        del args
-        return (y,) + _diagnostics(flow, y)
-
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(flow),
-        psolver,
-        t0,
-        t1,
-        dt0,
-        theta,
-        saveat=diffrax.SaveAt(
-            steps=True,
-            fn=save,
-            solver_state=True,
-            controller_state=True,
-            made_jump=True,
-        ),
-        stepsize_controller=controller,
-        event=diffrax.Event(stop),
-        max_steps=max_steps,
-        throw=False,
-        solver_state=solver_state,
-        controller_state=controller_state,
-        made_jump=made_jump,
-    )
-    return (
-        sol.ts,
-        sol.ys,
-        sol.result,
-        sol.stats,
-        sol.solver_state,
-        sol.controller_state,
-        sol.made_jump,
-    )
+_ENDINGS = (RESULTS.stationary, RESULTS.t1_reached, RESULTS.interrupted)
 
 
 def solve_flow(
@@ -119,22 +61,25 @@ def solve_flow(
     atol: float = 1e-12,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     stationarity: float = 1e-10,
+    stop: Sequence[AbstractStopCondition] | None = None,
+    saveat: Sequence[float] | None = None,
+    noise_floor: AbstractNoiseFloorPolicy | None = None,
     max_steps: int = 100_000,
     patience: int = 200,
     window: int | None = None,
     save_every: int = 1,
     retract_every: int = 1,
-    progress: bool = False,
+    progress: bool | AbstractProgressMeter = False,
     callback: Callable[[dict], None] | None = None,
     throw: bool = True,
 ) -> FlowSolution:
     r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`.
 
-    Retracts $\theta_0$ onto $\Gamma$, then integrates with `ProjectedSolver(solver)`
-    until $\|P_T\nabla R\| \le$ `stationarity` (a `diffrax.Event` checked at every
-    step end), `t1`, or `max_steps`. Steps run in jitted windows of `window` steps that
-    carry the solver and controller state on: between windows the progress bar and
-    `callback` see the state, and Ctrl-C returns what was computed so far.
+    Retracts $\theta_0$ onto $\Gamma$, then steps with `ProjectedSolver(solver)` until
+    a stop condition holds (by default $\|P_T\nabla R\| \le$ `stationarity`, and
+    the Gram matrix $JJ^\top$ turning numerically singular), `t1`, the noise floor, a
+    failure, or `max_steps`. Steps run in jitted windows of `window` steps; between
+    windows the progress meter runs and Ctrl-C returns what was computed so far.
 
     **Arguments:**
 
@@ -142,227 +87,374 @@ def solve_flow(
     - `theta0`: initial coordinates; default `manifold.initial_point()`.
     - `solver`: any diffrax ODE solver (default `Dopri8`; `Tsit5`, `Kvaerno5`, ...).
     - `projector`, `retraction`: how $P_T$ and the per-step retraction are computed.
-    - `initial_retraction`: retraction of $\theta_0$ (Gauss--Newton: robust from far away).
+    - `initial_retraction`: retraction of $\theta_0$ (Gauss--Newton: robust from far
+      away).
     - `constant`: $c$ (see [`manifoldflow.SharpnessFlow`][]).
-    - `t0`, `t1`, `dt0`: time interval and initial step (`None`: chosen by diffrax).
+    - `t0`, `t1`, `dt0`: time interval and initial step (`None`: chosen by the
+      controller; a constant step size needs it).
     - `rtol`, `atol`: tolerances of the default `PIDController`.
-    - `stepsize_controller`: overrides the PID controller.
-    - `stationarity`: $\varepsilon$ of the stopping event.
-    - `patience`: if $\|P_T\nabla R\|$ has not halved within this many steps, the
-      integrator's noise floor is reached: the default PID controller's tolerances are
-      then tightened 100-fold (at most twice, down to rtol = 1e-14) and the solve goes
-      on from where it is; otherwise it stops as `RESULTS.stagnated`.
-    - `max_steps`: total step budget (rounded up to a multiple of `window`).
+    - `stepsize_controller`: replaces the PID controller (it is never modified).
+    - `stationarity`: $\varepsilon$ of the stationarity stop.
+    - `stop`: stop conditions ([`manifoldflow.AbstractStopCondition`][]) in addition to
+      stationarity; default `(ConditionStop(),)`, none with `SVDProjector`.
+    - `saveat`: output times: the solve steps exactly to each of them, and `ts`, `ys`
+      hold just those (the ones reached before a stop). `t1` defaults to the last.
+    - `noise_floor`: what to do at the integrator's noise floor; default
+      `TightenTolerances(patience)` with the default controller, else
+      `StopAtNoiseFloor(patience)`. A slow flow whose $R$ still decreases is never
+      taken for a noise floor.
+    - `max_steps`: the most steps attempted (accepted and rejected); never exceeded.
+    - `patience`: accepted steps of evidence before a noise floor is declared.
     - `window`: steps per jitted window (default from memory: states of all steps of a
       window are kept).
     - `save_every`: keep every k-th accepted state in `ys` (diagnostics keep all).
     - `retract_every`: retract after every k-th step.
-    - `progress`: show a tqdm progress bar (in decades of $\|P_T\nabla R\|$).
-    - `callback`: called with a dict after every window.
-    - `throw`: raise if the solve fails (`max_steps` reached, a step failure, or
-      stagnation); reaching `t1` or an interrupt is not a failure. With `throw=False`
-      inspect `solution.result`.
+    - `progress`: `True` for a tqdm bar (t, steps, R, $\|P_T\nabla R\|$), or a
+      [`manifoldflow.AbstractProgressMeter`][].
+    - `callback`: called with a dict (t, num_steps, sharpness, gradient_norm) after
+      every window.
+    - `throw`: raise `RuntimeError` if the solve fails (any result but `stationary`,
+      `t1_reached`, `interrupted`); with `throw=False` inspect `solution.result`.
 
     **Returns:** a [`manifoldflow.FlowSolution`][].
     """
     start = time.perf_counter()
+    theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
+    targets, t1 = _output_times(saveat, t0, t1)
+    controller = stepsize_controller
+    if controller is None:
+        dtype = theta0.dtype
+        controller = diffrax.PIDController(
+            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
+        )
+    if noise_floor is None:
+        policy = (
+            StopAtNoiseFloor if stepsize_controller is not None else TightenTolerances
+        )
+        noise_floor = policy(patience=patience)
+    if stop is None:
+        stop = () if isinstance(projector, SVDProjector) else (ConditionStop(),)
+    stops = (StationarityStop(jnp.asarray(stationarity, theta0.dtype)), *stop)
+    flow = SharpnessFlow(manifold, projector, jnp.asarray(constant, theta0.dtype))
+    psolver = ProjectedSolver(
+        _with_stepsize_tolerances(solver, controller),
+        manifold,
+        projector,
+        retraction,
+        retract_every,
+    )
+    integrator = Integrator(flow, psolver, controller, stops)
+    _check_rank(manifold, projector, theta0)
+    state, diagnostics = _initialise(
+        integrator, initial_retraction, theta0, t0, t1, dt0
+    )
+    if window is None:
+        window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
+    trajectory = Trajectory(t0, state.y, diagnostics, keep_all=targets is None)
+    meter = _progress_meter(progress, callback)
+    meter_state = meter.init(
+        t0,
+        0,
+        float(diagnostics.sharpness),
+        float(diagnostics.gradient_norm),
+        stationarity,
+    )
+    runner = _Runner(integrator, noise_floor, window, max_steps, trajectory, meter)
+    try:
+        state = runner.run(state, targets or [t1], meter_state)
+    except KeyboardInterrupt:
+        state = _with_result(runner.state, RESULTS.interrupted)
+    finally:
+        meter.close(runner.meter_state)
+    result = _final_result(state, t1)
+    solution = trajectory.solution(
+        state=state,
+        result=result,
+        save_every=save_every,
+        targets=targets,
+        tightened=runner.tightened,
+        constant=constant,
+        stationarity=stationarity,
+        wall_seconds=time.perf_counter() - start,
+        manifold=manifold,
+    )
+    if throw and not any(bool(result == r) for r in _ENDINGS):
+        raise RuntimeError(_failure_message(solution, runner.integrator))
+    return solution
+
+
+def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
     theta0 = manifold.initial_point() if theta0 is None else jnp.asarray(theta0)
     if theta0.shape != (manifold.dimension,):
-        raise ValueError(
+        raise InputError(
             f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
             f"coordinates: expected shape ({manifold.dimension},)."
         )
+    if not bool(jnp.all(jnp.isfinite(theta0))):
+        raise InputError("theta0 contains non-finite values (NaN or inf).")
     if theta0.dtype == jnp.float32 and min(rtol, atol, stationarity) < 1e-6:
-        raise ValueError(
+        raise InputError(
             "float32 coordinates cannot meet tolerances below float32 precision "
             f"(rtol={rtol}, atol={atol}, stationarity={stationarity}). Enable float64 "
             'first: jax.config.update("jax_enable_x64", True).'
         )
+    for name, value in (("rtol", rtol), ("atol", atol), ("stationarity", stationarity)):
+        if not value >= 0:
+            raise InputError(f"{name} must be >= 0, got {value}.")
     if max_steps < 1:
-        raise ValueError(f"max_steps must be positive, got {max_steps}.")
-    flow = SharpnessFlow(manifold, projector, constant)
-    psolver = ProjectedSolver(solver, manifold, projector, retraction, retract_every)
-    controller = (
-        diffrax.PIDController(rtol=rtol, atol=atol)
-        if stepsize_controller is None
-        else stepsize_controller
-    )
-    if window is None:
-        window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
-    # One compiled window size: max_steps is rounded up to a multiple of it.
-    window = min(window, max_steps)
-    t0_ = jnp.asarray(t0, dtype=theta0.dtype)
-    t1_ = jnp.asarray(t1, dtype=theta0.dtype)
-    thr = jnp.asarray(stationarity, dtype=theta0.dtype)
+        raise InputError(f"max_steps must be positive, got {max_steps}.")
+    return theta0
 
+
+def _output_times(saveat, t0, t1) -> tuple[list[float] | None, float]:
+    """The validated output times and the end time (default: the last output time)."""
+    if not t1 > t0:
+        raise InputError(f"t1 = {t1} must be greater than t0 = {t0}.")
+    if saveat is None:
+        return None, t1
+    times = np.asarray(saveat, dtype=float).reshape(-1)
+    if times.size == 0 or not np.all(np.isfinite(times)):
+        raise InputError(
+            f"saveat must be a non-empty list of finite times, got {saveat}."
+        )
+    if np.any(np.diff(times) <= 0) or times[0] < t0:
+        raise InputError(
+            f"saveat must be strictly increasing and >= t0 = {t0}, got {saveat}."
+        )
+    if math.isinf(t1):
+        t1 = float(times[-1])
+    if times[-1] > t1:
+        raise InputError(f"saveat has times after t1 = {t1}: {times[times > t1]}.")
+    return [float(t) for t in times], t1
+
+
+def _with_stepsize_tolerances(solver, controller):
+    """Give an implicit solver's root finder the controller's tolerances where it asks
+    for them, as `diffrax.diffeqsolve` does."""
+    if not isinstance(solver, diffrax.AbstractImplicitSolver):
+        return solver
+    names = [
+        a
+        for a in ("rtol", "atol", "norm")
+        if getattr(solver.root_finder, a) is use_stepsize_tol
+    ]
+    if not names:
+        return solver
+    if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+        raise InputError(
+            f"{type(solver).__name__} with a constant step size needs explicit root "
+            f"finder tolerances, e.g. {type(solver).__name__}(root_finder=diffrax."
+            "VeryChord(rtol=1e-10, atol=1e-12, norm=optimistix.max_norm)); or use an "
+            "adaptive stepsize_controller."
+        )
+    return eqx.tree_at(
+        lambda s: tuple(getattr(s.root_finder, a) for a in names),
+        solver,
+        tuple(getattr(controller, a) for a in names),
+    )
+
+
+def _check_rank(manifold, projector, theta0) -> None:
+    if isinstance(projector, SVDProjector):
+        return
     eigenvalues = np.linalg.eigvalsh(np.asarray(_gram(manifold, theta0)))
-    if not isinstance(projector, SVDProjector) and not (
-        eigenvalues[0] > 1e3 * np.finfo(eigenvalues.dtype).eps * eigenvalues[-1]
-    ):
-        raise ValueError(
+    if not eigenvalues[0] * DEFAULT_MAX_CONDITION > eigenvalues[-1]:
+        raise InputError(
             "The Jacobian J of the constraints is rank deficient at the initial point "
             f"(Gram eigenvalues from {eigenvalues[0]:.3e} to {eigenvalues[-1]:.3e}): "
             "repeated or linearly dependent data points, or an activation whose "
             "derivative vanishes there. Remove duplicates, or use "
             "projector=manifoldflow.SVDProjector() for a rank-deficient J."
         )
-    retracted, solver_state, controller_state = _initialise(
-        flow, psolver, controller, initial_retraction, theta0, t0_, t1_, dt0
+
+
+@eqx.filter_jit
+def _gram(manifold, theta):
+    return manifold.linearise(theta).gram
+
+
+def _initialise(integrator, retraction, theta0, t0, t1, dt0):
+    dtype = theta0.dtype
+    if dt0 is None and not isinstance(
+        integrator.controller, diffrax.AbstractAdaptiveStepSizeController
+    ):
+        raise InputError("A constant step size needs dt0 (the step), got dt0=None.")
+    retracted, state, diagnostics = integrator.initialise(
+        retraction,
+        theta0,
+        jnp.asarray(t0, dtype),
+        jnp.asarray(t1, dtype),
+        None if dt0 is None else jnp.asarray(dt0, dtype),
     )
     if not bool(retracted.converged):
-        raise ValueError(
-            "The retraction of theta0 onto the manifold did not converge: "
-            f"max|F| = {float(retracted.residual):.3e} after "
-            f"{int(retracted.num_steps)} steps of {type(initial_retraction).__name__} "
-            f"(tolerance max({initial_retraction.atol:g}, {initial_retraction.rtol:g} * "
-            "scale)). Start closer to the manifold (a point with f(X) near y), or raise "
-            "initial_retraction=GaussNewtonRetraction(max_steps=...)."
-        )
-    # Adaptive controllers choose each window's first step themselves (two vector-field
-    # evaluations per window). Passing a traced dt0 instead would add a runtime check
-    # (a host callback) that keeps the window out of the persistent compilation cache.
-    adaptive = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
-    window_dt0 = None if adaptive else dt0
-    theta = retracted.theta
-    s0, g0, v0 = (float(x) for x in _diagnostics_jit(flow, theta))
-    ys = [np.asarray(theta)[None]]
-    step_ts, diag = [np.asarray([t0])], [np.asarray([[s0, g0, v0]])]
-    t_cur, made_jump = t0_, jnp.array(False)
-    num_steps = num_rejected = 0
-    result = RESULTS.stationary if g0 <= stationarity else None
-    bar = None
-    if progress:
-        import tqdm
+        raise InputError(_retraction_message(retracted, retraction))
+    return state, diagnostics
 
-        bar = tqdm.tqdm(
-            total=max(0.0, math.log10(max(g0, 1e-300) / stationarity)),
-            unit="decade",
-            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} decades "
-            "of |P_T grad R| [{elapsed}]{postfix}",
-        )
-    since, tightened = 0, []
-    try:
-        while result is None:
-            out = _window(
-                flow,
-                psolver,
-                controller,
-                window,
-                theta,
-                t_cur,
-                t1_,
-                window_dt0,
-                solver_state,
-                controller_state,
-                made_jump,
-                thr,
-            )
-            (
-                w_ts,
-                (w_ys, w_s, w_g, w_v),
-                w_result,
-                stats,
-                solver_state,
-                controller_state,
-                made_jump,
-            ) = out
-            w_ts = np.asarray(w_ts)
-            count = int(np.sum(np.isfinite(w_ts)))
-            num_steps += int(stats["num_accepted_steps"])
-            num_rejected += int(stats["num_rejected_steps"])
-            if count > 0:
-                w_ys = np.asarray(w_ys[:count])
-                theta = jnp.asarray(w_ys[-1])
-                step_ts.append(w_ts[:count])
-                diag.append(
-                    np.stack([np.asarray(a[:count]) for a in (w_s, w_g, w_v)], 1)
-                )
-                ys.append(w_ys)
-                t_cur = jnp.asarray(w_ts[count - 1], theta0.dtype)
-            g_last = float(diag[-1][-1, 1])
-            if w_result == diffrax.RESULTS.event_occurred:
-                result = RESULTS.stationary
-            elif w_result == diffrax.RESULTS.successful:
-                result = RESULTS.t1_reached
-            elif w_result == diffrax.RESULTS.max_steps_reached:
-                if num_steps >= max_steps:
-                    result = RESULTS.max_steps_reached
-            else:
-                result = RESULTS.step_failure
-            if not np.isfinite(g_last):
-                result = RESULTS.step_failure
-            history = np.concatenate([d[:, 1] for d in diag])[since:]
-            if (
-                result is None
-                and history.size > patience
-                and np.min(history[-patience:]) > 0.5 * np.min(history[:-patience])
-            ):
-                if stepsize_controller is None and controller.rtol > 1e-14:
-                    controller = diffrax.PIDController(
-                        rtol=max(controller.rtol / 100, 1e-14),
-                        atol=max(controller.atol / 100, 1e-16),
-                    )
-                    tightened.append((float(t_cur), controller.rtol, controller.atol))
-                    since += history.size
-                else:
-                    result = RESULTS.stagnated
-            if bar is not None:
-                bar.n = min(bar.total, max(0.0, math.log10(g0 / max(g_last, 1e-300))))
-                bar.set_postfix(
-                    t=f"{float(t_cur):.4g}", steps=num_steps, grad=f"{g_last:.2e}"
-                )
-                bar.refresh()
-            if callback is not None:
-                callback(
-                    dict(
-                        t=float(t_cur),
-                        num_steps=num_steps,
-                        gradient_norm=g_last,
-                        sharpness=float(diag[-1][-1, 0]),
-                    )
-                )
-    except KeyboardInterrupt:
-        result = RESULTS.interrupted
-    finally:
-        if bar is not None:
-            bar.close()
-    step_ts_all = np.concatenate(step_ts)
-    diag_all = np.concatenate(diag)
-    ts_all, ys_all = step_ts_all, np.concatenate(ys)
-    saved_index = np.arange(len(ts_all))
-    if save_every > 1:
-        keep = np.zeros(len(ts_all), bool)
-        keep[::save_every] = True
-        keep[-1] = True
-        ts_all, ys_all, saved_index = ts_all[keep], ys_all[keep], saved_index[keep]
-    solution = FlowSolution(
-        ts=ts_all,
-        ys=ys_all,
-        step_ts=step_ts_all,
-        sharpness=diag_all[:, 0],
-        gradient_norm=diag_all[:, 1],
-        constraint_violation=diag_all[:, 2],
-        saved_index=saved_index,
-        theta_final=theta,
-        t_final=float(step_ts_all[-1]),
-        num_steps=num_steps,
-        num_rejected_steps=num_rejected,
-        result=result,
-        tightened=tightened,
-        constant=float(constant),
-        stationarity=float(stationarity),
-        wall_seconds=time.perf_counter() - start,
-        manifold=manifold,
+
+def _retraction_message(retracted, retraction) -> str:
+    steps, residual = int(retracted.num_steps), float(retracted.residual)
+    where = (
+        f"max|F| = {residual:.3e} after {steps} steps of {type(retraction).__name__} "
+        f"(tolerance {float(retracted.tolerance):.1e})"
     )
-    failures = (RESULTS.max_steps_reached, RESULTS.step_failure, RESULTS.stagnated)
-    if throw and any(bool(result == f) for f in failures):
-        message = (
-            f"solve_flow ended without stationarity: {RESULTS[result]}. It got to "
-            f"t = {solution.t_final:.6g} after {num_steps} steps "
-            f"({num_rejected} rejected) with |P_T grad R| = "
-            f"{solution.gradient_norm[-1]:.3e} (threshold {stationarity:g}) and "
-            f"R = {solution.sharpness[-1]:.12g}. Increase max_steps or t1, or pass "
-            "throw=False to get this partial solution."
+    if steps >= retraction.max_steps:
+        return (
+            f"The retraction of theta0 onto the manifold ran out of steps: {where}. "
+            f"Raise initial_retraction={type(retraction).__name__}(max_steps=...) "
+            f"(now {retraction.max_steps}), or start closer to the manifold."
         )
-        raise RuntimeError(message)
-    return solution
+    return (
+        f"The retraction of theta0 onto the manifold stopped: {where}, and no damped "
+        "step decreases max|F| further. No point of the manifold is near theta0, or "
+        "the manifold is empty (e.g. identical inputs with different labels: no "
+        "model fits both). Start from a point with F(theta0) close to 0."
+    )
+
+
+def _progress_meter(progress, callback) -> AbstractProgressMeter:
+    meters = []
+    if isinstance(progress, AbstractProgressMeter):
+        meters.append(progress)
+    elif progress:
+        meters.append(TqdmProgressMeter())
+    if callback is not None:
+        meters.append(CallbackProgressMeter(callback))
+    if not meters:
+        return NoProgressMeter()
+    return meters[0] if len(meters) == 1 else ProgressMeters(tuple(meters))
+
+
+def _with_result(state: LoopState, result) -> LoopState:
+    return eqx.tree_at(lambda s: s.result, state, result)
+
+
+class _Runner:
+    """Runs windows towards each output time; between windows: the step budget, the
+    noise-floor policy, the progress meter. Keeps the latest state, so that an
+    interrupt returns everything computed so far."""
+
+    def __init__(self, integrator, policy, window, max_steps, trajectory, meter):
+        self.integrator, self.policy = integrator, policy
+        self.window, self.max_steps = window, max_steps
+        self.trajectory, self.meter = trajectory, meter
+        self.tightened: list[tuple[float, float, float]] = []
+        self.state: LoopState | None = None
+        self.meter_state = None
+
+    def run(self, state: LoopState, targets: list[float], meter_state) -> LoopState:
+        self.state, self.meter_state = state, meter_state
+        dtype = state.y.dtype
+        for target in targets:
+            t_end = jnp.asarray(target, dtype)
+            while _running(self.state) and float(self.state.t) < target:
+                self._window(t_end)
+            if _running(self.state) or float(self.state.t) == target:
+                if float(self.state.t) == target:
+                    self.trajectory.mark_saved()
+            if not _running(self.state):
+                break
+        return self.state
+
+    def _window(self, t_end) -> None:
+        state = self.state
+        used = int(state.num_accepted) + int(state.num_rejected)
+        budget = min(self.window, self.max_steps - used)
+        if budget <= 0:
+            self.state = _with_result(state, RESULTS.max_steps_reached)
+            return
+        state, records = self.integrator.window(
+            state, t_end, jnp.asarray(budget), self.window
+        )
+        self.state = state
+        self.trajectory.add(records)
+        R, g, _ = self.trajectory.last
+        self.meter_state = self.meter.step(
+            self.meter_state,
+            float(state.t),
+            int(state.num_accepted),
+            float(R),
+            float(g),
+        )
+        if _running(state) and self.policy.detect(*self.trajectory.history()):
+            self._at_noise_floor()
+
+    def _at_noise_floor(self) -> None:
+        controller = self.policy.respond(
+            self.integrator.controller, len(self.tightened)
+        )
+        if controller is None:
+            self.state = _with_result(self.state, RESULTS.stagnated)
+            return
+        self.integrator = eqx.tree_at(
+            lambda i: i.controller, self.integrator, controller
+        )
+        self.tightened.append(
+            (float(self.state.t), float(controller.rtol), float(controller.atol))
+        )
+        self.trajectory.reset_history()
+
+
+def _running(state: LoopState) -> bool:
+    return bool(state.result == RESULTS.successful)
+
+
+def _final_result(state: LoopState, t1: float) -> RESULTS:
+    if bool(state.result == RESULTS.successful):
+        return RESULTS.t1_reached if float(state.t) >= t1 else RESULTS.max_steps_reached
+    return state.result
+
+
+_ADVICE = {
+    "max_steps_reached": (
+        "Raise max_steps, or pass throw=False to get this partial solution."
+    ),
+    "stagnated": (
+        "|P_T grad R| is at the integrator's noise floor: ask for a stationarity above "
+        "the value reached, or use projector=QRProjector() (accuracy kappa(J) "
+        "instead of kappa(J)^2); if you believe the flow is merely slow, raise "
+        "patience or pass noise_floor=IgnoreNoiseFloor()."
+    ),
+    "ill_conditioned": (
+        "Use projector=SVDProjector(), which projects exactly where J is rank "
+        "deficient, or pass stop=[ConditionStop(max_condition=...)] to go on with a "
+        "larger bound."
+    ),
+    "retraction_failed": (
+        "Take smaller steps (lower rtol/atol or dt0), or give the retraction more "
+        "iterations (retraction=ChordRetraction(max_steps=...) or NewtonRetraction())."
+    ),
+    "projection_failed": (
+        "For CGProjector raise max_steps or loosen rtol; or use CholeskyProjector or "
+        "SVDProjector (for a rank-deficient J)."
+    ),
+    "step_failure": (
+        "The model, its gradient or the sharpness is not finite at the point reached: "
+        "check the model (e.g. log or sqrt of a quantity that reaches 0)."
+    ),
+    "step_size_collapsed": (
+        "Every step from the point reached was rejected or had zero length: the vector "
+        "field is not finite or not accurate near it (see the Gram condition above)."
+    ),
+}
+
+
+def _failure_message(solution: FlowSolution, integrator: Integrator) -> str:
+    R, g, violation = (
+        solution.sharpness[-1],
+        solution.gradient_norm[-1],
+        solution.constraint_violation[-1],
+    )
+    gram = np.asarray(
+        _gram(integrator.flow.manifold, jnp.asarray(solution.theta_final))
+    )
+    eigenvalues = np.linalg.eigvalsh(gram)
+    condition = eigenvalues[-1] / eigenvalues[0] if eigenvalues[0] > 0 else math.inf
+    advice = _ADVICE.get(solution.result_name, "")
+    return (
+        f"solve_flow ended without stationarity: {solution.message}. It got to "
+        f"t = {solution.t_final:.6g} after {solution.num_steps} accepted steps "
+        f"({solution.num_rejected_steps} rejected), with |P_T grad R| = {g:.3e} "
+        f"(threshold {solution.stationarity:g}), R = {R:.12g}, "
+        f"max|F| = {violation:.1e}, "
+        f"Gram condition number {condition:.2e}. {advice}"
+    )

@@ -1,16 +1,33 @@
 """A diffrax solver wrapper that keeps every step on the manifold."""
 
-from typing import Any
-
 import diffrax
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import optimistix as optx
+from jaxtyping import Array, Float, Int, PyTree, Scalar
 
 from ._manifold import AbstractManifold
 from ._projection import AbstractProjector, CholeskyProjector
 from ._retraction import AbstractRetraction, ChordRetraction
+
+
+class ProjectedSolverState(eqx.Module):
+    """The inner solver's state and a record of the last retraction.
+
+    **Fields:** `inner` (the wrapped solver's state), `num_steps` (steps taken, for
+    `retract_every`), `residual` ($\\max|F|$ after the last retraction, NaN if the last
+    step was not retracted), `retraction_steps`, `retraction_result` (an optimistix
+    `RESULTS` item), `correction` ($\\|y_1^{\\rm retracted} - y_1\\|$).
+    """
+
+    inner: PyTree
+    num_steps: Int[Array, ""]
+    residual: Scalar
+    retraction_steps: Int[Array, ""]
+    retraction_result: optx.RESULTS
+    correction: Scalar
 
 
 class ProjectedSolver(diffrax.AbstractWrappedSolver):
@@ -20,9 +37,16 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
     the vector field afresh at the retracted start point instead of re-using the value
     at the unprojected end of the previous step; the end point $y_1$ is then retracted
     (after every step, or every `retract_every` steps) and the retracted point is what
-    diffrax sees, saves and interpolates from. A retraction that does not reach its
-    tolerance sets the error estimate to infinity, so adaptive controllers reject the
-    step and shrink it.
+    diffrax sees, saves and interpolates from.
+
+    A retraction that does not converge fails the step the way diffrax's implicit
+    solvers fail a step whose root find fails: the error estimate becomes infinite (an
+    adaptive controller rejects the step and retries it smaller) and the step returns
+    the retraction's result (`nonlinear_max_steps_reached`, `nonlinear_divergence`, or
+    a linear solve's failure), which ends the solve if the step is kept anyway (a
+    constant step size). A step whose inner solve gave non-finite values returns
+    `nonfinite` (the vector field's failure, not the retraction's). The state records
+    the last retraction.
 
     **Arguments:**
 
@@ -73,37 +97,84 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
     def error_order(self, terms):
         return self.solver.error_order(terms)
 
-    def init(self, terms, t0, t1, y0, args) -> tuple[Any, Any]:
-        return self.solver.init(terms, t0, t1, y0, args), jnp.array(0)
+    def init(self, terms, t0, t1, y0, args) -> ProjectedSolverState:
+        zero = jnp.zeros((), jnp.result_type(y0))
+        return ProjectedSolverState(
+            inner=self.solver.init(terms, t0, t1, y0, args),
+            num_steps=jnp.array(0),
+            residual=zero,
+            retraction_steps=jnp.array(0),
+            retraction_result=optx.RESULTS.successful,
+            correction=zero,
+        )
 
     def retract(self, y):
         """Retract `y` onto the manifold (a `RetractionSolution`)."""
         return self.retraction(self.manifold, self.projector, y)
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        inner_state, counter = solver_state
-        y1, y_error, dense_info, inner_state, result = self.solver.step(
-            terms, t0, t1, y0, args, inner_state, made_jump=True
+    def _retract_record(self, y: Float[Array, " D"]) -> tuple:
+        retracted = self.retract(y)
+        return (
+            retracted.theta,
+            retracted.residual,
+            retracted.num_steps,
+            retracted.result,
         )
-        counter = counter + 1
+
+    def _keep_record(self, y: Float[Array, " D"]) -> tuple:
+        nan = jnp.full((), jnp.nan, y.dtype)
+        return y, nan, jnp.array(0), optx.RESULTS.successful
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, y_error, dense_info, inner_state, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state.inner, made_jump=True
+        )
+        num_steps = solver_state.num_steps + 1
         if self.retract_every == 1:
-            retracted = self.retract(y1)
-            new_y1, converged = retracted.theta, retracted.converged
+            record = self._retract_record(y1)
         else:
-            new_y1, converged = lax.cond(
-                counter % self.retract_every == 0,
-                lambda y: (lambda r: (r.theta, r.converged))(self.retract(y)),
-                lambda y: (y, jnp.array(True)),
+            record = lax.cond(
+                num_steps % self.retract_every == 0,
+                self._retract_record,
+                self._keep_record,
                 y1,
             )
+        new_y1, residual, retraction_steps, retraction_result = record
+        # Non-finite values (the inner step's, or F's at the end point) are the
+        # model's or the vector field's failure, not the retraction's.
+        retraction_failed = retraction_result != optx.RESULTS.successful
+        finite = jnp.all(jnp.isfinite(y1)) & ~(
+            retraction_failed & ~jnp.isfinite(residual)
+        )
+        failed = retraction_failed & finite
         if y_error is not None:
             if self.correction_in_error:
                 y_error = jtu.tree_map(
                     lambda e, a, b: jnp.abs(e) + jnp.abs(a - b), y_error, new_y1, y1
                 )
-            y_error = jtu.tree_map(lambda e: jnp.where(converged, e, jnp.inf), y_error)
+            bad = failed | ~finite
+            y_error = jtu.tree_map(lambda e: jnp.where(bad, jnp.inf, e), y_error)
+        retraction = diffrax.RESULTS.where(
+            failed,
+            diffrax.RESULTS.promote(retraction_result),
+            diffrax.RESULTS.successful,
+        )
+        own = diffrax.RESULTS.where(finite, retraction, diffrax.RESULTS.nonfinite)
+        result = diffrax.RESULTS.where(
+            result == diffrax.RESULTS.successful, own, result
+        )
+        state = ProjectedSolverState(
+            inner=inner_state,
+            num_steps=num_steps,
+            residual=residual,
+            retraction_steps=retraction_steps,
+            retraction_result=optx.RESULTS.where(
+                finite, retraction_result, optx.RESULTS.successful
+            ),
+            correction=jnp.linalg.norm(new_y1 - y1),
+        )
         dense_info = dict(dense_info, y1=new_y1)
-        return new_y1, y_error, dense_info, (inner_state, counter), result
+        return new_y1, y_error, dense_info, state, result
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)

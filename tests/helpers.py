@@ -1,11 +1,14 @@
 """Problem generators and catalogues shared by the tests."""
 
+import functools
+
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import manifoldflow as mf
 import numpy as np
+import pytest
 from manifoldflow.models import (
     Cube,
     CubeBeta,
@@ -60,6 +63,94 @@ def mlp_problem(n=3, seed=0):
     X = jax.random.normal(key2, (n, 2))
     y = jax.random.normal(key3, (n,))
     return model, X, y
+
+
+def deep_linear_constraint(weights, args):
+    r"""$F(W) = (W_L \cdots W_1)^\top p - w^*$ for `weights = (W_1, ..., W_L)` and
+    `args = (p, w_star)`: the minimisers of a deep linear network's risk."""
+    p, w_star = args
+    product = functools.reduce(lambda acc, W: W @ acc, weights)
+    return product.T @ p - w_star
+
+
+def deep_linear_problem(widths=(3, 4, 4, 3), offset=1e-2, seed=0, weights=None):
+    """A deep linear net (W_k of shape (d_k, d_{k-1})) near, not on, its minimiser
+    set {W : (W_L ... W_1)^T p = w*} with a unit vector p (d_0 = 3 equations)."""
+    rng = np.random.default_rng(seed)
+    Ws = tuple(
+        jnp.asarray(rng.standard_normal((d_out, d_in)) / np.sqrt(d_in))
+        for d_in, d_out in zip(widths[:-1], widths[1:])
+    )
+    p = rng.standard_normal(widths[-1])
+    p = jnp.asarray(p / np.linalg.norm(p))
+    w_star = deep_linear_constraint(Ws, (p, 0.0)) + offset * jnp.asarray(
+        rng.standard_normal(widths[0])
+    )
+    return mf.ConstraintManifold(
+        deep_linear_constraint, Ws, (p, w_star), weights=weights
+    )
+
+
+def quadric_constraint(x, args):
+    r"""$F(x) = [x^\top A_k x - c_k]_k$ for `args = (A, c)`, `A` of shape (n, D, D)."""
+    A, c = args
+    return jnp.einsum("i,kij,j->k", x, A, x) - c
+
+
+def quadrics_problem(D=5, n=2, seed=0, weights=None):
+    """The intersection of n quadrics {x^T A_k x = c_k} (the first an ellipsoid),
+    with the initial point near it; closed forms: J_k = 2 A_k x,
+    R = 4 sum_k w_k |A_k x|^2, grad R = 8 sum_k w_k A_k^2 x."""
+    rng = np.random.default_rng(seed)
+    A = []
+    for k in range(n):
+        M = rng.standard_normal((D, D))
+        A.append(M @ M.T / D + np.eye(D) if k == 0 else (M + M.T) / 2)
+    A = np.stack(A)
+    x = rng.standard_normal(D)
+    c = np.einsum("i,kij,j->k", x, A, x) + 1e-2 * rng.standard_normal(n)
+    return mf.ConstraintManifold(
+        quadric_constraint,
+        jnp.asarray(x),
+        (jnp.asarray(A), jnp.asarray(c)),
+        weights=weights,
+    )
+
+
+@functools.cache
+def manifold_catalogue():
+    """`(id, manifold)` for one manifold of every kind; the generic contract tests
+    (`tests/test_manifold_contract.py`, `tests/test_retraction.py`) run on each."""
+    _, _, _, generic, structured = two_layer_problem(m=5, n=4, d=6, seed=1)
+    model, X, y = mlp_problem()
+    return (
+        ("two-layer-generic", generic),
+        ("two-layer-structured", structured),
+        ("mlp", mf.ZeroLossManifold(model, X, y)),
+        ("deep-linear", deep_linear_problem()),
+        ("quadrics", quadrics_problem(weights=jnp.array([0.5, 2.0]))),
+    )
+
+
+_POINTS = {}
+
+
+def point_on(manifold):
+    """The initial point retracted onto the manifold by Gauss--Newton, computed once
+    per manifold object (the cache keeps the object alive, so its id stays unique)."""
+    key = id(manifold)
+    if key not in _POINTS:
+        sol = mf.GaussNewtonRetraction()(
+            manifold, mf.CholeskyProjector(), manifold.initial_point()
+        )
+        assert bool(sol.converged)
+        _POINTS[key] = (manifold, sol.theta)
+    return _POINTS[key][1]
+
+
+def manifold_params():
+    """The catalogue as `pytest.param`s with readable ids."""
+    return [pytest.param(m, id=name) for name, m in manifold_catalogue()]
 
 
 def random_linearisation(n, D, condition, seed):

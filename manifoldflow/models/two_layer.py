@@ -60,7 +60,8 @@ class TwoLayerManifold(AbstractManifold):
     With $Q \in \mathbb R^{d\times k}$ an orthonormal basis of the data span
     ($X = L Q^\top$), each neuron is $\theta_j = \theta_j^\perp + Q u_j$. The part
     $\theta_j^\perp$ orthogonal to the span never moves under the flow (the gradients
-    and the normal space both lie in the span; seed-math §1.1), so the flow lives on
+    of $R$ and of every $F_i$, hence the normal space and $P_T\nabla R$, lie in the
+    data span), so the flow lives on
     $U \in \mathbb R^{m\times k}$, $k = \min(n, d)$, in Euclidean coordinates: up to
     $d/n$ times cheaper than on $\Theta$. With $Z = U L^\top = \Theta X^\top$ (the
     feature matrix), $B = a \circ \phi'(Z)$, $G = XX^\top$ and weights $w_i$:

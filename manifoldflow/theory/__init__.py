@@ -1,3 +1,8 @@
-"""Theory checks, one module per paper."""
+"""Theory checks: typed records, generic checks of a solution, one module per paper."""
 
 from . import gatmiry as gatmiry
+from ._report import Check as Check, Report as Report
+from ._solution_checks import (
+    check_constraint as check_constraint,
+    check_stationarity as check_stationarity,
+)

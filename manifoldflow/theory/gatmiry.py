@@ -1,5 +1,7 @@
 r"""Predictions of Gatmiry, Li, Reddi, Jegelka (ICML 2024) for the two-layer flow, and
-checks of a computed solution against them.
+checks of a computed solution against them: one function per assumption, lemma or
+theorem, each returning a [`manifoldflow.theory.Check`][]; `two_layer_checks` runs them
+all on a [`manifoldflow.FlowSolution`][] and returns a [`manifoldflow.theory.Report`][].
 
 Every pass/fail bound below is derived from the stationarity $\delta = \|P_T\nabla
 R\|$ actually reached, for general row norms $\|x_i\|$, curvature weights $w_i$ and
@@ -15,28 +17,118 @@ the a-posteriori form of inequality (15) / Lemma 4.6.
 
 ??? cite "Reference"
     Gatmiry, Li, Reddi, Jegelka. Simplicity Bias via Global Convergence of Sharpness
-    Minimization. ICML 2024, arXiv:2410.16401. Formulas: `seed-math.md` §1.
+    Minimization. ICML 2024, arXiv:2410.16401. Assumptions 3.1, 3.2, 3.4 and
+    Theorems 3.3, 3.5 (Section 3); the proof of Theorem 3.3 and the case of general
+    second-layer weights (Section 4.2); inequality (15) (Appendix B.1.2) and Lemma 4.6
+    (Appendix C.5); Lemma B.4 (Appendix C.4); Lemma G.4 (Appendix G).
 """
 
+import equinox as eqx
 import numpy as np
 
-from ..models.activations import Cube
+from .._solution import FlowSolution
+from ..models.activations import AbstractActivation, Cube
 from ..models.two_layer import TwoLayerManifold
+from ._report import Check, Report
+from ._solution_checks import check_constraint, check_stationarity
 
 
 _EPS = np.finfo(np.float64).eps
+_TINY = np.finfo(float).tiny
 
 
-def _check(name, description, prediction, measured, bound, applicable, passed, note=""):
-    return dict(
-        name=name,
-        description=description,
-        prediction=None if prediction is None else float(prediction),
-        measured=None if measured is None else float(measured),
-        bound=None if bound is None else float(bound),
-        applicable=bool(applicable),
-        passed=bool(passed) if applicable else None,
-        note=note,
+class _Data(eqx.Module):
+    """The manifold's fixed arrays, once, as NumPy arrays on the host."""
+
+    activation: AbstractActivation
+    a: np.ndarray
+    y: np.ndarray
+    weights: np.ndarray
+    norms2: np.ndarray  # |x_i|^2
+    lambda_min: float  # of the data Gram matrix X X^T
+    lambda_max: float
+
+    def __init__(self, manifold: TwoLayerManifold):
+        self.activation = manifold.activation
+        self.a = np.asarray(manifold.a)
+        self.y = np.asarray(manifold.y)
+        self.weights = np.asarray(manifold.weights)
+        gram = np.asarray(manifold.data_gram)
+        self.norms2 = np.diag(gram)
+        spectrum = np.linalg.eigvalsh(gram)
+        self.lambda_min, self.lambda_max = float(spectrum[0]), float(spectrum[-1])
+
+
+class _Point(eqx.Module):
+    r"""The feature matrix $Z = \Theta X^\top$ at reduced coordinates $u$, the
+    activation's derivatives there and the constraint residual $|F|$."""
+
+    features: np.ndarray  # (m, n)
+    d1: np.ndarray
+    d2: np.ndarray
+    d3: np.ndarray
+    residual: np.ndarray  # (n,)
+
+    def __init__(self, manifold: TwoLayerManifold, u):
+        u = np.asarray(u)
+        act = manifold.activation
+        self.features = Z = np.asarray(manifold.features(u))
+        self.d1 = np.asarray(act.derivative(Z))
+        self.d2 = np.asarray(act.second_derivative(Z))
+        self.d3 = np.asarray(act.third_derivative(Z))
+        self.residual = np.abs(np.asarray(manifold.constraint(u)))
+
+
+def _kkt_slack(data: _Data, point: _Point, delta: float) -> np.ndarray:
+    r"""$\varepsilon_{ji} = \delta / (2 w_i \|x_i\|^2 \sqrt{\lambda_{\min}}\,|a_j|\,
+    \phi'(z_{ji}))$, the bound on $|a_j\phi''(z_{ji}) - \mu_i|$ (inequality (15))."""
+    return delta / (
+        2
+        * data.weights[None, :]
+        * data.norms2[None, :]
+        * np.sqrt(data.lambda_min)
+        * np.abs(data.a)[:, None]
+        * np.maximum(point.d1, _TINY)
+    )
+
+
+def _optimum_distance_bounds(
+    data: _Data, point: _Point, z_star: np.ndarray, delta: float
+) -> np.ndarray:
+    r"""Per data point $i$, the bound on $\max_j |z_{ji} - z^*_i|$ from the $\delta$
+    reached (Lemma 4.6 a posteriori): $2\max_j\varepsilon_{ji} / (|a|\rho_2)$ with the
+    local $\rho_2 = \min\phi'''(Z)$, plus the constraint residual's share
+    $|F_i| / (m |a| \phi'(z^*_i))$, plus rounding."""
+    Z = point.features
+    m = Z.shape[0]
+    a0 = float(data.a[0])
+    rho2_local = float(np.min(point.d3))
+    derivative_star = np.asarray(data.activation.derivative(z_star))
+    residual_term = point.residual / (m * abs(a0) * derivative_star)
+    return (
+        2 * np.max(_kkt_slack(data, point, delta), axis=0) / (abs(a0) * rho2_local)
+        + residual_term
+        + 64 * _EPS * np.maximum(np.abs(z_star), np.max(np.abs(Z), axis=0))
+    )
+
+
+def _lemma_4_6_a_priori_bound(data: _Data, delta: float) -> float | None:
+    r"""Lemma 4.6 as stated, $n\delta / (2\rho_1\rho_2\sqrt{\lambda_{\min}})$ (i.e.
+    $\delta / (w\rho_1\rho_2\sqrt{\lambda_{\min}})$ with $w = 2/n$); `None` outside its
+    setting (Assumption 3.1, unit rows, equal weights $w_i$, $a = 1$)."""
+    rho1, rho2 = data.activation.rho()
+    a, w = data.a, data.weights
+    if np.ptp(a) > 0 or a[0] != 1 or not rho1 > 0:
+        return None
+    if not np.allclose(data.norms2, 1) or np.ptp(w) != 0:
+        return None
+    return float(delta / (w[0] * rho1 * rho2 * np.sqrt(data.lambda_min)))
+
+
+def _unequal_a_reason(data: _Data) -> str:
+    return (
+        "Theorem 3.3's closed form needs equal second-layer weights a_j "
+        f"(here they range over [{np.min(data.a):g}, {np.max(data.a):g}])"
     )
 
 
@@ -67,8 +159,8 @@ def minimum_sharpness(manifold: TwoLayerManifold) -> float | None:
 
 
 def asymptotic_rate(manifold: TwoLayerManifold, constant: float = 1.0) -> float | None:
-    r"""The exact linear rate of $\|P_T\nabla R(\theta(t))\|$ near the optimum (equal $a$,
-    $m \ge 2$): $c\,\lambda_{\min}(H^{1/2} G H^{1/2})$, $G = XX^\top$,
+    r"""The exact linear rate of $\|P_T\nabla R(\theta(t))\|$ near the optimum
+    (equal $a$, $m \ge 2$): $c\,\lambda_{\min}(H^{1/2} G H^{1/2})$, $G = XX^\top$,
     $H = \operatorname{diag}(2 w_i \|x_i\|^2 a^2 \phi'\phi'''(z^*_i))$.
 
     At the optimum the Riemannian Hessian on the data-span tangent directions is
@@ -133,281 +225,378 @@ def fit_linear_rate(ts: np.ndarray, gradient_norm: np.ndarray) -> float:
     return float(-slope)
 
 
-def two_layer_checks(
-    manifold: TwoLayerManifold,
-    theta_final,
-    *,
-    gradient_norm: float,
-    stationarity: float,
-    constraint_history: np.ndarray,
-    constraint_tolerance: float,
-    ts: np.ndarray,
-    gradient_history: np.ndarray,
-    constant: float = 1.0,
-) -> dict:
-    """All predictions of the paper for a computed solution, with derived bounds.
+def assumption_3_1(activation: AbstractActivation) -> Check:
+    r"""Assumption 3.1: $\rho_1 = \inf\phi' > 0$ and $\rho_2 = \inf\phi''' > 0$.
 
-    **Arguments:** the manifold, the final reduced coordinates, the $\\|P_T\\nabla R\\|$
-    reached there, the target `stationarity`, the per-step $\\max|F|$ history and the
-    retraction tolerance, the per-step times and gradient norms, the flow constant.
+    Not applicable to activations with $\phi'(0) = 0$ (the cube): for those, Theorem
+    3.3 rests on Lemma G.4 instead (see `lemma_g4_sign_consistency`).
 
-    **Returns:** a dict of summary figures and `checks` (a list of dicts with
-    `prediction, measured, bound, applicable, passed`).
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= \rho_1$.
+    """
+    rho1, rho2 = activation.rho()
+    name = "assumption_3_1"
+    claim = (
+        f"rho1 = inf phi' must be > 0, and so must rho2 = inf phi''' (= {rho2:g}) "
+        "(Assumption 3.1)"
+    )
+    if not rho1 > 0:
+        return Check.not_applicable(
+            name,
+            claim,
+            f"the {activation.name} activation has phi'(0) = 0, so Assumption 3.1 "
+            "does not hold; Theorem 3.3 then needs sign-consistent features "
+            "(Lemma G.4, checked separately)",
+            measured=rho1,
+        )
+    return Check.compare(name, claim, rho1, lower=0.0, condition=rho1 > 0 and rho2 > 0)
+
+
+def assumption_3_2(manifold: TwoLayerManifold) -> Check:
+    r"""The data points are linearly independent: $\lambda_{\min}(XX^\top) >
+    10^3\,\varepsilon_{\text{mach}}\,\lambda_{\max}(XX^\top)$.
+
+    Assumption 3.2 (coherence) implies it, and it is all that Theorem 3.3 needs
+    (Section 4.2).
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured`
+    $= \lambda_{\min}(XX^\top)$.
+    """
+    data = _Data(manifold)
+    floor = 1e3 * _EPS * data.lambda_max
+    return Check.compare(
+        "assumption_3_2",
+        "lambda_min(X X^T), which must exceed 1e3 eps lambda_max(X X^T): linearly "
+        "independent data (implied by Assumption 3.2; all Theorem 3.3 needs, "
+        "Section 4.2)",
+        data.lambda_min,
+        lower=floor,
+        condition=data.lambda_min > floor,
+    )
+
+
+def assumption_3_4_normality(manifold: TwoLayerManifold, u) -> Check:
+    r"""Assumption 3.4 ($\alpha$-normality): $\phi''^2 \le \alpha\,\phi'\phi'''$ at the
+    features $z_{ji} = \theta_j^\top x_i$ of the point with reduced coordinates `u`.
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured`
+    $= \max_{ji} \phi''^2 / (\phi'\phi''')$; `prediction` $= \alpha$ for the cube,
+    where the ratio is identically $\alpha = 2$.
     """
     act = manifold.activation
-    u = np.asarray(theta_final)
-    Z = np.asarray(manifold.features(u))
-    m, n = Z.shape
-    a = np.asarray(manifold.a)
-    y = np.asarray(manifold.y)
-    G = np.asarray(manifold.data_gram)
-    norms2 = np.diag(G)
-    w = np.asarray(manifold.weights)
-    lam_min = float(np.linalg.eigvalsh(G)[0])
-    delta = float(gradient_norm)
-    residual = np.abs(np.asarray(manifold.constraint(u)))
-    d1 = np.asarray(act.derivative(Z))
-    d2 = np.asarray(act.second_derivative(Z))
-    d3 = np.asarray(act.third_derivative(Z))
-    R_final = float(manifold.linearise(u).sharpness)
-    rho1, rho2 = act.rho()
-    checks = []
-    out = dict(R_final=R_final, lambda_min_data_gram=lam_min)
-
-    # Stationarity and the constraint.
-    checks.append(
-        _check(
-            "stationarity",
-            "|P_T grad R| at the end <= the requested threshold",
-            stationarity,
-            delta,
-            stationarity,
-            True,
-            delta <= stationarity,
-        )
-    )
-    cmax = float(np.max(constraint_history))
-    checks.append(
-        _check(
-            "constraint",
-            "max|F| = max_i |f(x_i) - y_i| along the whole trajectory",
-            0.0,
-            cmax,
-            constraint_tolerance,
-            True,
-            cmax <= constraint_tolerance,
-        )
+    point = _Point(manifold, u)
+    ratio = point.d2**2 / np.maximum(point.d1 * point.d3, _TINY)
+    alpha = act.normality()
+    return Check.compare(
+        "assumption_3_4_normality",
+        "max_ji phi''^2 / (phi' phi''') at the final features, at most the normality "
+        f"constant alpha = {alpha:g} (Assumption 3.4)",
+        np.max(ratio),
+        prediction=alpha if isinstance(act, Cube) else None,
+        upper=alpha * (1 + 64 * _EPS),
     )
 
-    # Assumptions.
-    checks.append(
-        _check(
-            "assumption_3_1",
-            f"rho1 = inf phi' > 0 and rho2 = inf phi''' > 0 "
-            f"(rho1 = {rho1:g}, rho2 = {rho2:g})",
-            None,
-            rho1,
-            0.0,
-            rho1 > 0,
-            rho1 > 0 and rho2 > 0,
-            ""
-            if rho1 > 0
-            else "does not apply to this activation (phi'(0) = 0); "
-            "Theorem 3.3 then needs sign-consistent features (Lemma G.4), checked below",
-        )
-    )
-    checks.append(
-        _check(
-            "linear_independence",
-            "lambda_min(X X^T) > 0 (Assumption 3.2 implies it)",
-            None,
-            lam_min,
-            1e3 * _EPS * float(np.linalg.eigvalsh(G)[-1]),
-            True,
-            lam_min > 1e3 * _EPS * float(np.linalg.eigvalsh(G)[-1]),
-        )
-    )
-    ratio = d2**2 / np.maximum(d1 * d3, np.finfo(float).tiny)
-    checks.append(
-        _check(
-            "normality",
-            "phi''^2 <= alpha phi' phi''' at the final features "
-            "(Assumption 3.4, candidate N1; equality for cube)",
-            act.normality(),
-            float(np.max(ratio)),
-            act.normality() * (1 + 64 * _EPS),
-            True,
-            float(np.max(ratio)) <= act.normality() * (1 + 64 * _EPS),
-        )
-    )
-    signs_ok = bool(np.all(np.sign(Z) == np.sign(y[None, :] / a[:, None])))
+
+def lemma_g4_sign_consistency(manifold: TwoLayerManifold, u) -> Check:
+    r"""Lemma G.4 (cube activation): Theorem 3.3 holds for $\phi(z) = z^3$ along a flow
+    with $\operatorname{sign}(\theta_j^\top x_i) = \operatorname{sign}(y_i / a_j)$ and
+    $|\theta_j^\top x_i|$ away from 0; a point with some $\theta_j^\top x_i \to 0$ is a
+    spurious stationary point.
+
+    "Away from 0" is $\min|z_{ji}| > 10^{-3}\min_i|z^*_i|$ ($10^{-8}$ without a closed
+    form). Applicable to the `Cube` activation only.
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= \min|z_{ji}|$.
+    """
+    act = manifold.activation
+    data = _Data(manifold)
+    Z = _Point(manifold, u).features
     min_abs = float(np.min(np.abs(Z)))
+    name = "lemma_g4_sign_consistency"
+    claim = (
+        "min_ji |theta_j^T x_i| at the end, which must stay away from 0 with "
+        "sign(theta_j^T x_i) = sign(y_i / a_j) (Lemma G.4, cube activation)"
+    )
+    if not isinstance(act, Cube):
+        return Check.not_applicable(
+            name,
+            claim,
+            f"inf phi' = {act.rho()[0]:g} > 0 for the {act.name} activation: "
+            "Assumption 3.1 holds, so Theorem 3.3 does not need Lemma G.4",
+            measured=min_abs,
+        )
     z_star = optimum_features(manifold)
     floor = 1e-3 * float(np.min(np.abs(z_star))) if z_star is not None else 1e-8
-    sign_note = (
-        ""
-        if min_abs > floor
-        else f"drifted to theta_j^T x_i -> 0 (min |z| = {min_abs:.2e}): a spurious "
-        "stationary point of the cube activation, NOT the optimum"
-    )
-    checks.append(
-        _check(
-            "sign_consistency",
-            "sign(theta_j^T x_i) = sign(y_i / a_j) and |theta_j^T x_i| "
-            "away from 0 (Lemma G.4)",
-            None,
-            min_abs,
-            floor,
-            isinstance(act, Cube),
-            signs_ok and min_abs > floor,
-            sign_note,
+    wrong = int(np.sum(np.sign(Z) != np.sign(data.y[None, :] / data.a[:, None])))
+    if min_abs <= floor:
+        note = (
+            f"drifted to theta_j^T x_i -> 0 (min |z| = {min_abs:.2e}): a spurious "
+            "stationary point of the cube activation, NOT the optimum"
         )
+    else:
+        note = "" if wrong == 0 else f"{wrong} features have the wrong sign"
+    return Check.compare(
+        name,
+        claim,
+        min_abs,
+        lower=floor,
+        condition=wrong == 0 and min_abs > floor,
+        note=note,
     )
 
-    # Stationarity of the phi''-image: a_j phi''(z_ji) equal over j (any fixed a).
-    eps_ji = delta / (
-        2
-        * w[None, :]
-        * norms2[None, :]
-        * np.sqrt(lam_min)
-        * np.abs(a)[:, None]
-        * np.maximum(d1, np.finfo(float).tiny)
-    )
-    image = a[:, None] * d2
+
+def lemma_4_6_phi2_image(manifold: TwoLayerManifold, u, delta: float) -> Check:
+    r"""The $\phi''$-image of the features is rank one at stationarity: $a_j
+    \phi''(z_{ji}) = \mu_i$ for every $j$ (Section 4.2, eq. (9), for any fixed $a$).
+
+    At a $\delta$-stationary point, inequality (15) (as in Lemma 4.6) gives
+    $\max_j - \min_j$ of $a_j\phi''(z_{ji})$ at most $2\max_j\varepsilon_{ji}$ (plus
+    rounding), checked per data point $i$.
+
+    **Arguments:** the manifold, reduced coordinates `u`, and
+    $\delta = \|P_T\nabla R(u)\|$.
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= \max_i (\max_j -
+    \min_j)\, a_j\phi''(z_{ji})$.
+    """
+    data = _Data(manifold)
+    point = _Point(manifold, u)
+    image = data.a[:, None] * point.d2
     spread = np.ptp(image, axis=0)
-    spread_bound = 2 * np.max(eps_ji, axis=0) + 64 * _EPS * np.max(
+    bound = 2 * np.max(_kkt_slack(data, point, delta), axis=0) + 64 * _EPS * np.max(
         np.abs(image), axis=0
     )
-    out["phi2_image_spread"] = float(np.max(spread))
-    checks.append(
-        _check(
-            "phi2_image_rank_one",
-            "max_i (max_j - min_j) a_j phi''(theta_j^T x_i): the "
-            "phi''-image of the features is rank one at stationarity",
-            0.0,
-            np.max(spread),
-            np.max(spread_bound),
-            True,
-            bool(np.all(spread <= spread_bound)),
-        )
+    return Check.compare(
+        "lemma_4_6_phi2_image",
+        "max_i (max_j - min_j) a_j phi''(theta_j^T x_i), 0 at a stationary point "
+        "(eq. (9)); bound: inequality (15) / Lemma 4.6 from the delta reached, per i",
+        np.max(spread),
+        prediction=0.0,
+        upper=np.max(bound),
+        condition=bool(np.all(spread <= bound)),
     )
 
-    # Measured linear rate of |P_T grad R|.
-    rate = fit_linear_rate(ts, gradient_history)
-    predicted_rate = asymptotic_rate(manifold, constant)
-    rate_applicable = bool(np.isfinite(rate))
-    out["linear_rate"] = rate
-    out["linear_rate_predicted"] = predicted_rate
-    checks.append(
-        _check(
-            "linear_rate",
-            "fitted tail rate r of |P_T grad R| ~ e^{-r t} >= 0.95 x the "
-            "exact asymptotic rate c lambda_min(H^1/2 G H^1/2) (Theorem 3.5: linear "
-            "convergence)",
-            predicted_rate,
-            rate,
-            None if predicted_rate is None else 0.95 * predicted_rate,
-            rate_applicable,
-            rate > 0 and (predicted_rate is None or rate >= 0.95 * predicted_rate),
-            "no trajectory to fit (fewer than 3 steps, e.g. stationary at the start)"
-            if not rate_applicable
-            else ""
-            if predicted_rate is not None
-            else "no closed-form rate for unequal a: checks only that the fitted rate is positive",
-        )
-    )
 
+def theorem_3_3_optimum(manifold: TwoLayerManifold, u, delta: float) -> Check:
+    r"""Theorem 3.3, eq. (4): the stationary point has $\theta_j^\top x_i =
+    z^*_i = \phi^{-1}(y_i / (m a))$ for equal second-layer weights $a_j = a$.
+
+    The bound on $|z_{ji} - z^*_i|$ is Lemma 4.6 a posteriori, from the $\delta$
+    reached and the constraint residual, checked per data point $i$.
+
+    **Arguments:** the manifold, reduced coordinates `u`, and
+    $\delta = \|P_T\nabla R(u)\|$.
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured`
+    $= \max_{ji}|z_{ji} - z^*_i|$; not applicable for unequal $a_j$.
+    """
+    name = "theorem_3_3_optimum"
+    claim = (
+        "max_ji |theta_j^T x_i - phi^{-1}(y_i / (m a))|, 0 at the optimum "
+        "(Theorem 3.3, eq. (4)); bound: Lemma 4.6 from the delta reached, per i"
+    )
+    data = _Data(manifold)
+    z_star = optimum_features(manifold)
     if z_star is None:
-        out.update(R_star=None, optimum_distance=None)
-        na = "Theorem 3.3's closed form needs equal second-layer weights a_j"
-        for name in ("optimum_distance", "minimum_sharpness", "rank_one"):
-            checks.append(_check(name, na, None, None, None, False, False, na))
-        out["rank_one_ratio"] = _rank_one_ratio(Z)
-        out["checks"] = checks
-        return out
-
-    a0 = float(a[0])
-    dist = np.abs(Z - z_star[None, :])
-    measured_dist = float(np.max(dist))
-    rho2_local = float(np.min(d3))
-    residual_term = residual / (m * abs(a0) * np.asarray(act.derivative(z_star)))
-    dist_bound_i = (
-        2 * np.max(eps_ji, axis=0) / (abs(a0) * rho2_local)
-        + residual_term
-        + 64 * _EPS * np.maximum(np.abs(z_star), np.max(np.abs(Z), axis=0))
-    )
-    dist_bound = float(np.max(dist_bound_i))
-    out["optimum_distance"] = measured_dist
-    lemma = None
-    if rho1 > 0 and np.allclose(norms2, 1) and np.ptp(w) == 0 and a0 == 1:
-        lemma = delta / (w[0] * rho1 * rho2 * np.sqrt(lam_min))
-    out["lemma_4_6_bound"] = lemma
-    checks.append(
-        _check(
-            "optimum_distance",
-            "max_ij |theta_j^T x_i - phi^{-1}(y_i / (m a))| "
-            "(Theorem 3.3, eq. (4)); bound: Lemma 4.6 from the delta reached",
-            0.0,
-            measured_dist,
-            dist_bound,
-            True,
-            bool(np.all(np.max(dist, 0) <= dist_bound_i)),
-            ""
-            if lemma is None
-            else f"a-priori Lemma 4.6 bound n delta/(2 rho1 rho2 "
-            f"sqrt(lambda_min)) = {lemma:.3e}",
-        )
+        return Check.not_applicable(name, claim, _unequal_a_reason(data))
+    point = _Point(manifold, u)
+    distance = np.max(np.abs(point.features - z_star[None, :]), axis=0)
+    bounds = _optimum_distance_bounds(data, point, z_star, delta)
+    lemma = _lemma_4_6_a_priori_bound(data, delta)
+    return Check.compare(
+        name,
+        claim,
+        np.max(distance),
+        prediction=0.0,
+        upper=np.max(bounds),
+        condition=bool(np.all(distance <= bounds)),
+        note=""
+        if lemma is None
+        else "a-priori Lemma 4.6 bound n delta/(2 rho1 rho2 sqrt(lambda_min)) = "
+        f"{lemma:.3e}",
     )
 
+
+def theorem_3_3_minimum_sharpness(manifold: TwoLayerManifold, u, delta: float) -> Check:
+    r"""Theorem 3.3: the stationary point is the global minimum of $R$ on the
+    manifold, $R^* = \sum_i w_i\|x_i\|^2\, m a^2\phi'(z^*_i)^2$ (equal $a_j = a$).
+
+    The upper bound on $R(u) - R^*$ integrates the slope of $R$ over the distance
+    bound of `theorem_3_3_optimum`; the lower bound allows the dip below $R^*$ of a
+    point off the manifold by the residual $F$, $|\lambda^*\cdot F|$ with the
+    optimum's multipliers $\lambda^*_i = 2w_i\|x_i\|^2 a\phi''(z^*_i)$, plus rounding.
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= R(u) - R^*$;
+    not applicable for unequal $a_j$.
+    """
+    name = "theorem_3_3_minimum_sharpness"
+    claim = (
+        "R_final - R* with R* = sum_i w_i |x_i|^2 m a^2 phi'(z*_i)^2, 0 at the global "
+        "minimum (Theorem 3.3); lower bound: -(|lambda*.F| + rounding)"
+    )
+    data = _Data(manifold)
+    z_star = optimum_features(manifold)
+    if z_star is None:
+        return Check.not_applicable(name, claim, _unequal_a_reason(data))
+    act = data.activation
+    point = _Point(manifold, u)
+    m, n = point.features.shape
+    a0 = float(data.a[0])
+    R_final = float(manifold.linearise(np.asarray(u)).sharpness)
     R_star = minimum_sharpness(manifold)
-    out["R_star"] = R_star
+    curvature = 2 * data.weights * data.norms2
     slope = (
-        2
-        * w
-        * norms2
+        curvature
         * a0**2
         * np.maximum(
-            np.max(np.abs(d1 * d2), axis=0),
+            np.max(np.abs(point.d1 * point.d2), axis=0),
             np.abs(np.asarray(act.derivative(z_star) * act.second_derivative(z_star))),
         )
     )
     rounding = 4 * m * n * _EPS * R_star
-    R_bound = float(np.sum(m * slope * dist_bound_i)) + rounding
-    # Off the manifold by the residual F, R may dip below R* by about lambda* . F,
-    # lambda*_i = 2 w_i |x_i|^2 a phi''(z*_i) the optimum's multipliers.
-    multipliers = 2 * w * norms2 * a0 * np.asarray(act.second_derivative(z_star))
-    below = rounding + float(np.sum(np.abs(multipliers) * residual))
-    checks.append(
-        _check(
-            "minimum_sharpness",
-            "R_final - R* with R* = sum_i w_i |x_i|^2 m a^2 "
-            "phi'(z*_i)^2 (global minimum, Theorem 3.3); R_final >= R* - |lambda*.F| - "
-            "rounding",
-            R_star,
-            R_final - R_star,
-            R_bound,
-            True,
-            -below <= R_final - R_star <= R_bound,
-        )
+    bounds = _optimum_distance_bounds(data, point, z_star, delta)
+    upper = float(np.sum(m * slope * bounds)) + rounding
+    multipliers = curvature * a0 * np.asarray(act.second_derivative(z_star))
+    below = rounding + float(np.sum(np.abs(multipliers) * point.residual))
+    return Check.compare(
+        name, claim, R_final - R_star, prediction=0.0, lower=-below, upper=upper
     )
-    ratio_rank = _rank_one_ratio(Z)
-    out["rank_one_ratio"] = ratio_rank
+
+
+def theorem_3_3_rank_one(manifold: TwoLayerManifold, u, delta: float) -> Check:
+    r"""Theorem 3.3: the feature matrix $Z = \Theta X^\top$ is rank one at the optimum
+    (every row is $z^*$).
+
+    Bound: $\sigma_2(Z) \le \|Z - \mathbf 1 z^{*\top}\|_F \le \sqrt{mn}\,d$ with $d$ the
+    distance bound of `theorem_3_3_optimum`, divided by $\sigma_1(Z)$, plus rounding.
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured`
+    $= \sigma_2(Z)/\sigma_1(Z)$; not applicable (with the ratio) for unequal $a_j$.
+    """
+    name = "theorem_3_3_rank_one"
+    claim = (
+        "sigma_2 / sigma_1 of the feature matrix Theta X^T, 0 at the optimum "
+        "(Theorem 3.3: rank one)"
+    )
+    data = _Data(manifold)
+    point = _Point(manifold, u)
+    Z = point.features
+    ratio = _rank_one_ratio(Z)
+    z_star = optimum_features(manifold)
+    if z_star is None:
+        return Check.not_applicable(
+            name, claim, _unequal_a_reason(data), measured=ratio
+        )
+    m, n = Z.shape
+    distance = float(np.max(_optimum_distance_bounds(data, point, z_star, delta)))
     sigma1 = float(np.linalg.norm(Z, 2))
-    rank_bound = np.sqrt(m * n) * dist_bound / sigma1 + 16 * np.sqrt(m * n) * _EPS
-    checks.append(
-        _check(
-            "rank_one",
-            "sigma_2 / sigma_1 of the feature matrix Theta X^T (rank one at "
-            "the optimum)",
-            0.0,
-            ratio_rank,
-            rank_bound,
-            True,
-            ratio_rank <= rank_bound,
-        )
+    bound = np.sqrt(m * n) * distance / sigma1 + 16 * np.sqrt(m * n) * _EPS
+    return Check.compare(name, claim, ratio, prediction=0.0, upper=bound)
+
+
+def theorem_3_5_linear_rate(
+    manifold: TwoLayerManifold, solution: FlowSolution
+) -> Check:
+    r"""Theorem 3.5 (linear convergence): $\|P_T\nabla R(\theta(t))\|$ decays like
+    $e^{-rt}$; the fitted rate $r$ (`fit_linear_rate`) must be at least $0.95$ times
+    the exact asymptotic rate (`asymptotic_rate`, which Lemma B.4 bounds below).
+
+    Without a closed form (unequal $a_j$, or $m = 1$) only $r > 0$ is required.
+
+    **Arguments:** the manifold and the [`manifoldflow.FlowSolution`][] (its step
+    times, gradient norms and flow constant $c$).
+
+    **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= r$; not
+    applicable with fewer than 3 points to fit.
+    """
+    name = "theorem_3_5_linear_rate"
+    rate = fit_linear_rate(solution.step_ts, solution.gradient_norm)
+    predicted = asymptotic_rate(manifold, solution.constant)
+    claim = "fitted tail rate r of |P_T grad R| ~ C e^{-r t}, " + (
+        "positive (Theorem 3.5: linear convergence)"
+        if predicted is None
+        else "at least 0.95 x the exact asymptotic rate c lambda_min(H^1/2 G H^1/2): "
+        "a LOWER bound (Theorem 3.5: linear convergence)"
     )
-    out["checks"] = checks
-    return out
+    if not np.isfinite(rate):
+        return Check.not_applicable(
+            name,
+            claim,
+            "no trajectory to fit (fewer than 3 steps, e.g. stationary at the start)",
+            prediction=predicted,
+        )
+    if predicted is None:
+        return Check.compare(
+            name,
+            claim,
+            rate,
+            lower=0.0,
+            condition=rate > 0,
+            note="no closed-form rate (unequal a_j, or m = 1): checks only that the "
+            "fitted rate is positive",
+        )
+    return Check.compare(
+        name,
+        claim,
+        rate,
+        prediction=predicted,
+        lower=0.95 * predicted,
+        condition=rate > 0,
+    )
+
+
+def _final_coordinates(manifold: TwoLayerManifold, solution: FlowSolution):
+    """The reduced coordinates on `manifold` of the solution's last point."""
+    if isinstance(solution.manifold, TwoLayerManifold):
+        return solution.theta_final
+    net = solution.manifold.to_parameters(solution.theta_final)
+    return manifold.coordinates(net.theta)
+
+
+def two_layer_checks(
+    manifold: TwoLayerManifold, solution: FlowSolution, *, constraint_tolerance: float
+) -> Report:
+    r"""All the paper's predictions for a computed solution, with derived bounds.
+
+    **Arguments:**
+
+    - `manifold`: the structured [`manifoldflow.models.TwoLayerManifold`][] of the net.
+    - `solution`: a [`manifoldflow.FlowSolution`][] on that manifold, or on a
+      `ZeroLossManifold` of the same `TwoLayerNet` (the generic path).
+    - `constraint_tolerance`: the largest acceptable $\max|F|$ along the trajectory.
+
+    **Returns:** a [`manifoldflow.theory.Report`][]: the checks (stationarity,
+    constraint, assumptions, lemmas, theorems) and the figures `R_final`, `R_star`,
+    `optimum_distance`, `lemma_4_6_bound`, `rank_one_ratio`, `phi2_image_spread`,
+    `linear_rate`, `linear_rate_predicted`, `lambda_min_data_gram`.
+    """
+    u = _final_coordinates(manifold, solution)
+    delta = float(solution.gradient_norm[-1])
+    checks = (
+        check_stationarity(solution),
+        check_constraint(solution, constraint_tolerance),
+        assumption_3_1(manifold.activation),
+        assumption_3_2(manifold),
+        assumption_3_4_normality(manifold, u),
+        lemma_g4_sign_consistency(manifold, u),
+        lemma_4_6_phi2_image(manifold, u, delta),
+        theorem_3_3_optimum(manifold, u, delta),
+        theorem_3_3_minimum_sharpness(manifold, u, delta),
+        theorem_3_3_rank_one(manifold, u, delta),
+        theorem_3_5_linear_rate(manifold, solution),
+    )
+    by_name = {c.name: c for c in checks}
+    figures = dict(
+        R_final=float(manifold.linearise(np.asarray(u)).sharpness),
+        R_star=minimum_sharpness(manifold),
+        optimum_distance=by_name["theorem_3_3_optimum"].measured,
+        lemma_4_6_bound=_lemma_4_6_a_priori_bound(_Data(manifold), delta),
+        rank_one_ratio=by_name["theorem_3_3_rank_one"].measured,
+        phi2_image_spread=by_name["lemma_4_6_phi2_image"].measured,
+        linear_rate=by_name["theorem_3_5_linear_rate"].measured,
+        linear_rate_predicted=asymptotic_rate(manifold, solution.constant),
+        lambda_min_data_gram=by_name["assumption_3_2"].measured,
+    )
+    return Report(checks=checks, figures=figures)
 
 
 def _rank_one_ratio(Z: np.ndarray) -> float:

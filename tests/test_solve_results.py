@@ -1,0 +1,190 @@
+"""Every way a solve can end is a named result, and none loops forever."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import manifoldflow as mf
+import numpy as np
+import pytest
+import scipy.optimize
+
+from .helpers import two_layer_problem
+
+
+def _small_manifold():
+    return two_layer_problem(m=4, n=3, d=5, seed=2)[-1]
+
+
+class _Hyperbola(eqx.Module):
+    """f(x) = a b x: for X = [[1]], y = [1] the manifold is the hyperbola a b = 1 and
+    the flow of R = 2 (a^2 + b^2) runs from (2, 1/2) towards (1, 1). The log makes
+    every value NaN once a < 1.2, which the flow crosses at t ~ 0.3."""
+
+    a: jax.Array
+    b: jax.Array
+
+    def __call__(self, x):
+        return self.a * self.b * x[0] + 0.0 * jnp.log(self.a - 1.2)
+
+
+def _hyperbola():
+    model = _Hyperbola(jnp.asarray(2.0), jnp.asarray(0.5))
+    return mf.ZeroLossManifold(model, np.ones((1, 1)), np.ones(1))
+
+
+def test_slow_flow_is_not_a_noise_floor():
+    """A tanh MLP has a plateau where |P_T grad R| does not halve for hundreds of steps
+    while R keeps falling: a slow flow, not a noise floor. It runs on to t1 without any
+    tightening, with R non-increasing."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    model = eqx.nn.MLP(4, "scalar", 12, 2, activation=jnp.tanh, key=k1)
+    X, y = jax.random.normal(k2, (8, 4)), jax.random.normal(k3, (8,))
+    manifold = mf.ZeroLossManifold(model, X, y)
+    sol = mf.solve_flow(manifold, t1=12.0, patience=50)
+    g = sol.gradient_norm
+    # The plateau: some 50-step stretch on which |P_T grad R| does not halve.
+    windows = np.lib.stride_tricks.sliding_window_view(g, 51)
+    assert np.any(windows[:, -1] > 0.5 * windows[:, 0])
+    assert sol.result == mf.RESULTS.t1_reached and sol.t_final == 12.0
+    assert sol.tightened == []
+    assert np.all(np.diff(sol.sharpness) <= 1e-12 * sol.sharpness[0])
+
+
+def test_failed_retraction_with_constant_step_size_is_a_result():
+    """Without an adaptive controller nothing rejects a step with an infinite error
+    estimate: the step's own result must end the solve."""
+    manifold = _small_manifold()
+    kwargs = dict(
+        solver=diffrax.Heun(),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.01,
+        t1=1.0,
+        retraction=mf.ChordRetraction(max_steps=0),
+    )
+    sol = mf.solve_flow(manifold, throw=False, **kwargs)
+    assert sol.result == mf.RESULTS.retraction_failed
+    assert sol.num_steps == 1 and sol.t_final == pytest.approx(0.01)
+    with pytest.raises(RuntimeError, match="retraction onto the manifold did not"):
+        mf.solve_flow(manifold, **kwargs)
+
+
+def test_cg_at_its_iteration_cap_is_a_result():
+    sol = mf.solve_flow(
+        _small_manifold(), projector=mf.CGProjector(max_steps=1), throw=False
+    )
+    assert sol.result == mf.RESULTS.projection_failed
+    assert sol.num_steps == 0
+
+
+@pytest.mark.parametrize(
+    "solver,max_steps,window",
+    [(diffrax.Kvaerno5(), 2, 2), (diffrax.Dopri8(), 7, 3), (diffrax.Tsit5(), 20, 16)],
+    ids=["Kvaerno5-2-2", "Dopri8-7-3", "Tsit5-20-16"],
+)
+def test_max_steps_is_never_exceeded(solver, max_steps, window):
+    sol = mf.solve_flow(
+        _small_manifold(),
+        solver=solver,
+        max_steps=max_steps,
+        window=window,
+        throw=False,
+    )
+    assert sol.result == mf.RESULTS.max_steps_reached
+    assert sol.num_steps + sol.num_rejected_steps == max_steps
+
+
+def test_nan_with_constant_step_size_is_a_step_failure():
+    sol = mf.solve_flow(
+        _hyperbola(),
+        solver=diffrax.Heun(),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.05,
+        t1=5.0,
+        throw=False,
+    )
+    assert sol.result == mf.RESULTS.step_failure
+    assert 0.0 < sol.t_final < 1.0
+    assert np.all(np.isfinite(sol.sharpness[:-1]))
+
+
+def test_nan_with_adaptive_steps_ends_instead_of_looping():
+    """Every step into the NaN region is rejected and the step size shrinks towards 0:
+    the solve ends when the step falls below the resolution of t, well within
+    max_steps, at a point just before the region."""
+    sol = mf.solve_flow(_hyperbola(), t1=5.0, max_steps=5000, throw=False)
+    assert sol.result in (mf.RESULTS.step_size_collapsed, mf.RESULTS.step_failure)
+    assert sol.num_steps + sol.num_rejected_steps < 5000
+    a = float(sol.theta_final[0])
+    assert 1.2 < a < 1.21
+
+
+def test_interrupt_returns_what_was_computed():
+    calls = []
+
+    def interrupt_on_second_window(info):
+        calls.append(info)
+        if len(calls) == 3:  # init, first window, second window
+            raise KeyboardInterrupt
+
+    sol = mf.solve_flow(
+        _small_manifold(), window=4, callback=interrupt_on_second_window
+    )
+    assert sol.result == mf.RESULTS.interrupted
+    assert sol.num_steps >= 4
+    assert sol.t_final == calls[-1]["t"]
+    assert len(sol.ts) == sol.num_steps + 1
+
+
+def test_saveat_agrees_with_separate_solves_and_lies_on_the_manifold():
+    manifold = _small_manifold()
+    times = [0.2, 0.4, 0.6, 0.8, 1.0]
+    sol = mf.solve_flow(manifold, saveat=times, stationarity=0.0)
+    assert sol.result == mf.RESULTS.t1_reached
+    np.testing.assert_array_equal(sol.ts, times)
+    assert sol.ys.shape == (5, manifold.dimension)
+    assert np.max(sol.saved_constraint_violation) <= 1e-12
+    np.testing.assert_array_equal(sol.step_ts[sol.saved_index], times)
+    for t, y in zip(times, sol.ys):
+        separate = mf.solve_flow(manifold, t1=t, stationarity=0.0)
+        # Both follow the flow to a global error of about rtol = 1e-10 in |theta| ~ 1.
+        np.testing.assert_allclose(y, separate.theta_final, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        mf.solve_flow(manifold, saveat=[0.4, 0.2])
+
+
+def test_sparse_recovery_stops_ill_conditioned_near_basis_pursuit():
+    """u*u - v*v over Gaussian unit columns: the off-support coordinates decay
+    exponentially and J J^T turns singular. With the default projector the solve ends
+    with a named result (never a false noise floor), already close to the
+    basis-pursuit solution, the flattest interpolant."""
+    rng = np.random.default_rng(0)
+    d, n = 16, 8
+    Z = rng.standard_normal((n, d))
+    Z /= np.linalg.norm(Z, axis=0, keepdims=True)
+    w_star = np.zeros(d)
+    w_star[:2] = [1.0, -0.5]
+    y = Z @ w_star
+
+    class Quadratic(eqx.Module):
+        u: jax.Array
+        v: jax.Array
+
+        def __call__(self, x):
+            return jnp.dot(self.u**2 - self.v**2, x)
+
+    start = Quadratic(*(jnp.asarray(rng.uniform(0.5, 1.0, d)) for _ in range(2)))
+    manifold = mf.ZeroLossManifold(start, Z, y)
+    sol = mf.solve_flow(manifold, stationarity=1e-8, throw=False)
+    assert sol.result in (mf.RESULTS.stationary, mf.RESULTS.ill_conditioned)
+    assert sol.tightened == []
+    lp = scipy.optimize.linprog(
+        np.ones(2 * d), A_eq=np.hstack([Z, -Z]), b_eq=y, bounds=(0, None)
+    )
+    w_lp = lp.x[:d] - lp.x[d:]
+    theta = np.asarray(sol.theta_final)
+    w = theta[:d] ** 2 - theta[d:] ** 2
+    # Stopped at |P_T grad R| ~ 5e-6 on a flow with rates of order 1: the distance
+    # left is of the same order.
+    assert sol.gradient_norm[-1] <= 1e-4
+    np.testing.assert_allclose(w, w_lp, atol=1e-4)
