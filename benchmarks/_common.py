@@ -43,13 +43,11 @@ def write_json(name, payload):
 
 
 def two_layer_data(m, d, n, seed=0):
-    """Unit-norm rows, labels of size 0.5-1.5 with random signs, and a point of the
-    manifold from the library's initialisation (what `manifoldflow two-layer` uses)."""
-    from manifoldflow.models import initialise_on_manifold
+    """The command's default data (`manifoldflow.models.two_layer_data`) and a point
+    of the manifold from the library's initialisation (what `manifoldflow two-layer`
+    uses)."""
+    from manifoldflow.models import initialise_on_manifold, two_layer_data as data
 
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d))
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    y = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)
+    X, y = data(n, d, seed)
     net = initialise_on_manifold(jax.random.PRNGKey(seed), X, y, m)
     return X, y, net

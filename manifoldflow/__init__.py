@@ -3,6 +3,7 @@
 from . import models as models, theory as theory
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
+from ._loop import StepDiagnostics as StepDiagnostics
 from ._loss import (
     AbstractLoss as AbstractLoss,
     HalfMeanSquaredLoss as HalfMeanSquaredLoss,
@@ -13,6 +14,18 @@ from ._manifold import (
     ConstraintManifold as ConstraintManifold,
     Linearisation as Linearisation,
     ZeroLossManifold as ZeroLossManifold,
+)
+from ._noise_floor import (
+    AbstractNoiseFloorPolicy as AbstractNoiseFloorPolicy,
+    IgnoreNoiseFloor as IgnoreNoiseFloor,
+    StopAtNoiseFloor as StopAtNoiseFloor,
+    TightenTolerances as TightenTolerances,
+)
+from ._progress import (
+    AbstractProgressMeter as AbstractProgressMeter,
+    CallbackProgressMeter as CallbackProgressMeter,
+    NoProgressMeter as NoProgressMeter,
+    TqdmProgressMeter as TqdmProgressMeter,
 )
 from ._projection import (
     AbstractProjector as AbstractProjector,
@@ -32,4 +45,13 @@ from ._retraction import (
 )
 from ._solution import FlowSolution as FlowSolution
 from ._solve import solve_flow as solve_flow
-from ._solver import ProjectedSolver as ProjectedSolver
+from ._solver import (
+    ProjectedSolver as ProjectedSolver,
+    ProjectedSolverState as ProjectedSolverState,
+)
+from ._stop import (
+    AbstractStopCondition as AbstractStopCondition,
+    ConditionStop as ConditionStop,
+    gram_condition_estimate as gram_condition_estimate,
+    StationarityStop as StationarityStop,
+)

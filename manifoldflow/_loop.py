@@ -136,6 +136,47 @@ class Integrator(eqx.Module):
         )
         return retracted, state, diagnostics
 
+    def _evaluate_accepted(self, keep, y1) -> tuple[StepDiagnostics, RESULTS]:
+        """Diagnostics and stop/failure result at an accepted end point (NaN and
+        `successful` for a rejected step, which costs no evaluation)."""
+
+        def accepted(_):
+            evaluation, diagnostics = _diagnose(self.flow, y1)
+            return diagnostics, _point_result(self.stops, evaluation, diagnostics, y1)
+
+        def rejected(_):
+            nan = jnp.full((), jnp.nan, y1.dtype)
+            return (
+                StepDiagnostics(nan, nan, nan, lx.RESULTS.successful),
+                RESULTS.successful,
+            )
+
+        return lax.cond(keep, accepted, rejected, None)
+
+    def _step_failure(self, keep, step_result, solver_state, y0) -> RESULTS:
+        """The cause of a kept step's failure: the retraction's; for non-finite values,
+        the projection if its linear solve fails at the start point `y0`, else
+        `step_failure`; any other inner failure (an implicit solver's root find)
+        promoted; `successful` if the step did not fail."""
+        failed = keep & (step_result != diffrax.RESULTS.successful)
+        nonfinite = failed & (step_result == diffrax.RESULTS.nonfinite)
+        cause = RESULTS.where(
+            solver_state.retraction_result != optx.RESULTS.successful,
+            RESULTS.retraction_failed,
+            RESULTS.promote(step_result),
+        )
+
+        def cause_at_start(_):
+            _, start = _diagnose(self.flow, y0)
+            return RESULTS.where(
+                start.projection_result == lx.RESULTS.successful,
+                RESULTS.step_failure,
+                RESULTS.projection_failed,
+            )
+
+        cause = lax.cond(nonfinite, cause_at_start, lambda _: cause, None)
+        return RESULTS.where(failed, cause, RESULTS.successful)
+
     def _attempt(self, state: LoopState, t_end):
         """One attempted step: `(new state, accepted?, diagnostics, correction)`."""
         term = diffrax.ODETerm(self.flow)
@@ -169,38 +210,11 @@ class Integrator(eqx.Module):
         shortened = keep & (t1 < state.t + state.dt)
         dt = jnp.where(shortened, jnp.maximum(tnext - t, state.dt), tnext - t)
 
-        def accepted(_):
-            evaluation, diagnostics = _diagnose(self.flow, y1)
-            return diagnostics, _point_result(self.stops, evaluation, diagnostics, y1)
-
-        def rejected(_):
-            nan = jnp.full((), jnp.nan, y1.dtype)
-            return (
-                StepDiagnostics(nan, nan, nan, lx.RESULTS.successful),
-                RESULTS.successful,
-            )
-
-        diagnostics, point_result = lax.cond(keep, accepted, rejected, None)
-        failed = keep & (step_result != diffrax.RESULTS.successful)
-        nonfinite = failed & (step_result == diffrax.RESULTS.nonfinite)
-
-        def cause_at_start(_):
-            # The vector field gave NaN inside the step: name the projection if its
-            # linear solve fails at the step's start point.
-            _, start = _diagnose(self.flow, state.y)
-            return RESULTS.where(
-                start.projection_result == lx.RESULTS.successful,
-                RESULTS.step_failure,
-                RESULTS.projection_failed,
-            )
-
-        step_failure = RESULTS.where(
-            solver_state.retraction_result != optx.RESULTS.successful,
-            RESULTS.retraction_failed,
-            RESULTS.promote(step_result),
+        diagnostics, point_result = self._evaluate_accepted(keep, y1)
+        failure = self._step_failure(keep, step_result, solver_state, state.y)
+        result = RESULTS.where(
+            failure == RESULTS.successful, RESULTS.promote(controller_result), failure
         )
-        step_failure = lax.cond(nonfinite, cause_at_start, lambda _: step_failure, None)
-        result = RESULTS.where(failed, step_failure, RESULTS.promote(controller_result))
         result = RESULTS.where(result == RESULTS.successful, point_result, result)
         collapsed = dt <= 4 * jnp.finfo(t.dtype).eps * jnp.abs(t)
         result = RESULTS.where(

@@ -121,29 +121,22 @@ def solve_flow(
     start = time.perf_counter()
     theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
     targets, t1 = _output_times(saveat, t0, t1)
-    controller = stepsize_controller
-    if controller is None:
-        dtype = theta0.dtype
-        controller = diffrax.PIDController(
-            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
-        )
-    if noise_floor is None:
-        policy = (
-            StopAtNoiseFloor if stepsize_controller is not None else TightenTolerances
-        )
-        noise_floor = policy(patience=patience)
-    if stop is None:
-        stop = () if isinstance(projector, SVDProjector) else (ConditionStop(),)
-    stops = (StationarityStop(jnp.asarray(stationarity, theta0.dtype)), *stop)
-    flow = SharpnessFlow(manifold, projector, jnp.asarray(constant, theta0.dtype))
-    psolver = ProjectedSolver(
-        _with_stepsize_tolerances(solver, controller),
+    integrator, noise_floor = _setup(
         manifold,
-        projector,
-        retraction,
-        retract_every,
+        theta0,
+        solver=solver,
+        projector=projector,
+        retraction=retraction,
+        constant=constant,
+        rtol=rtol,
+        atol=atol,
+        stepsize_controller=stepsize_controller,
+        stationarity=stationarity,
+        stop=stop,
+        noise_floor=noise_floor,
+        patience=patience,
+        retract_every=retract_every,
     )
-    integrator = Integrator(flow, psolver, controller, stops)
     _check_rank(manifold, projector, theta0)
     state, diagnostics = _initialise(
         integrator, initial_retraction, theta0, t0, t1, dt0
@@ -181,6 +174,48 @@ def solve_flow(
     if throw and not any(bool(result == r) for r in _ENDINGS):
         raise RuntimeError(_failure_message(solution, runner.integrator))
     return solution
+
+
+def _setup(
+    manifold,
+    theta0,
+    *,
+    solver,
+    projector,
+    retraction,
+    constant,
+    rtol,
+    atol,
+    stepsize_controller,
+    stationarity,
+    stop,
+    noise_floor,
+    patience,
+    retract_every,
+) -> tuple[Integrator, AbstractNoiseFloorPolicy]:
+    """The integrator (flow, projected solver, controller, stops) and the noise-floor
+    policy, with the defaults of `solve_flow`. Numbers enter as arrays."""
+    dtype = theta0.dtype
+    controller = stepsize_controller
+    if controller is None:
+        controller = diffrax.PIDController(
+            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
+        )
+    if noise_floor is None:
+        default = TightenTolerances if stepsize_controller is None else StopAtNoiseFloor
+        noise_floor = default(patience=patience)
+    if stop is None:
+        stop = () if isinstance(projector, SVDProjector) else (ConditionStop(),)
+    stops = (StationarityStop(jnp.asarray(stationarity, dtype)), *stop)
+    flow = SharpnessFlow(manifold, projector, jnp.asarray(constant, dtype))
+    psolver = ProjectedSolver(
+        _with_stepsize_tolerances(solver, controller),
+        manifold,
+        projector,
+        retraction,
+        retract_every,
+    )
+    return Integrator(flow, psolver, controller, stops), noise_floor
 
 
 def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import manifoldflow as mf
 import numpy as np
 import pytest
+from manifoldflow import models
 from manifoldflow.models import (
     Cube,
     CubeBeta,
@@ -29,12 +30,7 @@ PROJECTORS = [
 
 
 def two_layer_data(n=4, d=6, seed=0, unit=True):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d))
-    if unit:
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
-    y = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)
-    return X, y
+    return models.two_layer_data(n, d, seed, unit=unit)
 
 
 def two_layer_problem(

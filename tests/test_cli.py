@@ -6,9 +6,24 @@ import sys
 import numpy as np
 import pytest
 from manifoldflow import cli
+from manifoldflow.experiments import EXPERIMENTS
+from manifoldflow.models import CubicLinear
 
 
-SMALL = ["--m", "4", "--d", "6", "--n", "3", "--no-progress", "--no-cache"]
+QUIET = ["--no-progress", "--no-cache"]
+SMALL = ["--m", "4", "--d", "6", "--n", "3", *QUIET]
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_runs_at_a_tiny_size_and_writes_its_files(name, tmp_path):
+    experiment = EXPERIMENTS[name]
+    code = cli.main([name, *experiment.example_arguments, *QUIET, "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["checks_passed"] is True
+    assert summary["checks"] and all("bound_text" in c for c in summary["checks"])
+    assert (tmp_path / "trajectory.npz").stat().st_size > 0
+    assert (tmp_path / experiment.figure_name).stat().st_size > 10_000
 
 
 def test_two_layer_command_writes_results(tmp_path, capsys):
@@ -16,29 +31,13 @@ def test_two_layer_command_writes_results(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
     assert summary == json.loads((tmp_path / "summary.json").read_text())
-    assert summary["checks_passed"] is True
+    assert summary["checks_passed"] is True and summary["result"] == "stationary"
     for key in [
-        "m",
-        "d",
-        "n",
-        "activation",
-        "X",
-        "y",
-        "theta0",
-        "theta_final",
-        "t_final",
-        "num_steps",
-        "wall_seconds",
-        "R_initial",
-        "R_final",
-        "R_star",
-        "grad_norm_final",
-        "constraint_violation_max",
-        "optimum_distance",
-        "rank_one_ratio",
-        "linear_rate",
-        "checks",
-    ]:
+        "m", "d", "n", "activation", "X", "y", "theta0", "theta_final", "t_final",
+        "num_steps", "wall_seconds", "R_initial", "R_final", "R_star",
+        "grad_norm_final", "constraint_violation_max", "optimum_distance",
+        "rank_one_ratio", "linear_rate", "checks", "flow_constant",
+    ]:  # fmt: skip
         assert key in summary, key
     assert np.asarray(summary["theta_final"]).shape == (4, 6)
     assert np.asarray(summary["X"]).shape == (3, 6)
@@ -49,14 +48,23 @@ def test_two_layer_command_writes_results(tmp_path, capsys):
     assert summary["linear_rate"] > 0
     theta = np.asarray(summary["theta_final"])
     X, y = np.asarray(summary["X"]), np.asarray(summary["y"])
-    from manifoldflow.models import CubicLinear
-
     z_star = np.asarray(CubicLinear().inverse(y / 4))
     assert np.max(np.abs(theta @ X.T - z_star)) <= 1e-8
     with np.load(tmp_path / "trajectory.npz") as f:
         assert f["gradient_norm"].shape == f["step_ts"].shape
         assert f["feature_singular_values"].shape[1] == 3
-    assert (tmp_path / "convergence.png").stat().st_size > 10_000
+
+
+def test_large_arrays_go_to_an_npz_beside_the_summary(tmp_path):
+    code = cli.main(
+        ["two-layer", "--m", "20", "--d", "60", "--n", "4", *QUIET, "--out", str(tmp_path)]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["theta_final"] == {"in": "summary.npz", "shape": [20, 60]}
+    with np.load(tmp_path / "summary.npz") as f:
+        assert f["theta_final"].shape == (20, 60)
+    assert np.asarray(summary["X"]).shape == (4, 60)  # 240 numbers: small
 
 
 def test_two_layer_command_with_data_file_and_generic_path(tmp_path):
@@ -65,71 +73,96 @@ def test_two_layer_command_with_data_file_and_generic_path(tmp_path):
     y = np.array([1.0, -0.7, 1.3])
     np.savez(tmp_path / "data.npz", X=X, y=y)
     code = cli.main(
-        [
-            "two-layer",
-            "--m",
-            "3",
-            "--data",
-            str(tmp_path / "data.npz"),
-            "--path",
-            "generic",
-            "--activation",
-            "cube-beta",
-            "--beta",
-            "0.5",
-            "--no-progress",
-            "--no-cache",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+        ["two-layer", "--m", "3", "--data", str(tmp_path / "data.npz"), "--path",
+         "generic", "--activation", "cube-beta", "--beta", "0.5", *QUIET,
+         "--out", str(tmp_path / "out")]
+    )  # fmt: skip
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert code == 0 and summary["checks_passed"]
     assert (summary["n"], summary["d"]) == (3, 5)
-    bad = X.copy()
-    bad[0, 0] = np.inf
-    np.savez(tmp_path / "bad.npz", X=bad, y=y)
-    with pytest.raises(ValueError, match="non-finite"):
-        cli.main(
-            [
-                "two-layer",
-                "--m",
-                "3",
-                "--data",
-                str(tmp_path / "bad.npz"),
-                "--no-progress",
-                "--no-cache",
-                "--out",
-                str(tmp_path / "bad"),
-            ]
-        )
 
 
-def test_command_line_process_and_compilation_cache(tmp_path):
+def _bad_data(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3, 5))
+    y = np.array([1.0, -0.7, 1.3])
+    nan = X.copy()
+    nan[1, 2] = np.nan
+    dependent = X.copy()
+    dependent[2] = X[0] + 2 * X[1]
+    cases = {
+        "nan": (dict(X=nan, y=y), "non-finite"),
+        "duplicated": (dict(X=X[[0, 1, 0]], y=y[[0, 1, 0]]), "linearly dependent"),
+        "conflicting": (dict(X=X[[0, 1, 0]], y=y), "empty"),
+        "dependent": (dict(X=dependent, y=y), "linearly dependent"),
+        "lengths": (dict(X=X, y=y[:2]), r"y must have shape \(n,\) = \(3,\)"),
+        "missing-array": (dict(X=X), "no array named y"),
+    }
+    paths = {}
+    for name, (arrays, message) in cases.items():
+        paths[name] = (tmp_path / f"{name}.npz", message)
+        np.savez(paths[name][0], **arrays)
+    (tmp_path / "text.npz").write_text("not an archive")
+    paths["not-npz"] = (tmp_path / "text.npz", "not a NumPy .npz")
+    paths["missing-file"] = (tmp_path / "absent.npz", "no such file")
+    return paths
+
+
+def test_bad_data_files_give_exit_2_with_a_message(tmp_path, capsys):
+    for name, (path, message) in _bad_data(tmp_path).items():
+        code = cli.main(["two-layer", "--m", "3", "--data", str(path), *QUIET])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        assert err.startswith("manifoldflow two-layer: error: "), name
+        assert len(err.strip().splitlines()) == 1, name
+        assert __import__("re").search(message, err), (name, err)
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--m", "0"], "--m 0"),
+        (["--n", "-1"], "--n -1"),
+        (["--n", "8", "--d", "4"], "needs n <= d"),
+        (["--a", "1,2"], "--a has 2 values but --m is 32"),
+        (["--a", "x"], "one number or 32"),
+        (["--activation", "cube-beta", "--beta", "0"], "--beta must be positive"),
+        (["--rtol", "0"], "--rtol must be a positive number"),
+        (["--max-steps", "0"], "--max-steps must be at least 1"),
+        (["--init-scale", "-1"], "--init-scale must be >= 0"),
+    ],
+)
+def test_bad_options_give_exit_2_with_a_message(arguments, message, capsys):
+    assert cli.main(["two-layer", *arguments, *QUIET]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_choice_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["two-layer", "--solver", "rk4", *QUIET])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'rk4'" in capsys.readouterr().err
+
+
+def test_command_line_process_cache_and_clean_errors(tmp_path):
     env = dict(os.environ, MANIFOLDFLOW_CACHE_DIR=str(tmp_path / "cache"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "manifoldflow.cli",
-            "two-layer",
-            "--m",
-            "3",
-            "--d",
-            "4",
-            "--n",
-            "2",
-            "--activation",
-            "cube",
-            "--no-progress",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "ALL CHECKS PASSED" in result.stdout
+    command = [sys.executable, "-m", "manifoldflow.cli", "two-layer", "--no-progress"]
+    ok = subprocess.run(
+        [*command, "--m", "3", "--d", "4", "--n", "2", "--activation", "cube",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ALL CHECKS PASSED" in ok.stdout
     assert any((tmp_path / "cache").iterdir())
+    bad = subprocess.run(
+        [*command, "--data", str(tmp_path / "absent.npz")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and "no such file" in bad.stderr
+    debug = subprocess.run(
+        [*command, "--data", str(tmp_path / "absent.npz"), "--debug"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert "Traceback" in debug.stderr and "InputError" in debug.stderr

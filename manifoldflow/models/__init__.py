@@ -11,4 +11,5 @@ from .two_layer import (
     initialise_on_manifold as initialise_on_manifold,
     TwoLayerManifold as TwoLayerManifold,
     TwoLayerNet as TwoLayerNet,
+    two_layer_data as two_layer_data,
 )

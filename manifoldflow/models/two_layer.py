@@ -217,3 +217,18 @@ def initialise_on_manifold(
     perp = perp - (perp @ Qx) @ Qx.T
     theta = theta + init_scale * perp
     return TwoLayerNet(theta, a, activation)
+
+
+def two_layer_data(
+    n: int, d: int, seed: int = 0, *, unit: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The default data of the two-layer experiment: `X` Gaussian with unit rows
+    (`unit=False`: not normalised), labels of random sign and size uniform in
+    [0.5, 1.5]. NumPy arrays `(X (n, d), y (n,))`; the same for a given seed
+    everywhere (command line, tests, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    if unit:
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n)
+    return X, y

@@ -1,0 +1,14 @@
+"""The experiments of the command line, one file each, and their registry.
+
+Adding an experiment: a subclass of [`manifoldflow.experiments.AbstractExperiment`][]
+in a new file, and one entry in `EXPERIMENTS` below. The command line builds its
+subcommands from this registry.
+"""
+
+from .base import AbstractExperiment as AbstractExperiment, Outcome as Outcome
+from .two_layer import TwoLayerExperiment as TwoLayerExperiment
+
+
+EXPERIMENTS: dict[str, AbstractExperiment] = {
+    experiment.name: experiment for experiment in (TwoLayerExperiment(),)
+}

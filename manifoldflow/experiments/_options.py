@@ -1,0 +1,119 @@
+"""Options shared by the experiments that solve a flow, and data loading, with
+errors in the words of the command line."""
+
+import argparse
+import math
+import pathlib
+
+import numpy as np
+
+from .._errors import InputError
+
+
+SOLVERS = {
+    "dopri8": "Dopri8",
+    "dopri5": "Dopri5",
+    "tsit5": "Tsit5",
+    "bosh3": "Bosh3",
+    "heun": "Heun",
+    "kvaerno5": "Kvaerno5",
+    "kvaerno3": "Kvaerno3",
+}
+PROJECTORS = {
+    "cholesky": "CholeskyProjector",
+    "qr": "QRProjector",
+    "cg": "CGProjector",
+    "svd": "SVDProjector",
+}
+
+
+def add_flow_options(parser: argparse.ArgumentParser) -> None:
+    """`--t1 --stationarity --solver --rtol --atol --max-steps --projector`."""
+    group = parser.add_argument_group("flow solve")
+    group.add_argument("--t1", type=float, default=math.inf, help="end time")
+    group.add_argument(
+        "--stationarity",
+        type=float,
+        default=1e-10,
+        metavar="EPS",
+        help="stop once |P_T grad R| <= EPS",
+    )
+    group.add_argument(
+        "--solver", default="dopri8", choices=sorted(SOLVERS), help="diffrax solver"
+    )
+    group.add_argument("--rtol", type=float, default=1e-10, help="relative tolerance")
+    group.add_argument("--atol", type=float, default=1e-12, help="absolute tolerance")
+    group.add_argument(
+        "--max-steps",
+        type=int,
+        default=100_000,
+        help="most solver steps attempted (accepted and rejected)",
+    )
+    group.add_argument(
+        "--projector",
+        default="cholesky",
+        choices=sorted(PROJECTORS),
+        help="tangent projection: Cholesky of J J^T, QR of J^T, matrix-free CG, or "
+        "SVD (for a rank-deficient J)",
+    )
+
+
+def flow_options(args: argparse.Namespace) -> dict:
+    """Validated `solve_flow` keyword arguments from `add_flow_options`' options."""
+    import diffrax
+
+    import manifoldflow as mf
+
+    if not args.t1 > 0:
+        raise InputError(f"--t1 must be positive, got {args.t1}.")
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if not (value > 0 and math.isfinite(value)):
+            raise InputError(f"{flag} must be a positive number, got {value}.")
+    if not args.stationarity >= 0:
+        raise InputError(f"--stationarity must be >= 0, got {args.stationarity}.")
+    if args.max_steps < 1:
+        raise InputError(f"--max-steps must be at least 1, got {args.max_steps}.")
+    return dict(
+        solver=getattr(diffrax, SOLVERS[args.solver])(),
+        projector=getattr(mf, PROJECTORS[args.projector])(),
+        t1=args.t1,
+        rtol=args.rtol,
+        atol=args.atol,
+        stationarity=args.stationarity,
+        max_steps=args.max_steps,
+    )
+
+
+def positive_sizes(**sizes: int) -> None:
+    """Raise `InputError` naming every size option that is not positive."""
+    bad = {name: value for name, value in sizes.items() if value < 1}
+    if bad:
+        listed = ", ".join(f"--{k} {v}" for k, v in bad.items())
+        raise InputError(f"sizes must be positive integers, got {listed}.")
+
+
+def load_arrays(path: pathlib.Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of an `.npz` file, as float64; `InputError` for a missing file,
+    a file that is not `.npz`, missing or non-numeric arrays."""
+    if not path.is_file():
+        raise InputError(f"--data {path}: no such file.")
+    try:
+        with np.load(path) as archive:
+            missing = [name for name in names if name not in archive.files]
+            if missing:
+                raise InputError(
+                    f"--data {path} has no array named {', '.join(missing)}: it must "
+                    f"hold {', '.join(names)} (found {', '.join(archive.files) or 'none'})."
+                )
+            arrays = {name: np.asarray(archive[name]) for name in names}
+    except (OSError, ValueError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(
+            f"--data {path} is not a NumPy .npz archive ({error}); write one with "
+            "numpy.savez(path, X=X, y=y)."
+        ) from None
+    for name, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.number):
+            raise InputError(f"--data {path}: {name} is not numeric ({array.dtype}).")
+    return {name: array.astype(float) for name, array in arrays.items()}

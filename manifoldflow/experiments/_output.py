@@ -1,0 +1,75 @@
+"""Writing an experiment's outcome: `summary.json` (+ `summary.npz` for arrays of more
+than `LARGE` numbers, under the same keys), `trajectory.npz`, the figure; and the
+text the command prints."""
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from .base import AbstractExperiment, Outcome
+
+
+LARGE = 1000
+
+
+def _json_value(value: Any) -> Any:
+    """JSON-ready: NumPy scalars to Python, non-finite floats to `None`."""
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_value(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def split_summary(
+    summary: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """`(for summary.json, for summary.npz)`: numeric arrays of more than `LARGE`
+    numbers leave the JSON, which says where they went and their shape."""
+    small, large = {}, {}
+    for key, value in summary.items():
+        if isinstance(value, (list, tuple, np.ndarray)):
+            array = np.asarray(value)
+            if array.dtype != object and np.issubdtype(array.dtype, np.number):
+                if array.size > LARGE:
+                    large[key] = array
+                    small[key] = {"in": "summary.npz", "shape": list(array.shape)}
+                    continue
+        small[key] = _json_value(value)
+    return small, large
+
+
+def write_outcome(
+    out: pathlib.Path, experiment: AbstractExperiment, outcome: Outcome, summary: dict
+) -> list[str]:
+    """Write every file of an outcome into `out`; the file names written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    small, large = split_summary(summary)
+    (out / "summary.json").write_text(json.dumps(small, allow_nan=False))
+    files = ["summary.json"]
+    if large:
+        np.savez_compressed(out / "summary.npz", **large)
+        files.append("summary.npz")
+    np.savez_compressed(out / "trajectory.npz", **outcome.arrays)
+    files.append("trajectory.npz")
+    # A fixed layout, without pyplot: `tight_layout` alone costs about a second.
+    figure = Figure(figsize=experiment.figure_size)
+    FigureCanvasAgg(figure)
+    experiment.plot(outcome, figure)
+    figure.savefig(out / experiment.figure_name, dpi=100)
+    files.append(experiment.figure_name)
+    return files
