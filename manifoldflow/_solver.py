@@ -8,6 +8,7 @@ import jax.tree_util as jtu
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree, Scalar
 
+from ._errors import InputError
 from ._manifold import AbstractManifold
 from ._projection import AbstractProjector, CholeskyProjector
 from ._retraction import AbstractRetraction, ChordRetraction
@@ -65,7 +66,7 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
 
     def __check_init__(self):
         if self.retract_every < 1:
-            raise ValueError(f"retract_every must be >= 1, got {self.retract_every}.")
+            raise InputError(f"retract_every must be >= 1, got {self.retract_every}.")
 
     @property
     def term_structure(self):

@@ -215,9 +215,15 @@ class TwoLayerExperiment(AbstractExperiment):
     def run(self, problem: TwoLayerProblem, *, progress: bool):
         import manifoldflow as mf
 
-        return mf.solve_flow(
-            problem.manifold, **problem.options, progress=progress, throw=False
-        )
+        try:
+            return mf.solve_flow(
+                problem.manifold, **problem.options, progress=progress, throw=False
+            )
+        except InputError as error:  # in the words of the command line
+            message = str(error).replace(
+                "projector=manifoldflow.SVDProjector()", "--projector svd"
+            )
+            raise InputError(message) from None
 
     def checks(self, problem: TwoLayerProblem, result) -> Report:
         from ..theory import gatmiry

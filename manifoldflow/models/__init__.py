@@ -9,7 +9,7 @@ from .activations import (
 )
 from .two_layer import (
     initialise_on_manifold as initialise_on_manifold,
+    two_layer_data as two_layer_data,
     TwoLayerManifold as TwoLayerManifold,
     TwoLayerNet as TwoLayerNet,
-    two_layer_data as two_layer_data,
 )

@@ -8,6 +8,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
+from .._errors import InputError
+
 
 def _solve_depressed_cubic(p: float, q: Array) -> Array:
     r"""The real root of $z^3 + p z = q$ for $p \ge 0$ (Cardano, cancellation-free,
@@ -122,7 +124,7 @@ class CubeBeta(AbstractActivation):
 
     def __check_init__(self):
         if not self.beta > 0:
-            raise ValueError(
+            raise InputError(
                 f"cube-beta needs beta > 0 (got {self.beta}); beta <= 0 makes phi "
                 "non-monotone. Use the `cube` activation for beta = 0."
             )
@@ -152,7 +154,7 @@ def activation_from_name(name: str, beta: float = 1.0) -> AbstractActivation:
     if name == "cube-beta":
         return CubeBeta(beta)
     if name not in table:
-        raise ValueError(
+        raise InputError(
             f"Unknown activation {name!r}: choose cubic-linear, cube or cube-beta."
         )
     return table[name]

@@ -8,6 +8,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._errors import InputError
 from .._loss import AbstractLoss, MeanSquaredLoss
 from .._manifold import AbstractManifold, check_data, Linearisation
 from .activations import AbstractActivation, CubicLinear
@@ -33,11 +34,11 @@ class TwoLayerNet(eqx.Module):
     def __init__(self, theta, a=None, activation: AbstractActivation = CubicLinear()):
         self.theta = jnp.asarray(theta, dtype=jnp.result_type(float))
         if self.theta.ndim != 2:
-            raise ValueError(f"theta must have shape (m, d), got {self.theta.shape}.")
+            raise InputError(f"theta must have shape (m, d), got {self.theta.shape}.")
         m = self.theta.shape[0]
         a = jnp.ones(m) if a is None else jnp.asarray(a, dtype=self.theta.dtype)
         if a.shape != (m,):
-            raise ValueError(
+            raise InputError(
                 f"a must hold one second-layer weight per neuron: shape ({m},), got "
                 f"{a.shape}."
             )
@@ -97,13 +98,13 @@ class TwoLayerManifold(AbstractManifold):
     ):
         X, y = check_data(X, y)
         if X.ndim != 2 or X.shape[1] != net.theta.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"X must have shape (n, d) = (n, {net.theta.shape[1]}) to match theta "
                 f"of shape {net.theta.shape}; got {X.shape}."
             )
         n, D = y.shape[0], net.theta.size
         if n > D:
-            raise ValueError(
+            raise InputError(
                 f"There are n = {n} data points but only m*d = {D} parameters: the "
                 "zero-loss set is generically not a manifold of codimension n."
             )
@@ -201,7 +202,7 @@ def initialise_on_manifold(
     n, d = X.shape
     a = np.ones(m) if a is None else np.asarray(a, dtype=np.float64)
     if np.any(a <= 0):
-        raise ValueError(
+        raise InputError(
             "initialise_on_manifold needs positive second-layer weights a."
         )
     k_share, k_perp = jax.random.split(key)
