@@ -1,5 +1,11 @@
 """manifoldflow: high-precision sharpness flows on zero-loss manifolds."""
 
+import time as _time
+
+
+# When the import began (before JAX's): the command line reports its wall time from here.
+_IMPORT_STARTED = _time.perf_counter()
+
 from . import models as models, theory as theory
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow

@@ -206,23 +206,27 @@ class Integrator(eqx.Module):
         )
         keep = jnp.asarray(keep)
         t = jnp.minimum(t, t_end)
-        # After a step shortened to end at t_end, keep the longer proposal from before.
-        shortened = keep & (t1 < state.t + state.dt)
-        dt = jnp.where(shortened, jnp.maximum(tnext - t, state.dt), tnext - t)
-
+        dt = self._next_step_size(state, t1, t, tnext)
         diagnostics, point_result = self._evaluate_accepted(keep, y1)
         failure = self._step_failure(keep, step_result, solver_state, state.y)
         result = RESULTS.where(
             failure == RESULTS.successful, RESULTS.promote(controller_result), failure
         )
         result = RESULTS.where(result == RESULTS.successful, point_result, result)
+        # A kept step that failed (or reached a non-finite point) is not committed:
+        # the last point stays the last good one.
+        bad_point = (point_result == RESULTS.step_failure) | (
+            point_result == RESULTS.projection_failed
+        )
+        commit = keep & (failure == RESULTS.successful) & ~bad_point
+        t = jnp.where(commit | ~keep, t, state.t)
         collapsed = dt <= 4 * jnp.finfo(t.dtype).eps * jnp.abs(t)
         result = RESULTS.where(
             (result == RESULTS.successful) & collapsed,
             RESULTS.step_size_collapsed,
             result,
         )
-        select = lambda new, old: jnp.where(keep, new, old)
+        select = lambda new, old: jnp.where(commit, new, old)
         new_state = LoopState(
             t=t,
             dt=dt,
@@ -231,10 +235,26 @@ class Integrator(eqx.Module):
             controller_state=controller_state,
             made_jump=select(made_jump, state.made_jump),
             result=result,
-            num_accepted=state.num_accepted + keep,
-            num_rejected=state.num_rejected + (~keep),
+            num_accepted=state.num_accepted + commit,
+            num_rejected=state.num_rejected + (~commit),
         )
-        return new_state, keep, diagnostics, solver_state.correction
+        return new_state, commit, diagnostics, solver_state.correction
+
+    def _next_step_size(self, state: LoopState, t1, t, tnext):
+        """The size of the next step before clipping. Adaptive: the controller's
+        proposal; after a step shortened to end at an output time, the longer size
+        from before it, scaled down if the controller asked for a smaller step.
+        Constant: the step `dt0`, whatever the controller's own counter says."""
+        if not isinstance(self.controller, diffrax.AbstractAdaptiveStepSizeController):
+            return state.dt
+        proposal = tnext - t
+        shortened = t1 < state.t + state.dt
+        factor = proposal / (t1 - state.t)
+        return jnp.where(
+            shortened,
+            jnp.maximum(proposal, state.dt * jnp.minimum(factor, 1.0)),
+            proposal,
+        )
 
     @eqx.filter_jit
     def window(

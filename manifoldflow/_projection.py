@@ -4,10 +4,10 @@ $P_T v = v - J^\top \lambda$ with multipliers $\lambda = (J J^\top)^{-1} J v$, i
 $\lambda$ minimises $\|v - J^\top \lambda\|$. Every projector returns $\lambda$ too: the
 normal component $J^\top\lambda$ is what the retraction and the theory checks use.
 
-Linear solves never throw inside a solve: each method returns lineax's `RESULTS` item
-beside its value (`singular` where a factorisation produced non-finite values,
-`max_steps_reached` where CG hit its cap), and the caller turns a failure into a failed
-step with that cause.
+Linear solves never throw inside a solve: the `..._with_result` methods return
+lineax's `RESULTS` item beside the value (`singular` where a factorisation produced
+non-finite values, `max_steps_reached` where CG hit its cap), and the caller turns a
+failure into a failed step with that cause.
 """
 
 import abc
@@ -33,31 +33,38 @@ def _checked(solution: lx.Solution) -> tuple[Array, lx.RESULTS]:
 
 
 class AbstractProjector(eqx.Module):
-    """Computes tangent projections and solves with the Gram matrix $JJ^\\top$."""
+    """Computes tangent projections and solves with the Gram matrix $JJ^\\top$.
+
+    Subclasses implement `solve_gram` (and may override `multipliers`, e.g. by a
+    least-squares solve). Projectors whose linear solves report a result (CG's
+    iteration cap) override the `..._with_result` methods too; by default a result
+    is `singular` exactly when the value is not finite.
+    """
 
     @abc.abstractmethod
+    def solve_gram(
+        self, linearisation: Linearisation, rhs: Float[Array, " n"]
+    ) -> Float[Array, " n"]:
+        r"""$(J J^\top)^{-1} r$ (a minimum-norm solution where the Gram is singular)."""
+
+    def multipliers(
+        self, linearisation: Linearisation, vector: Float[Array, " D"]
+    ) -> Float[Array, " n"]:
+        r"""$\lambda = \arg\min_\lambda \|v - J^\top \lambda\|$; by default
+        $(JJ^\top)^{-1} J v$."""
+        return self.solve_gram(linearisation, linearisation.jacobian.mv(vector))
+
     def solve_gram_with_result(
         self, linearisation: Linearisation, rhs: Float[Array, " n"]
     ) -> tuple[Float[Array, " n"], lx.RESULTS]:
-        r"""$(J J^\top)^{-1} r$ (minimum-norm where the Gram is singular) and the
-        linear solve's result."""
+        """`solve_gram` and the linear solve's result."""
+        return _finite(self.solve_gram(linearisation, rhs))
 
     def multipliers_with_result(
         self, linearisation: Linearisation, vector: Float[Array, " D"]
     ) -> tuple[Float[Array, " n"], lx.RESULTS]:
-        r"""$\lambda = \arg\min_\lambda \|v - J^\top \lambda\|$ and the linear solve's
-        result. The default solves $JJ^\top\lambda = Jv$."""
-        return self.solve_gram_with_result(
-            linearisation, linearisation.jacobian.mv(vector)
-        )
-
-    def solve_gram(self, linearisation, rhs) -> Float[Array, " n"]:
-        r"""$(J J^\top)^{-1} r$, without the result."""
-        return self.solve_gram_with_result(linearisation, rhs)[0]
-
-    def multipliers(self, linearisation, vector) -> Float[Array, " n"]:
-        r"""$\lambda$, without the result."""
-        return self.multipliers_with_result(linearisation, vector)[0]
+        """`multipliers` and the linear solve's result."""
+        return _finite(self.multipliers(linearisation, vector))
 
     def project_with_result(
         self, linearisation: Linearisation, vector: Float[Array, " D"]
@@ -74,14 +81,18 @@ class AbstractProjector(eqx.Module):
         return projected, lam
 
 
+def _finite(value: Array) -> tuple[Array, lx.RESULTS]:
+    finite = jnp.all(jnp.isfinite(value))
+    return value, lx.RESULTS.where(finite, lx.RESULTS.successful, lx.RESULTS.singular)
+
+
 def _gram_operator(linearisation: Linearisation) -> lx.MatrixLinearOperator:
     return lx.MatrixLinearOperator(linearisation.gram, lx.positive_semidefinite_tag)
 
 
 def _cholesky_solve(linearisation, rhs):
-    return _checked(
-        lx.linear_solve(_gram_operator(linearisation), rhs, lx.Cholesky(), throw=False)
-    )
+    operator = _gram_operator(linearisation)
+    return lx.linear_solve(operator, rhs, lx.Cholesky(), throw=False).value
 
 
 class CholeskyProjector(AbstractProjector):
@@ -91,7 +102,7 @@ class CholeskyProjector(AbstractProjector):
     $\kappa(JJ^\top) = \kappa(J)^2$.
     """
 
-    def solve_gram_with_result(self, linearisation, rhs):
+    def solve_gram(self, linearisation, rhs):
         return _cholesky_solve(linearisation, rhs)
 
 
@@ -100,12 +111,12 @@ class QRProjector(AbstractProjector):
     $J^\top$: accuracy like $\kappa(J)$ rather than $\kappa(J)^2$. Materialises $J$.
     """
 
-    def solve_gram_with_result(self, linearisation, rhs):
+    def solve_gram(self, linearisation, rhs):
         return _cholesky_solve(linearisation, rhs)
 
-    def multipliers_with_result(self, linearisation, vector):
+    def multipliers(self, linearisation, vector):
         jac_t = lx.MatrixLinearOperator(linearisation.jacobian.transpose().as_matrix())
-        return _checked(lx.linear_solve(jac_t, vector, lx.QR(), throw=False))
+        return lx.linear_solve(jac_t, vector, lx.QR(), throw=False).value
 
 
 class CGProjector(AbstractProjector):
@@ -143,6 +154,14 @@ class CGProjector(AbstractProjector):
         solver = lx.CG(rtol=self.rtol, atol=self.atol, max_steps=max_steps)
         return _checked(lx.linear_solve(operator, rhs, solver, throw=False))
 
+    def solve_gram(self, linearisation, rhs):
+        return self.solve_gram_with_result(linearisation, rhs)[0]
+
+    def multipliers_with_result(self, linearisation, vector):
+        return self.solve_gram_with_result(
+            linearisation, linearisation.jacobian.mv(vector)
+        )
+
 
 class SVDProjector(AbstractProjector):
     r"""Pseudo-inverse of the Gram matrix by an SVD: correct also where $J$ is rank
@@ -153,12 +172,7 @@ class SVDProjector(AbstractProjector):
 
     rcond: float | None = None
 
-    def solve_gram_with_result(self, linearisation, rhs):
-        return _checked(
-            lx.linear_solve(
-                lx.MatrixLinearOperator(linearisation.gram),
-                rhs,
-                lx.SVD(rcond=self.rcond),
-                throw=False,
-            )
-        )
+    def solve_gram(self, linearisation, rhs):
+        operator = lx.MatrixLinearOperator(linearisation.gram)
+        solver = lx.SVD(rcond=self.rcond)
+        return lx.linear_solve(operator, rhs, solver, throw=False).value

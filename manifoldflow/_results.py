@@ -13,18 +13,19 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     """
 
     stationary = "stationary: |P_T grad R| reached the stationarity threshold"
-    t1_reached = "reached t1 before the stationarity threshold"
+    t1_reached = "reached t1 (|P_T grad R| still above the stationarity threshold)"
     interrupted = (
         "interrupted (KeyboardInterrupt): the solution holds what was computed"
     )
     step_failure = (
-        "a step produced non-finite values (NaN or inf) that a smaller step did not "
-        "cure: the model, its gradient or the sharpness is not finite there"
+        "a step reached non-finite values (NaN or inf): the model, its gradient or "
+        "the sharpness is not finite there (with an adaptive step size, also not "
+        "after shrinking the step)"
     )
     stagnated = (
         "stagnated: |P_T grad R| stopped decreasing while R stayed constant to within "
-        "its rounding noise, at the tightest tolerances the noise-floor policy allows "
-        "(the integrator's noise floor)"
+        "its rounding noise (the integrator's noise floor), and the noise-floor "
+        "policy allowed no further tightening"
     )
     ill_conditioned = (
         "ill-conditioned: the Gram matrix J J^T became numerically singular (the "
@@ -42,6 +43,9 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "the step size collapsed: time stopped advancing although steps were accepted "
         "or kept being rejected"
     )
+
+
+RESULTS.__module__ = "manifoldflow"  # its public name, in reprs
 
 
 def result_name(result: RESULTS) -> str:

@@ -93,7 +93,7 @@ class RetractionSolution(eqx.Module):
 
     **Fields:** `theta` (the point), `multipliers` ($\\lambda$), `residual`
     ($\\max_i |F_i(\\theta)|$), `num_steps`, `converged` (residual within tolerance),
-    `tolerance` (the tolerance used), `result` (an optimistix `RESULTS` item:
+    `tolerance` (the tolerance used), `result` (optional, an optimistix `RESULTS` item:
     `successful`; `nonlinear_max_steps_reached` when `max_steps` ran out;
     `nonlinear_divergence` when the residual stopped decreasing above the tolerance,
     i.e. no zero of $F$ near the start; or the failure of a linear solve).
@@ -104,8 +104,18 @@ class RetractionSolution(eqx.Module):
     residual: Scalar
     num_steps: Int[Array, ""]
     converged: Bool[Array, ""]
-    tolerance: Scalar
-    result: optx.RESULTS
+    tolerance: Scalar = float("nan")
+    result: optx.RESULTS | None = None
+
+    @property
+    def outcome(self) -> optx.RESULTS:
+        """`result`, or for a retraction that does not report one, `successful`
+        exactly when `converged` (else `nonlinear_divergence`)."""
+        if self.result is not None:
+            return self.result
+        return optx.RESULTS.where(
+            self.converged, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence
+        )
 
 
 class AbstractRetraction(eqx.Module):
@@ -141,9 +151,9 @@ class AbstractMultiplierRetraction(AbstractRetraction):
         base: Linearisation,
         theta: Float[Array, " D"],
         residual: Float[Array, " n"],
-    ) -> tuple[Float[Array, " n"], lx.RESULTS]:
+    ) -> tuple[Float[Array, " n"], lx.RESULTS] | Float[Array, " n"]:
         r"""The multiplier update $\delta\lambda$ for the current iterate, and the
-        result of its linear solve."""
+        result of its linear solve (or the update alone)."""
 
     def __call__(
         self,
@@ -159,7 +169,9 @@ class AbstractMultiplierRetraction(AbstractRetraction):
             return theta_tilde + normal(lam)
 
         def direction(lam, F):
-            return self.correction(manifold, projector, base, point(lam), F)
+            delta = self.correction(manifold, projector, base, point(lam), F)
+            # A correction may return just the update (no linear solve result).
+            return delta if isinstance(delta, tuple) else (delta, lx.RESULTS.successful)
 
         lam0 = jnp.zeros(manifold.num_constraints, theta_tilde.dtype)
         lam, res, steps, result = _damped_iteration(

@@ -28,17 +28,12 @@ from ._progress import (
     ProgressMeters,
     TqdmProgressMeter,
 )
-from ._projection import AbstractProjector, CholeskyProjector, SVDProjector
+from ._projection import AbstractProjector, CholeskyProjector, QRProjector
 from ._results import RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
 from ._solution import FlowSolution
 from ._solver import ProjectedSolver
-from ._stop import (
-    AbstractStopCondition,
-    ConditionStop,
-    DEFAULT_MAX_CONDITION,
-    StationarityStop,
-)
+from ._stop import AbstractStopCondition, ConditionStop, StationarityStop
 from ._trajectory import Trajectory
 
 
@@ -120,6 +115,10 @@ def solve_flow(
     """
     start = time.perf_counter()
     theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
+    _check_float32(theta0, (retraction, initial_retraction))
+    _check_counts(window=window, patience=patience, save_every=save_every, dt0=dt0)
+    if saveat is not None and save_every != 1:
+        raise InputError("save_every thins the default output; with saveat leave it 1.")
     targets, t1 = _output_times(saveat, t0, t1)
     integrator, noise_floor = _setup(
         manifold,
@@ -137,7 +136,7 @@ def solve_flow(
         patience=patience,
         retract_every=retract_every,
     )
-    _check_rank(manifold, projector, theta0)
+    _check_rank(manifold, integrator.stops, theta0)
     state, diagnostics = _initialise(
         integrator, initial_retraction, theta0, t0, t1, dt0
     )
@@ -154,12 +153,12 @@ def solve_flow(
     )
     runner = _Runner(integrator, noise_floor, window, max_steps, trajectory, meter)
     try:
-        state = runner.run(state, targets or [t1], meter_state)
+        state = runner.run(state, _segments(targets, t1), meter_state)
     except KeyboardInterrupt:
         state = _with_result(runner.state, RESULTS.interrupted)
     finally:
         meter.close(runner.meter_state)
-    result = _final_result(state, t1)
+    result = _final_result(state)
     solution = trajectory.solution(
         state=state,
         result=result,
@@ -204,8 +203,9 @@ def _setup(
     if noise_floor is None:
         default = TightenTolerances if stepsize_controller is None else StopAtNoiseFloor
         noise_floor = default(patience=patience)
-    if stop is None:
-        stop = () if isinstance(projector, SVDProjector) else (ConditionStop(),)
+    if stop is None:  # the condition stop costs one Cholesky of J J^T per step
+        forms_gram = isinstance(projector, (CholeskyProjector, QRProjector))
+        stop = (ConditionStop(),) if forms_gram else ()
     stops = (StationarityStop(jnp.asarray(stationarity, dtype)), *stop)
     flow = SharpnessFlow(manifold, projector, jnp.asarray(constant, dtype))
     psolver = ProjectedSolver(
@@ -219,7 +219,10 @@ def _setup(
 
 
 def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
-    theta0 = manifold.initial_point() if theta0 is None else jnp.asarray(theta0)
+    start = manifold.initial_point()
+    theta0 = start if theta0 is None else jnp.asarray(theta0)
+    # Coordinates in the precision of the manifold's own data, if that is wider.
+    theta0 = theta0.astype(jnp.promote_types(theta0.dtype, start.dtype))
     if theta0.shape != (manifold.dimension,):
         raise InputError(
             f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
@@ -239,6 +242,28 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
     if max_steps < 1:
         raise InputError(f"max_steps must be positive, got {max_steps}.")
     return theta0
+
+
+def _check_float32(theta0, retractions) -> None:
+    if theta0.dtype != jnp.float32:
+        return
+    for retraction in retractions:
+        if max(retraction.atol, retraction.rtol) < 1e-6:
+            raise InputError(
+                f"float32 coordinates cannot meet the tolerance of {retraction!r}: "
+                f"pass e.g. {type(retraction).__name__}(atol=1e-5, rtol=1e-6) as "
+                "retraction and initial_retraction, or enable float64."
+            )
+
+
+def _check_counts(*, window, patience, save_every, dt0) -> None:
+    for name, value in (("patience", patience), ("save_every", save_every)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}.")
+    if window is not None and window < 1:
+        raise InputError(f"window must be at least 1, got {window}.")
+    if dt0 is not None and not dt0 > 0:
+        raise InputError(f"dt0 must be positive, got {dt0}.")
 
 
 def _output_times(saveat, t0, t1) -> tuple[list[float] | None, float]:
@@ -278,9 +303,9 @@ def _with_stepsize_tolerances(solver, controller):
     if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
         raise InputError(
             f"{type(solver).__name__} with a constant step size needs explicit root "
-            f"finder tolerances, e.g. {type(solver).__name__}(root_finder=diffrax."
-            "VeryChord(rtol=1e-10, atol=1e-12, norm=optimistix.max_norm)); or use an "
-            "adaptive stepsize_controller."
+            f"finder tolerances, e.g. {type(solver).__name__}(root_finder="
+            "optimistix.Newton(rtol=1e-10, atol=1e-12)); or use an adaptive "
+            "stepsize_controller."
         )
     return eqx.tree_at(
         lambda s: tuple(getattr(s.root_finder, a) for a in names),
@@ -289,17 +314,21 @@ def _with_stepsize_tolerances(solver, controller):
     )
 
 
-def _check_rank(manifold, projector, theta0) -> None:
-    if isinstance(projector, SVDProjector):
+def _check_rank(manifold, stops, theta0) -> None:
+    """Refuse an initial point where a `ConditionStop` would stop at once."""
+    bounds = [stop.max_condition for stop in stops if isinstance(stop, ConditionStop)]
+    if not bounds:
         return
     eigenvalues = np.linalg.eigvalsh(np.asarray(_gram(manifold, theta0)))
-    if not eigenvalues[0] * DEFAULT_MAX_CONDITION > eigenvalues[-1]:
+    if not eigenvalues[0] * min(bounds) > eigenvalues[-1]:
         raise InputError(
-            "The Jacobian J of the constraints is rank deficient at the initial point "
-            f"(Gram eigenvalues from {eigenvalues[0]:.3e} to {eigenvalues[-1]:.3e}): "
-            "repeated or linearly dependent data points, or an activation whose "
-            "derivative vanishes there. Remove duplicates, or use "
-            "projector=manifoldflow.SVDProjector() for a rank-deficient J."
+            "The Gram matrix J J^T of the constraints is numerically singular at the "
+            f"initial point (eigenvalues from {eigenvalues[0]:.3e} to "
+            f"{eigenvalues[-1]:.3e}; condition bound {min(bounds):.1e}): repeated or "
+            "linearly dependent constraints (e.g. duplicated data points), a singular "
+            "point of the manifold, or an activation whose derivative vanishes there. "
+            "Remove the dependent constraints, use projector=manifoldflow.SVDProjector(), "
+            "or raise the bound with stop=[manifoldflow.ConditionStop(max_condition=...)]."
         )
 
 
@@ -359,6 +388,14 @@ def _progress_meter(progress, callback) -> AbstractProgressMeter:
     return meters[0] if len(meters) == 1 else ProgressMeters(tuple(meters))
 
 
+def _segments(targets: list[float] | None, t1: float) -> list[tuple[float, bool]]:
+    """`(end time, save the point there)`: each output time, then on to `t1`."""
+    segments = [(t, True) for t in targets or []]
+    if not segments or t1 > segments[-1][0]:
+        segments.append((t1, False))
+    return segments
+
+
 def _with_result(state: LoopState, result) -> LoopState:
     return eqx.tree_at(lambda s: s.result, state, result)
 
@@ -375,17 +412,21 @@ class _Runner:
         self.tightened: list[tuple[float, float, float]] = []
         self.state: LoopState | None = None
         self.meter_state = None
+        # The first windows are short (4, 8, 16, ... attempts, with one compiled
+        # program): progress shows and Ctrl-C acts early also when steps are slow.
+        self.attempts = min(4, window)
 
-    def run(self, state: LoopState, targets: list[float], meter_state) -> LoopState:
+    def run(self, state: LoopState, segments, meter_state) -> LoopState:
+        """Step to the end time of each `(time, save)` segment in turn; mark the point
+        reached as an output when `save`."""
         self.state, self.meter_state = state, meter_state
-        dtype = state.y.dtype
-        for target in targets:
-            t_end = jnp.asarray(target, dtype)
-            while _running(self.state) and float(self.state.t) < target:
+        for target, save in segments:
+            # Compared in the state's dtype: float32(0.7) < 0.7.
+            t_end = jnp.asarray(target, state.y.dtype)
+            while _running(self.state) and float(self.state.t) < float(t_end):
                 self._window(t_end)
-            if _running(self.state) or float(self.state.t) == target:
-                if float(self.state.t) == target:
-                    self.trajectory.mark_saved()
+            if save and float(self.state.t) == float(t_end):
+                self.trajectory.mark_saved()
             if not _running(self.state):
                 break
         return self.state
@@ -393,15 +434,16 @@ class _Runner:
     def _window(self, t_end) -> None:
         state = self.state
         used = int(state.num_accepted) + int(state.num_rejected)
-        budget = min(self.window, self.max_steps - used)
+        budget = min(self.attempts, self.max_steps - used)
+        self.attempts = min(2 * self.attempts, self.window)
         if budget <= 0:
             self.state = _with_result(state, RESULTS.max_steps_reached)
             return
         state, records = self.integrator.window(
             state, t_end, jnp.asarray(budget), self.window
         )
-        self.state = state
         self.trajectory.add(records)
+        self.state = state
         R, g, _ = self.trajectory.last
         self.meter_state = self.meter.step(
             self.meter_state,
@@ -433,9 +475,10 @@ def _running(state: LoopState) -> bool:
     return bool(state.result == RESULTS.successful)
 
 
-def _final_result(state: LoopState, t1: float) -> RESULTS:
+def _final_result(state: LoopState) -> RESULTS:
+    """Still `successful` after every segment: `t1` was reached."""
     if bool(state.result == RESULTS.successful):
-        return RESULTS.t1_reached if float(state.t) >= t1 else RESULTS.max_steps_reached
+        return RESULTS.t1_reached
     return state.result
 
 
@@ -450,9 +493,12 @@ _ADVICE = {
         "patience or pass noise_floor=IgnoreNoiseFloor()."
     ),
     "ill_conditioned": (
-        "Use projector=SVDProjector(), which projects exactly where J is rank "
-        "deficient, or pass stop=[ConditionStop(max_condition=...)] to go on with a "
-        "larger bound."
+        "The manifold is close to a singular point (for a sparse-recovery model: "
+        "coordinates decaying to 0). To go on anyway: stop=[ConditionStop("
+        "max_condition=...)] with a larger bound (Cholesky accuracy degrades like "
+        "condition x 1e-16), or projector=SVDProjector(), which drops the vanishing "
+        "directions (it may need many steps); or remove the collapsed coordinates "
+        "from the model."
     ),
     "retraction_failed": (
         "Take smaller steps (lower rtol/atol or dt0), or give the retraction more "
@@ -468,7 +514,8 @@ _ADVICE = {
     ),
     "step_size_collapsed": (
         "Every step from the point reached was rejected or had zero length: the vector "
-        "field is not finite or not accurate near it (see the Gram condition above)."
+        "field is not finite or not accurate near it (see the Gram condition above), "
+        "or dt0 was not positive."
     ),
 }
 
@@ -486,7 +533,8 @@ def _failure_message(solution: FlowSolution, integrator: Integrator) -> str:
     condition = eigenvalues[-1] / eigenvalues[0] if eigenvalues[0] > 0 else math.inf
     advice = _ADVICE.get(solution.result_name, "")
     return (
-        f"solve_flow ended without stationarity: {solution.message}. It got to "
+        f"solve_flow ended without stationarity: {solution.message.rstrip('.')}. "
+        "It got to "
         f"t = {solution.t_final:.6g} after {solution.num_steps} accepted steps "
         f"({solution.num_rejected_steps} rejected), with |P_T grad R| = {g:.3e} "
         f"(threshold {solution.stationarity:g}), R = {R:.12g}, "

@@ -119,7 +119,7 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
             retracted.theta,
             retracted.residual,
             retracted.num_steps,
-            retracted.result,
+            retracted.outcome,
         )
 
     def _keep_record(self, y: Float[Array, " D"]) -> tuple:
@@ -136,8 +136,8 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
         else:
             record = lax.cond(
                 num_steps % self.retract_every == 0,
-                self._retract_record,
-                self._keep_record,
+                lambda y: self._retract_record(y),
+                lambda y: self._keep_record(y),
                 y1,
             )
         new_y1, residual, retraction_steps, retraction_result = record

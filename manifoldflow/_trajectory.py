@@ -83,7 +83,9 @@ class Trajectory:
                 ys, saved_index = ys[keep], saved_index[keep]
         else:
             saved_index = np.asarray(self.saved_index, dtype=int)
-            ys = np.asarray(self.saved_ys).reshape(len(saved_index), -1)
+            ys = np.asarray(self.saved_ys).reshape(
+                len(saved_index), self.last_theta.size
+            )
         return FlowSolution(
             ts=step_ts[saved_index],
             ys=ys,

@@ -6,12 +6,27 @@ import pathlib
 import sys
 import time
 
+import manifoldflow
 
-_START = time.perf_counter()
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit code 2), pointing to `--help`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except `None` (the help text says what omitting means)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parser(experiments) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="manifoldflow",
         description="Solve the Riemannian sharpness flow on a zero-loss manifold to "
         "high precision and check the theory's predictions.",
@@ -22,7 +37,7 @@ def _parser(experiments) -> argparse.ArgumentParser:
             experiment.name,
             help=experiment.help,
             description=experiment.description,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_Formatter,
         )
         experiment.add_arguments(p)
         common = p.add_argument_group("output")
@@ -30,7 +45,7 @@ def _parser(experiments) -> argparse.ArgumentParser:
             "--out",
             type=pathlib.Path,
             default=pathlib.Path("manifoldflow-out"),
-            help="folder for summary.json, trajectory.npz and the figure",
+            help="folder for summary.json (+ summary.npz), trajectory.npz, the figure",
         )
         common.add_argument(
             "--json", action="store_true", help="print summary.json to stdout"
@@ -60,6 +75,8 @@ def main(argv=None) -> int:
     configure_jax(cache=not args.no_cache)
     experiment = EXPERIMENTS[args.experiment]
     try:
+        if args.out.exists() and not args.out.is_dir():
+            raise InputError(f"--out {args.out} is a file, not a folder.")
         problem = experiment.build(args)
         result = experiment.run(problem, progress=not args.no_progress)
     except InputError as error:
@@ -71,7 +88,10 @@ def main(argv=None) -> int:
     outcome = experiment.summarise(problem, result, report)
     passed = outcome.finished and report.passed
     summary = dict(outcome.summary, checks=[c.to_dict() for c in report.checks])
-    summary.update(checks_passed=passed, wall_seconds=time.perf_counter() - _START)
+    summary.update(
+        checks_passed=passed,
+        wall_seconds=time.perf_counter() - manifoldflow._IMPORT_STARTED,
+    )
     files = write_outcome(args.out, experiment, outcome, summary)
     verdict = "ALL CHECKS PASSED" if passed else "SOME CHECKS FAILED"
     text = (

@@ -17,7 +17,9 @@ SMALL = ["--m", "4", "--d", "6", "--n", "3", *QUIET]
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_experiment_runs_at_a_tiny_size_and_writes_its_files(name, tmp_path):
     experiment = EXPERIMENTS[name]
-    code = cli.main([name, *experiment.example_arguments, *QUIET, "--out", str(tmp_path)])
+    code = cli.main(
+        [name, *experiment.example_arguments, *QUIET, "--out", str(tmp_path)]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["checks_passed"] is True
@@ -57,7 +59,18 @@ def test_two_layer_command_writes_results(tmp_path, capsys):
 
 def test_large_arrays_go_to_an_npz_beside_the_summary(tmp_path):
     code = cli.main(
-        ["two-layer", "--m", "20", "--d", "60", "--n", "4", *QUIET, "--out", str(tmp_path)]
+        [
+            "two-layer",
+            "--m",
+            "20",
+            "--d",
+            "60",
+            "--n",
+            "4",
+            *QUIET,
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -64,7 +64,9 @@ def test_failed_retraction_with_constant_step_size_is_a_result():
     )
     sol = mf.solve_flow(manifold, throw=False, **kwargs)
     assert sol.result == mf.RESULTS.retraction_failed
-    assert sol.num_steps == 1 and sol.t_final == pytest.approx(0.01)
+    # The failed step is not kept: the solution ends at the last point on the manifold.
+    assert sol.num_steps == 0 and sol.num_rejected_steps == 1 and sol.t_final == 0.0
+    assert np.max(sol.constraint_violation) <= 1e-12
     with pytest.raises(RuntimeError, match="retraction onto the manifold did not"):
         mf.solve_flow(manifold, **kwargs)
 
@@ -188,3 +190,119 @@ def test_sparse_recovery_stops_ill_conditioned_near_basis_pursuit():
     # left is of the same order.
     assert sol.gradient_norm[-1] <= 1e-4
     np.testing.assert_allclose(w, w_lp, atol=1e-4)
+
+
+def test_retract_every_k_steps_with_and_without_output_times():
+    """Retracting only every 3rd attempted step: the constraint drifts in between (the
+    point of the strategy; rtol = 1e-6 makes the drift visible) and is restored at
+    the retracted steps."""
+    manifold = _small_manifold()
+    for saveat in (None, [0.3, 0.6]):
+        sol = mf.solve_flow(
+            manifold,
+            retract_every=3,
+            t1=0.6,
+            saveat=saveat,
+            rtol=1e-6,
+            atol=1e-8,
+            stationarity=0.0,
+        )
+        assert sol.result == mf.RESULTS.t1_reached
+        violation = sol.constraint_violation[1:]
+        assert np.min(violation) <= 1e-12
+        assert np.max(violation) > 1e-10
+
+
+def test_output_times_after_an_early_end():
+    """Ending before the first output time gives an empty, well-formed solution;
+    an explicit t1 after the last output time is reached."""
+    manifold = _small_manifold()
+    early = mf.solve_flow(manifold, saveat=[5.0, 6.0], max_steps=3, throw=False)
+    assert early.result == mf.RESULTS.max_steps_reached
+    assert early.ts.shape == (0,) and early.ys.shape == (0, manifold.dimension)
+    start = mf.solve_flow(manifold, stationarity=1e-9).theta_final
+    at_rest = mf.solve_flow(manifold, start, saveat=[1.0], stationarity=1e-9)
+    assert at_rest.stationary and at_rest.num_steps == 0 and at_rest.ys.shape[0] == 0
+    beyond = mf.solve_flow(manifold, saveat=[0.5, 1.0], t1=2.0, stationarity=0.0)
+    assert beyond.result == mf.RESULTS.t1_reached and beyond.t_final == 2.0
+    np.testing.assert_array_equal(beyond.ts, [0.5, 1.0])
+
+
+def test_constant_steps_stay_constant_across_output_times():
+    sol = mf.solve_flow(
+        _small_manifold(),
+        solver=diffrax.Heun(),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.3,
+        saveat=[0.5, 1.0, 1.7],
+        t1=3.0,
+        stationarity=0.0,
+    )
+    steps = np.diff(sol.step_ts)
+    assert np.max(steps) <= 0.3 * (1 + 1e-12)
+    # 0.3, clipped to end at 0.5, then 0.3 again (not the controller's runaway).
+    np.testing.assert_allclose(steps[:4], [0.3, 0.2, 0.3, 0.2])
+    np.testing.assert_array_equal(sol.ts, [0.5, 1.0, 1.7])
+
+
+_FLOAT32_SCRIPT = """
+import jax, jax.numpy as jnp, manifoldflow as mf
+from tests.helpers import two_layer_problem
+manifold = two_layer_problem(m=4, n=3, d=5, seed=2)[-1]
+assert manifold.initial_point().dtype == jnp.float32
+loose = dict(atol=1e-5, rtol=1e-6)
+sol = mf.solve_flow(manifold, t1=0.7, rtol=1e-5, atol=1e-6, stationarity=1e-5,
+    retraction=mf.ChordRetraction(**loose),
+    initial_retraction=mf.GaussNewtonRetraction(**loose), max_steps=500)
+print(sol.result_name, sol.num_steps, sol.theta_final.dtype)
+try:
+    mf.solve_flow(manifold, stationarity=1e-5, rtol=1e-5, atol=1e-6)
+except mf.InputError as error:
+    assert "float32" in str(error) and "atol=1e-5" in str(error), error
+else:
+    raise AssertionError("float32 with the default retraction tolerance 1e-13")
+"""
+
+
+def test_float32_reaches_an_end_time_it_cannot_represent():
+    """With float64 off, float32(0.7) < 0.7: the end time is compared in the state's
+    dtype, so the solve ends instead of looping with zero attempts."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parent.parent
+    env = dict(__import__("os").environ, JAX_ENABLE_X64="0")
+    out = subprocess.run(
+        [sys.executable, "-c", _FLOAT32_SCRIPT],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    name, steps, dtype = out.stdout.split()
+    assert name == "t1_reached" and dtype == "float32" and 0 < int(steps) < 500
+
+
+def test_a_failed_step_is_not_kept():
+    sol = mf.solve_flow(
+        _hyperbola(),
+        solver=diffrax.Heun(),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.05,
+        t1=5.0,
+        throw=False,
+    )
+    assert np.all(np.isfinite(sol.theta_final))
+    assert np.all(np.isfinite(sol.sharpness)) and np.all(np.isfinite(sol.ys))
+
+
+class _OldStyleProjector(mf.AbstractProjector):
+    """A projector written against the first API: only solve_gram."""
+
+    def solve_gram(self, linearisation, rhs):
+        return jnp.linalg.solve(linearisation.gram, rhs)
+
+
+def test_projectors_written_for_the_first_api_still_work():
+    sol = mf.solve_flow(_small_manifold(), projector=_OldStyleProjector(), t1=0.5)
+    reference = mf.solve_flow(_small_manifold(), t1=0.5)
+    np.testing.assert_allclose(sol.theta_final, reference.theta_final, atol=1e-9)

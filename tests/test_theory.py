@@ -192,10 +192,13 @@ def test_flow_reaches_theorem_3_3_optimum_checks():
     assert solution.stationary
     assert solution.gradient_norm[-1] <= 1e-9
     # Constraint held at every accepted step.
-    assert np.max(solution.constraint_violation) <= 1e-13
+    # The retraction stops at max|F| <= 1e-13; evaluating F again in another compiled
+    # program adds a few ulp of |f(x_i)| ~ 1 (64 eps leaves a margin).
+    held = 1e-13 + 64 * np.finfo(float).eps
+    assert np.max(solution.constraint_violation) <= held
     # The sharpness decreases along the flow (dR/dt = -|P_T grad R|^2), up to rounding.
     assert np.all(np.diff(solution.sharpness) <= 1e-11 * solution.sharpness[0])
-    report = gatmiry.two_layer_checks(manifold, solution, constraint_tolerance=1e-13)
+    report = gatmiry.two_layer_checks(manifold, solution, constraint_tolerance=held)
     assert report.passed, report.table()
     assert all(
         c.applicable for c in report.checks if c.name != "lemma_g4_sign_consistency"

@@ -69,8 +69,11 @@ def flow_options(args: argparse.Namespace) -> dict:
     for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if not (value > 0 and math.isfinite(value)):
             raise InputError(f"{flag} must be a positive number, got {value}.")
-    if not args.stationarity >= 0:
-        raise InputError(f"--stationarity must be >= 0, got {args.stationarity}.")
+    if not (args.stationarity > 0 and math.isfinite(args.stationarity)):
+        raise InputError(
+            f"--stationarity must be a positive number, got {args.stationarity} (to "
+            "run to a time instead, give --t1 and a small --stationarity)."
+        )
     if args.max_steps < 1:
         raise InputError(f"--max-steps must be at least 1, got {args.max_steps}.")
     return dict(
@@ -94,26 +97,60 @@ def positive_sizes(**sizes: int) -> None:
 
 def load_arrays(path: pathlib.Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The named arrays of an `.npz` file, as float64; `InputError` for a missing file,
-    a file that is not `.npz`, missing or non-numeric arrays."""
+    a file that is not `.npz`, missing, complex or non-numeric arrays."""
     if not path.is_file():
         raise InputError(f"--data {path}: no such file.")
     try:
-        with np.load(path) as archive:
-            missing = [name for name in names if name not in archive.files]
-            if missing:
-                raise InputError(
-                    f"--data {path} has no array named {', '.join(missing)}: it must "
-                    f"hold {', '.join(names)} (found {', '.join(archive.files) or 'none'})."
-                )
-            arrays = {name: np.asarray(archive[name]) for name in names}
-    except (OSError, ValueError) as error:
-        if isinstance(error, InputError):
-            raise
+        archive = np.load(path)
+    except Exception as error:  # any unreadable file: the message names it
         raise InputError(
-            f"--data {path} is not a NumPy .npz archive ({error}); write one with "
-            "numpy.savez(path, X=X, y=y)."
+            f"--data {path} is not a NumPy .npz archive ({type(error).__name__}: "
+            f"{error}); write one with numpy.savez(path, X=X, y=y)."
         ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(
+            f"--data {path} holds a single array, not an .npz archive with arrays "
+            f"{', '.join(names)}; write one with numpy.savez(path, X=X, y=y)."
+        )
+    with archive:
+        missing = [name for name in names if name not in archive.files]
+        if missing:
+            raise InputError(
+                f"--data {path} has no array named {', '.join(missing)}: it must hold "
+                f"{', '.join(names)} (found {', '.join(archive.files) or 'none'})."
+            )
+        arrays = {name: np.asarray(archive[name]) for name in names}
     for name, array in arrays.items():
-        if not np.issubdtype(array.dtype, np.number):
-            raise InputError(f"--data {path}: {name} is not numeric ({array.dtype}).")
+        if np.iscomplexobj(array) or not np.issubdtype(array.dtype, np.number):
+            raise InputError(
+                f"--data {path}: {name} must be real numbers, got {array.dtype}."
+            )
     return {name: array.astype(float) for name, array in arrays.items()}
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:
+        raise InputError(f"--seed must be in [0, 2**32), got {seed}.")
+
+
+_COMMAND_LINE_WORDS = (
+    ("`max_steps`", "--max-steps"),
+    ("projector=manifoldflow.SVDProjector()", "--projector svd"),
+    (
+        "Raise initial_retraction=GaussNewtonRetraction(max_steps=...) (now 200), "
+        "or start closer to the manifold.",
+        "Start closer to the manifold (a smaller --init-scale), or another --seed.",
+    ),
+    (
+        "Start from a point with F(theta0) close to 0.",
+        "Change --a, --init-scale or --seed.",
+    ),
+)
+
+
+def command_line_words(text: str) -> str:
+    """A library message with its Python spellings replaced by the options of the
+    command line that do the same."""
+    for python, option in _COMMAND_LINE_WORDS:
+        text = text.replace(python, option)
+    return text

@@ -12,7 +12,14 @@ import numpy as np
 from .._errors import InputError
 from .._manifold import check_data
 from ..theory import Report
-from ._options import add_flow_options, flow_options, load_arrays, positive_sizes
+from ._options import (
+    add_flow_options,
+    check_seed,
+    command_line_words,
+    flow_options,
+    load_arrays,
+    positive_sizes,
+)
 from .base import AbstractExperiment, Outcome
 
 
@@ -37,8 +44,10 @@ def _data(args) -> tuple[np.ndarray, np.ndarray]:
     if args.data is not None:
         arrays = load_arrays(args.data, ("X", "y"))
         X, y = arrays["X"], arrays["y"]
-        if X.ndim != 2:
-            raise InputError(f"--data: X must have shape (n, d), got {X.shape}.")
+        if X.ndim != 2 or 0 in X.shape:
+            raise InputError(
+                f"--data: X must have shape (n, d) with n, d >= 1, got {X.shape}."
+            )
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
             raise InputError(
                 f"--data: y must have shape (n,) = ({X.shape[0]},) to match X of shape "
@@ -52,7 +61,11 @@ def _data(args) -> tuple[np.ndarray, np.ndarray]:
                 "dependent (Assumption 3.2 needs n <= d). Lower --n or raise --d."
             )
         X, y = two_layer_data(args.n, args.d, args.seed)
-    check_data(X, y)  # finite; identical inputs with different labels: empty manifold
+    try:  # finite; identical inputs with different labels: empty manifold
+        check_data(X, y)
+    except InputError as error:
+        source = f"--data {args.data}" if args.data is not None else "the data"
+        raise InputError(f"{source}: {error}") from None
     _check_independent_rows(X)
     return X, y
 
@@ -64,7 +77,12 @@ def _check_independent_rows(X: np.ndarray) -> None:
             f"X has n = {n} rows in dimension d = {d}: they are linearly dependent "
             "(Assumption 3.2 needs n <= d linearly independent inputs)."
         )
-    eigenvalues = np.linalg.eigvalsh(X @ X.T)
+    gram = X @ X.T
+    if not np.all(np.isfinite(gram)):
+        raise InputError(
+            f"X X^T overflows (|X| up to {np.max(np.abs(X)):.1e}): rescale X."
+        )
+    eigenvalues = np.linalg.eigvalsh(gram)
     if eigenvalues[0] > 1e3 * _EPS * eigenvalues[-1]:
         return
     rows, first, counts = np.unique(X, axis=0, return_index=True, return_counts=True)
@@ -105,7 +123,7 @@ def _network(args, X, y, a):
 
     from ..models import activation_from_name, initialise_on_manifold, TwoLayerNet
 
-    if args.activation == "cube-beta" and not args.beta > 0:
+    if args.activation == "cube-beta" and not (0 < args.beta < math.inf):
         raise InputError(f"--beta must be positive for cube-beta, got {args.beta}.")
     if not (args.init_scale >= 0 and math.isfinite(args.init_scale)):
         raise InputError(f"--init-scale must be >= 0, got {args.init_scale}.")
@@ -143,14 +161,14 @@ class TwoLayerExperiment(AbstractExperiment):
             type=pathlib.Path,
             default=None,
             metavar="FILE.npz",
-            help="data from an .npz with arrays X (n, d) and y (n,) instead of "
-            "random data (--d, --n are then ignored)",
+            help="data from an .npz with arrays X (n, d) and y (n,) (omitted: random "
+            "data of --n points in dimension --d)",
         )
         parser.add_argument(
             "--a",
             default=None,
             help="fixed second-layer weights: one value, or m comma-separated "
-            "(default: all 1, as in the paper)",
+            "(omitted: all 1, as in the paper)",
         )
         parser.add_argument(
             "--activation",
@@ -180,6 +198,7 @@ class TwoLayerExperiment(AbstractExperiment):
 
         options = flow_options(args)
         positive_sizes(m=args.m)
+        check_seed(args.seed)
         X, y = _data(args)
         a = _second_layer(args.a, args.m)
         net = _network(args, X, y, a)
@@ -219,11 +238,8 @@ class TwoLayerExperiment(AbstractExperiment):
             return mf.solve_flow(
                 problem.manifold, **problem.options, progress=progress, throw=False
             )
-        except InputError as error:  # in the words of the command line
-            message = str(error).replace(
-                "projector=manifoldflow.SVDProjector()", "--projector svd"
-            )
-            raise InputError(message) from None
+        except InputError as error:
+            raise InputError(command_line_words(str(error))) from None
 
     def checks(self, problem: TwoLayerProblem, result) -> Report:
         from ..theory import gatmiry
@@ -307,7 +323,8 @@ def _summarise(problem: TwoLayerProblem, solution, report: Report) -> Outcome:
     R_star = figures["R_star"]
     headline = (
         f"two-layer: m={s['m']} d={s['d']} n={s['n']} activation={s['activation']} "
-        f"path={s['path']} solver={s['solver']}\n{solution.message}: "
+        f"path={s['path']} solver={s['solver']}\n"
+        f"{command_line_words(solution.message).rstrip('.')}: "
         f"t={solution.t_final:.6g}, {solution.num_steps} steps "
         f"({solution.num_rejected_steps} rejected), solve {solution.wall_seconds:.2f} s\n"
         f"R: {summary['R_initial']:.12g} -> {figures['R_final']:.12g}"
