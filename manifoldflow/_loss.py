@@ -5,6 +5,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 
@@ -51,6 +52,9 @@ class MeanSquaredLoss(AbstractLoss):
     def __call__(self, prediction, label):
         return (jnp.asarray(prediction) - label) ** 2
 
+    def curvature_weights(self, labels):
+        return jnp.asarray(np.full(labels.shape[0], 2.0 / labels.shape[0]))
+
     def label_noise_constant(self, sigma: float, num_data: int) -> float:
         return sigma**2 / (2 * num_data)
 
@@ -63,6 +67,9 @@ class HalfMeanSquaredLoss(AbstractLoss):
 
     def __call__(self, prediction, label):
         return 0.5 * (jnp.asarray(prediction) - label) ** 2
+
+    def curvature_weights(self, labels):
+        return jnp.asarray(np.full(labels.shape[0], 1.0 / labels.shape[0]))
 
     def label_noise_constant(self, sigma: float, num_data: int) -> float:
         return sigma**2 / (4 * num_data)

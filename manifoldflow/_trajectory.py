@@ -33,23 +33,22 @@ class Trajectory:
         self.last_theta = np.asarray(theta)
 
     def add(self, records) -> None:
-        """Append the filled rows of a window's `StepRecords`."""
+        """Append the filled rows of a window's `StepRecords` (sliced in NumPy: slicing
+        the device arrays by a changing count would compile a program per count)."""
         count = int(records.count)
         if count == 0:
             return
-        self.ts.append(np.asarray(records.ts[:count]))
+        self.ts.append(np.asarray(records.ts)[:count])
         columns = (
             records.sharpness,
             records.gradient_norm,
             records.constraint_violation,
         )
-        self.diagnostics.append(np.stack([np.asarray(c[:count]) for c in columns], 1))
-        ys = np.asarray(
-            records.ys[count - 1 : count] if not self.keep_all else records.ys[:count]
-        )
+        self.diagnostics.append(np.stack([np.asarray(c)[:count] for c in columns], 1))
+        ys = np.asarray(records.ys)[:count]
         if self.keep_all:
             self.ys.append(ys)
-        self.last_theta = ys[-1]
+        self.last_theta = ys[-1].copy()
         self.size += count
 
     def mark_saved(self) -> None:

@@ -1,5 +1,7 @@
 r"""The two-layer model of Gatmiry et al. (2024), generic and structured."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -36,7 +38,7 @@ class TwoLayerNet(eqx.Module):
         if self.theta.ndim != 2:
             raise InputError(f"theta must have shape (m, d), got {self.theta.shape}.")
         m = self.theta.shape[0]
-        a = jnp.ones(m) if a is None else jnp.asarray(a, dtype=self.theta.dtype)
+        a = jnp.asarray(np.ones(m) if a is None else a, dtype=self.theta.dtype)
         if a.shape != (m,):
             raise InputError(
                 f"a must hold one second-layer weight per neuron: shape ({m},), got "
@@ -111,12 +113,15 @@ class TwoLayerManifold(AbstractManifold):
         self.X, self.y = X, y
         self.a, self.activation = net.a, net.activation
         self.weights = loss.curvature_weights(y)
-        basis, _ = jnp.linalg.qr(X.T)  # (d, k), X^T = Q R
-        self.basis = basis
-        self.coefficients = X @ basis  # L, (n, k)
-        self.data_gram = X @ X.T
-        self.u0 = net.theta @ basis
-        self.theta_perp = net.theta - self.u0 @ basis.T
+        # Host-side set-up in NumPy: eager jnp calls would each be traced.
+        X_np, theta = np.asarray(X), np.asarray(net.theta)
+        basis, _ = np.linalg.qr(X_np.T)  # (d, k), X^T = Q R
+        u0 = theta @ basis
+        self.basis = jnp.asarray(basis)
+        self.coefficients = jnp.asarray(X_np @ basis)  # L, (n, k)
+        self.data_gram = jnp.asarray(X_np @ X_np.T)
+        self.u0 = jnp.asarray(u0)
+        self.theta_perp = jnp.asarray(theta - u0 @ basis.T)
 
     @property
     def num_constraints(self) -> int:
@@ -175,6 +180,20 @@ class TwoLayerManifold(AbstractManifold):
         )
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _random_draws(key, m, n, d, init_scale):
+    """The random shares (softmax over neurons) and off-span directions, in one
+    compiled call."""
+    k_share, k_perp = jax.random.split(key)
+    shares = jax.nn.softmax(init_scale * jax.random.normal(k_share, (m, n)), axis=0)
+    return shares, jax.random.normal(k_perp, (m, d))
+
+
+@eqx.filter_jit
+def _inverse(activation, u):
+    return activation.inverse(u)
+
+
 def initialise_on_manifold(
     key: jax.Array,
     X: ArrayLike,
@@ -205,15 +224,12 @@ def initialise_on_manifold(
         raise InputError(
             "initialise_on_manifold needs positive second-layer weights a."
         )
-    k_share, k_perp = jax.random.split(key)
-    shares = np.asarray(
-        jax.nn.softmax(init_scale * jax.random.normal(k_share, (m, n)), axis=0)
-    )
-    Z = np.asarray(activation.inverse(shares * y[None, :] / a[:, None]))
+    shares, perp = (np.asarray(x) for x in _random_draws(key, m, n, d, init_scale))
+    Z = np.asarray(_inverse(activation, shares * y[None, :] / a[:, None]))
     # Span part: Theta_span X^T = Z with Theta_span rows in span(X).
     coefficients = np.linalg.solve(X @ X.T, Z.T).T  # (m, n)
     theta = coefficients @ X
-    perp = np.asarray(jax.random.normal(k_perp, (m, d))) / np.sqrt(d)
+    perp = perp / np.sqrt(d)
     Qx, _ = np.linalg.qr(X.T)
     perp = perp - (perp @ Qx) @ Qx.T
     theta = theta + init_scale * perp

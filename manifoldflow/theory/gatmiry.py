@@ -24,6 +24,7 @@ the a-posteriori form of inequality (15) / Lemma 4.6.
 """
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 
 from .._solution import FlowSolution
@@ -70,13 +71,43 @@ class _Point(eqx.Module):
     residual: np.ndarray  # (n,)
 
     def __init__(self, manifold: TwoLayerManifold, u):
-        u = np.asarray(u)
-        act = manifold.activation
-        self.features = Z = np.asarray(manifold.features(u))
-        self.d1 = np.asarray(act.derivative(Z))
-        self.d2 = np.asarray(act.second_derivative(Z))
-        self.d3 = np.asarray(act.third_derivative(Z))
-        self.residual = np.abs(np.asarray(manifold.constraint(u)))
+        arrays = _point_arrays(manifold, jnp.asarray(u))  # one compiled call
+        self.features, self.d1, self.d2, self.d3, self.residual = (
+            np.asarray(x) for x in arrays
+        )
+
+
+@eqx.filter_jit
+def _derivatives_jit(activation, z):
+    return (
+        activation.derivative(z),
+        activation.second_derivative(z),
+        activation.third_derivative(z),
+    )
+
+
+def _derivatives(activation, z) -> tuple[np.ndarray, ...]:
+    """The first three derivatives of the activation at `z`, as NumPy arrays, in one
+    compiled call (eager calls would each be traced)."""
+    return tuple(np.asarray(x) for x in _derivatives_jit(activation, jnp.asarray(z)))
+
+
+@eqx.filter_jit
+def _inverse(activation, u):
+    return activation.inverse(u)
+
+
+@eqx.filter_jit
+def _sharpness(manifold, u):
+    return manifold.linearise(u).sharpness
+
+
+@eqx.filter_jit
+def _point_arrays(manifold: TwoLayerManifold, u):
+    act = manifold.activation
+    Z = manifold.features(u)
+    derivatives = (act.derivative(Z), act.second_derivative(Z), act.third_derivative(Z))
+    return (Z, *derivatives, jnp.abs(manifold.constraint(u)))
 
 
 def _kkt_slack(data: _Data, point: _Point, delta: float) -> np.ndarray:
@@ -103,7 +134,7 @@ def _optimum_distance_bounds(
     m = Z.shape[0]
     a0 = float(data.a[0])
     rho2_local = float(np.min(point.d3))
-    derivative_star = np.asarray(data.activation.derivative(z_star))
+    derivative_star = _derivatives(data.activation, z_star)[0]
     residual_term = point.residual / (m * abs(a0) * derivative_star)
     return (
         2 * np.max(_kkt_slack(data, point, delta), axis=0) / (abs(a0) * rho2_local)
@@ -140,7 +171,7 @@ def optimum_features(manifold: TwoLayerManifold) -> np.ndarray | None:
     if np.ptp(a) > 0 or a[0] == 0:
         return None
     return np.asarray(
-        manifold.activation.inverse(np.asarray(manifold.y) / (a.size * a[0]))
+        _inverse(manifold.activation, jnp.asarray(manifold.y) / (a.size * a[0]))
     )
 
 
@@ -154,7 +185,7 @@ def minimum_sharpness(manifold: TwoLayerManifold) -> float | None:
     w = np.asarray(manifold.weights) * np.diag(np.asarray(manifold.data_gram))
     m = manifold.a.shape[0]
     return float(
-        np.sum(w * m * a**2 * np.asarray(manifold.activation.derivative(z_star)) ** 2)
+        np.sum(w * m * a**2 * _derivatives(manifold.activation, z_star)[0] ** 2)
     )
 
 
@@ -181,8 +212,8 @@ def asymptotic_rate(manifold: TwoLayerManifold, constant: float = 1.0) -> float 
         * np.asarray(manifold.weights)
         * np.diag(G)
         * a**2
-        * np.asarray(act.derivative(z_star))
-        * np.asarray(act.third_derivative(z_star))
+        * _derivatives(act, z_star)[0]
+        * _derivatives(act, z_star)[2]
     )
     root = np.sqrt(h)
     return float(constant * np.linalg.eigvalsh(root[:, None] * G * root[None, :])[0])
@@ -441,7 +472,7 @@ def theorem_3_3_minimum_sharpness(manifold: TwoLayerManifold, u, delta: float) -
     point = _Point(manifold, u)
     m, n = point.features.shape
     a0 = float(data.a[0])
-    R_final = float(manifold.linearise(np.asarray(u)).sharpness)
+    R_final = float(_sharpness(manifold, jnp.asarray(u)))
     R_star = minimum_sharpness(manifold)
     curvature = 2 * data.weights * data.norms2
     slope = (
@@ -449,13 +480,13 @@ def theorem_3_3_minimum_sharpness(manifold: TwoLayerManifold, u, delta: float) -
         * a0**2
         * np.maximum(
             np.max(np.abs(point.d1 * point.d2), axis=0),
-            np.abs(np.asarray(act.derivative(z_star) * act.second_derivative(z_star))),
+            np.abs(np.prod(_derivatives(act, z_star)[:2], axis=0)),
         )
     )
     rounding = 4 * m * n * _EPS * R_star
     bounds = _optimum_distance_bounds(data, point, z_star, delta)
     upper = float(np.sum(m * slope * bounds)) + rounding
-    multipliers = curvature * a0 * np.asarray(act.second_derivative(z_star))
+    multipliers = curvature * a0 * _derivatives(act, z_star)[1]
     below = rounding + float(np.sum(np.abs(multipliers) * point.residual))
     return Check.compare(
         name, claim, R_final - R_star, prediction=0.0, lower=-below, upper=upper
@@ -586,7 +617,7 @@ def two_layer_checks(
     )
     by_name = {c.name: c for c in checks}
     figures = dict(
-        R_final=float(manifold.linearise(np.asarray(u)).sharpness),
+        R_final=float(_sharpness(manifold, jnp.asarray(u))),
         R_star=minimum_sharpness(manifold),
         optimum_distance=by_name["theorem_3_3_optimum"].measured,
         lemma_4_6_bound=_lemma_4_6_a_priori_bound(_Data(manifold), delta),
