@@ -343,7 +343,7 @@ def _summarise(problem: TwoLayerProblem, solution, report: Report) -> Outcome:
 
 
 def _plot(data: dict, figure) -> None:
-    axes = figure.subplots(1, 3)
+    axes = figure.subplots(1, 3, sharex=True)
     figure.subplots_adjust(left=0.06, right=0.985, bottom=0.14, top=0.9, wspace=0.28)
     ts = data["step_ts"]
     axes[0].semilogy(ts, data["gradient_norm"], ".-")
