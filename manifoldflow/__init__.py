@@ -9,6 +9,7 @@ _IMPORT_STARTED = _time.perf_counter()
 from . import models as models, theory as theory
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
+from ._jax_config import cache_dir as cache_dir, enable_caches as enable_caches
 from ._loop import StepDiagnostics as StepDiagnostics
 from ._loss import (
     AbstractLoss as AbstractLoss,

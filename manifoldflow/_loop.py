@@ -19,6 +19,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from ._flow import FlowEvaluation, SharpnessFlow
+from ._programs import persistent_jit
 from ._results import RESULTS
 from ._retraction import AbstractRetraction, RetractionSolution
 from ._solver import ProjectedSolver
@@ -104,7 +105,7 @@ class Integrator(eqx.Module):
     controller: diffrax.AbstractStepSizeController
     stops: tuple[AbstractStopCondition, ...]
 
-    @eqx.filter_jit
+    @persistent_jit
     def initialise(
         self, retraction: AbstractRetraction, theta0, t0, t_end, dt0
     ) -> tuple[RetractionSolution, LoopState, StepDiagnostics]:
@@ -256,7 +257,7 @@ class Integrator(eqx.Module):
             proposal,
         )
 
-    @eqx.filter_jit
+    @persistent_jit
     def window(
         self, state: LoopState, t_end, max_attempts, size: int
     ) -> tuple[LoopState, StepRecords]:

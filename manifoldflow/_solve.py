@@ -21,6 +21,7 @@ from ._flow import SharpnessFlow
 from ._loop import Integrator, LoopState
 from ._manifold import AbstractManifold
 from ._noise_floor import AbstractNoiseFloorPolicy, StopAtNoiseFloor, TightenTolerances
+from ._programs import persistent_jit
 from ._progress import (
     AbstractProgressMeter,
     CallbackProgressMeter,
@@ -332,7 +333,7 @@ def _check_rank(manifold, stops, theta0) -> None:
         )
 
 
-@eqx.filter_jit
+@persistent_jit
 def _gram(manifold, theta):
     return manifold.linearise(theta).gram
 

@@ -10,12 +10,15 @@ figure, the table "prediction vs measured", the exit code.
 
 import abc
 import argparse
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 import equinox as eqx
-from matplotlib.figure import Figure
 
 from ..theory import Report
+
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 
 class Outcome(eqx.Module):
@@ -83,5 +86,5 @@ class AbstractExperiment(eqx.Module):
         """Everything to write and print."""
 
     @abc.abstractmethod
-    def plot(self, outcome: Outcome, figure: Figure) -> None:
+    def plot(self, outcome: Outcome, figure: "Figure") -> None:
         """Draw the outcome on `figure` (a fixed-size Matplotlib figure)."""

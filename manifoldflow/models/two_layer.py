@@ -1,7 +1,5 @@
 r"""The two-layer model of Gatmiry et al. (2024), generic and structured."""
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,6 +11,7 @@ from jaxtyping import Array, ArrayLike, Float
 from .._errors import InputError
 from .._loss import AbstractLoss, MeanSquaredLoss
 from .._manifold import AbstractManifold, check_data, Linearisation
+from .._programs import persistent_jit
 from .activations import AbstractActivation, CubicLinear
 
 
@@ -180,7 +179,7 @@ class TwoLayerManifold(AbstractManifold):
         )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@persistent_jit
 def _random_draws(key, m, n, d, init_scale):
     """The random shares (softmax over neurons) and off-span directions, in one
     compiled call."""
@@ -189,7 +188,7 @@ def _random_draws(key, m, n, d, init_scale):
     return shares, jax.random.normal(k_perp, (m, d))
 
 
-@eqx.filter_jit
+@persistent_jit
 def _inverse(activation, u):
     return activation.inverse(u)
 
@@ -224,7 +223,9 @@ def initialise_on_manifold(
         raise InputError(
             "initialise_on_manifold needs positive second-layer weights a."
         )
-    shares, perp = (np.asarray(x) for x in _random_draws(key, m, n, d, init_scale))
+    shares, perp = (
+        np.asarray(x) for x in _random_draws(key, m, n, d, np.float64(init_scale))
+    )
     Z = np.asarray(_inverse(activation, shares * y[None, :] / a[:, None]))
     # Span part: Theta_span X^T = Z with Theta_span rows in span(X).
     coefficients = np.linalg.solve(X @ X.T, Z.T).T  # (m, n)

@@ -27,9 +27,10 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from .._programs import persistent_jit
 from .._solution import FlowSolution
 from ..models.activations import AbstractActivation, Cube
-from ..models.two_layer import TwoLayerManifold
+from ..models.two_layer import _inverse, TwoLayerManifold
 from ._report import Check, Report
 from ._solution_checks import check_constraint, check_stationarity
 
@@ -77,7 +78,7 @@ class _Point(eqx.Module):
         )
 
 
-@eqx.filter_jit
+@persistent_jit
 def _derivatives_jit(activation, z):
     return (
         activation.derivative(z),
@@ -92,17 +93,12 @@ def _derivatives(activation, z) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(x) for x in _derivatives_jit(activation, jnp.asarray(z)))
 
 
-@eqx.filter_jit
-def _inverse(activation, u):
-    return activation.inverse(u)
-
-
-@eqx.filter_jit
+@persistent_jit
 def _sharpness(manifold, u):
     return manifold.linearise(u).sharpness
 
 
-@eqx.filter_jit
+@persistent_jit
 def _point_arrays(manifold: TwoLayerManifold, u):
     act = manifold.activation
     Z = manifold.features(u)
