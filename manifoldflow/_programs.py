@@ -56,6 +56,7 @@ _settings = _Settings()
 # Programs loaded or exported in this process (None: this key is traced as usual).
 _loaded: dict[str, Callable | None] = {}
 _source_hashes: dict[tuple, str] = {}
+_keys: dict[tuple, str | None] = {}
 
 
 def set_program_directory(directory: pathlib.Path | None) -> None:
@@ -65,6 +66,7 @@ def set_program_directory(directory: pathlib.Path | None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     _settings.directory = directory
     _loaded.clear()
+    _keys.clear()
 
 
 def program_directory() -> pathlib.Path | None:
@@ -86,7 +88,7 @@ def persistent_jit(function: Callable) -> Callable:
         leaves, in_tree = jtu.tree_flatten(dynamic)
         if any(isinstance(x, jax.core.Tracer) for x in leaves):
             return jitted(*args)  # called under a transformation
-        key = _key(function, static, dynamic)
+        key = _memoised_key(function, static, dynamic, leaves, in_tree)
         if key is None:
             return jitted(*args)
         if key not in _loaded:
@@ -128,6 +130,7 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
 
 
+@functools.cache
 def _missing():
     from equinox._module._flatten import MISSING
 
@@ -145,6 +148,22 @@ def _loads(data: bytes):
     return _Unpickler(io.BytesIO(data)).load()
 
 
+def _memoised_key(function, static, dynamic, leaves, in_tree) -> str | None:
+    """`_key`, remembered in this process by what `jax.jit` compares (the static
+    leaves by hash and equality) to save pickling on every call."""
+    static_leaves, static_tree = jtu.tree_flatten(static)
+    avals = tuple((x.shape, x.dtype, _weak(x)) for x in leaves)
+    memo = (function, in_tree, avals, static_tree, tuple(static_leaves))
+    memo = (jax.config.jax_enable_x64, memo)
+    try:
+        return _keys[memo]
+    except TypeError:  # an unhashable static leaf
+        return _key(function, static, dynamic)
+    except KeyError:
+        _keys[memo] = key = _key(function, static, dynamic)
+        return key
+
+
 def _key(function, static, dynamic) -> str | None:
     """The program's key, or `None` when its arguments cannot be keyed."""
     avals = jtu.tree_map(lambda x: (x.shape, str(x.dtype), _weak(x)), dynamic)
@@ -156,17 +175,17 @@ def _key(function, static, dynamic) -> str | None:
         return None
     modules.add(function.__module__)
     fingerprints = []
-    for module in sorted(modules):
-        fingerprint = _module_fingerprint(module)
+    for source in sorted({_source(module) for module in modules}):
+        fingerprint = _fingerprint(source)
         if fingerprint is None:
             return None
-        fingerprints.append(f"{module}={fingerprint}")
+        fingerprints.append(f"{source}={fingerprint}")
     digest = hashlib.sha256()
     for part in (
         f"format {_FORMAT}",
         f"python {sys.version}",
-        f"jax {jax.__version__} jaxlib {importlib.metadata.version('jaxlib')}",
-        f"x64 {jax.config.jax_enable_x64} backend {jax.default_backend()}",
+        f"jax {jax.__version__} jaxlib {_version('jaxlib')}",
+        f"x64 {jax.config.jax_enable_x64} backend {_backend()}",
         *fingerprints,
     ):
         digest.update(part.encode())
@@ -179,17 +198,33 @@ def _weak(x) -> bool:
     return bool(getattr(x, "weak_type", False))
 
 
-def _module_fingerprint(module: str) -> str | None:
-    """A package version, the source hash of manifoldflow or of a module's file, or
-    `None` for a module whose code cannot be identified."""
+def _source(module: str) -> str:
+    """What identifies a module's code: the standard library, a versioned package,
+    manifoldflow, or the module's own file."""
     top = module.partition(".")[0]
     if top in ("builtins", "__future__") or top in sys.stdlib_module_names:
         return "stdlib"
-    if top in _VERSIONED:
-        return _version(top)
-    if top == "manifoldflow":
-        return _source_hash("manifoldflow", _library_files)
-    return _source_hash(module, functools.partial(_module_files, module))
+    if top in _VERSIONED or top == "manifoldflow":
+        return top
+    return f"file:{module}"
+
+
+def _fingerprint(source: str) -> str | None:
+    """A package version or a source hash; `None` for code that cannot be
+    identified (a module without a file)."""
+    if source == "stdlib":
+        return "stdlib"
+    if source == "manifoldflow":
+        return _source_hash(source, _library_files)
+    if source.startswith("file:"):
+        module = source.removeprefix("file:")
+        return _source_hash(source, functools.partial(_module_files, module))
+    return _version(source)
+
+
+@functools.cache
+def _backend() -> str:
+    return jax.default_backend()
 
 
 @functools.cache
