@@ -56,8 +56,8 @@ def _parser(experiments) -> argparse.ArgumentParser:
         common.add_argument(
             "--no-cache",
             action="store_true",
-            help="no persistent compilation cache (~/.cache/manifoldflow/jax or "
-            "$MANIFOLDFLOW_CACHE_DIR)",
+            help="keep no compiled or traced programs across runs (they are kept in "
+            "~/.cache/manifoldflow/jax or $MANIFOLDFLOW_CACHE_DIR)",
         )
         common.add_argument(
             "--debug", action="store_true", help="show tracebacks of input errors"
