@@ -6,7 +6,7 @@ import time as _time
 # When the import began (before JAX's): the command line reports its wall time from here.
 _IMPORT_STARTED = _time.perf_counter()
 
-from . import models as models, theory as theory
+from . import models as models, sgd as sgd, theory as theory
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
 from ._jax_config import cache_dir as cache_dir, enable_caches as enable_caches
