@@ -6,9 +6,11 @@ subcommands from this registry.
 """
 
 from .base import AbstractExperiment as AbstractExperiment, Outcome as Outcome
+from .sgd_vs_flow import SGDVersusFlowExperiment as SGDVersusFlowExperiment
 from .two_layer import TwoLayerExperiment as TwoLayerExperiment
 
 
 EXPERIMENTS: dict[str, AbstractExperiment] = {
-    experiment.name: experiment for experiment in (TwoLayerExperiment(),)
+    experiment.name: experiment
+    for experiment in (TwoLayerExperiment(), SGDVersusFlowExperiment())
 }

@@ -1,0 +1,313 @@
+r"""`manifoldflow sgd-vs-flow`: label-noise GD/SGD beside its limiting flow (Li, Wang,
+Arora 2022; Theorem 1.1 of Gatmiry et al. 2024): from the same $\theta_0 \in \Gamma$,
+the simulator's point after $\tau/\eta^2$ steps, retracted onto $\Gamma$, approaches
+the flow's $\theta(\tau)$ as $\eta$ halves."""
+
+import argparse
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+from .._errors import InputError
+from ..theory import Check, Report
+from ._options import check_seed, positive_sizes
+from .base import AbstractExperiment, Outcome
+
+
+_SIMULATORS = ("label-noise-gd", "label-noise-sgd")
+
+
+class SGDProblem(eqx.Module):
+    """The manifold, the start, the simulator and the sweep."""
+
+    manifold: Any
+    theta0: Any
+    simulator: Any
+    etas: list[float]
+    seeds: int
+    tau: float
+    settings: dict
+
+
+def _etas(text: str) -> list[float]:
+    try:
+        etas = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--etas {text!r}: give comma-separated step sizes.") from None
+    if len(etas) < 2 or not all(0 < e < float("inf") for e in etas):
+        raise InputError(f"--etas needs at least two finite values > 0, got {text!r}.")
+    return sorted(set(etas), reverse=True)
+
+
+class SGDVersusFlowExperiment(AbstractExperiment):
+    """`manifoldflow sgd-vs-flow` (see the module docstring)."""
+
+    name = "sgd-vs-flow"
+    help = "label-noise GD/SGD against its limiting flow as the step size halves"
+    description = (
+        "Run label-noise GD (Gatmiry et al.) or SGD (Li, Wang, Arora) on the two-layer "
+        "net from a point of the zero-loss manifold for tau/eta^2 steps per seed, for "
+        "each eta, retract, and measure the distance to the limiting flow's theta(tau) "
+        "solved with the simulator's constant c (and with 2c and c/2 for contrast)."
+    )
+    example_arguments = ("--etas", "0.04,0.02,0.01", "--seeds", "8")
+    figure_name = "sgd_vs_flow.png"
+    figure_size = (11.0, 4.0)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--m", type=int, default=4, help="neurons")
+        parser.add_argument("--d", type=int, default=6, help="input dimension")
+        parser.add_argument("--n", type=int, default=3, help="data points")
+        parser.add_argument("--seed", type=int, default=0, help="data and start seed")
+        parser.add_argument(
+            "--simulator",
+            default="label-noise-gd",
+            choices=_SIMULATORS,
+            help="full-batch Gaussian label noise (c = sigma^2/(2n)) or single-sample "
+            "+-sigma label noise (c = sigma^2/8)",
+        )
+        parser.add_argument(
+            "--sigma", type=float, default=1.0, help="label-noise scale (sigma, delta)"
+        )
+        parser.add_argument(
+            "--etas",
+            default="0.04,0.02,0.01,0.005,0.0025",
+            help="comma-separated step sizes",
+        )
+        parser.add_argument("--seeds", type=int, default=16, help="seeds per step size")
+        parser.add_argument("--tau", type=float, default=1.0, help="flow time tau")
+
+    def build(self, args: argparse.Namespace) -> SGDProblem:
+        import jax
+        import jax.numpy as jnp
+
+        from ..models import initialise_on_manifold, two_layer_data, TwoLayerManifold
+        from ..sgd import LabelNoiseGD, LabelNoiseSGD
+
+        positive_sizes(m=args.m, d=args.d, n=args.n, seeds=args.seeds)
+        check_seed(args.seed)
+        if args.n > args.d:
+            raise InputError(f"--n {args.n} > --d {args.d}: lower --n or raise --d.")
+        if not (0 < args.tau < float("inf")):
+            raise InputError(f"--tau must be finite and > 0, got {args.tau}.")
+        etas = _etas(args.etas)
+        steps = sum(round(args.tau / eta**2) for eta in etas) * args.seeds
+        if steps > 10**10:
+            raise InputError(
+                f"{steps:.2e} steps in all (tau/eta^2 per eta and seed): raise the "
+                "smallest --etas, lower --tau or --seeds."
+            )
+        if args.simulator == "label-noise-gd":
+            simulator = LabelNoiseGD(sigma=args.sigma)
+        else:
+            simulator = LabelNoiseSGD(delta=args.sigma)
+        X, y = two_layer_data(args.n, args.d, args.seed)
+        net = initialise_on_manifold(jax.random.PRNGKey(args.seed), X, y, args.m)
+        manifold = TwoLayerManifold(net, X, y)
+        settings = dict(
+            m=args.m,
+            d=args.d,
+            n=args.n,
+            seed=args.seed,
+            simulator=args.simulator,
+            sigma=args.sigma,
+        )
+        theta0 = jnp.asarray(manifold.initial_point())
+        return SGDProblem(
+            manifold, theta0, simulator, etas, args.seeds, args.tau, settings
+        )
+
+    def run(self, problem: SGDProblem, *, progress: bool) -> dict:
+        import jax
+        import jax.numpy as jnp
+
+        import manifoldflow as mf
+
+        from ..sgd import simulate
+
+        manifold, theta0, tau = problem.manifold, problem.theta0, problem.tau
+        c = problem.simulator.flow_constant(manifold)
+        flows = {
+            factor: mf.solve_flow(
+                manifold, theta0, constant=factor * c, saveat=[tau], stationarity=0.0
+            )
+            for factor in (1.0, 0.5, 2.0)
+        }
+        retract = jax.jit(
+            jax.vmap(
+                lambda t: mf.GaussNewtonRetraction()(
+                    manifold, mf.CholeskyProjector(), t
+                )
+            )
+        )
+        sharpness = jax.jit(jax.vmap(jax.vmap(manifold.sharpness)))
+        runs = []
+        for eta in problem.etas:
+            result = simulate(
+                manifold,
+                theta0,
+                problem.simulator,
+                eta=eta,
+                num_steps=round(tau / eta**2),
+                seeds=problem.seeds,
+                progress=progress,
+            )
+            finite = ~result.diverged
+            retracted = retract(jnp.asarray(np.where(finite[:, None], result.final, 0)))
+            points = np.asarray(retracted.theta)
+            converged = np.asarray(retracted.converged) & finite
+            gaps = {
+                factor: np.linalg.norm(points - np.asarray(flow.ys[-1]), axis=1)
+                for factor, flow in flows.items()
+            }
+            shown = result.thetas[: min(4, problem.seeds)]
+            runs.append(
+                dict(
+                    result=result,
+                    converged=converged,
+                    gaps=gaps,
+                    sharpness_paths=np.asarray(sharpness(jnp.asarray(shown))),
+                )
+            )
+        return dict(flows=flows, runs=runs, constant=c)
+
+    def checks(self, problem: SGDProblem, result: dict) -> Report:
+        runs = result["runs"]
+        diverged = sum(int(r["result"].diverged.sum()) for r in runs)
+        unretracted = sum(int((~r["converged"]).sum()) for r in runs) - diverged
+        means = np.asarray([np.mean(r["gaps"][1.0]) for r in runs])
+        ratios = means[1:] / means[:-1]
+        slope = float(np.polyfit(np.log(problem.etas), np.log(means), 1)[0])
+        contrast = min(np.mean(runs[-1]["gaps"][f]) for f in (0.5, 2.0))
+        checks = (
+            Check.compare(
+                "no_divergence",
+                "no seed diverged (a non-finite value) at any step size",
+                diverged,
+                upper=0,
+            ),
+            Check.compare(
+                "retraction",
+                "every simulated end point retracts onto Gamma",
+                unretracted,
+                upper=0,
+            ),
+            Check.compare(
+                "distance_decreases",
+                "the mean distance to the flow's theta(tau) decreases at every "
+                "halving: largest ratio d(eta_next)/d(eta)",
+                float(np.max(ratios)),
+                upper=1.0,
+                condition=bool(np.all(ratios < 1)),
+            ),
+            Check.compare(
+                "fitted_exponent",
+                "slope of log distance vs log eta: > 0 (between 0.5, O(sqrt eta) "
+                "fluctuations, and 1, O(eta) bias, expected)",
+                slope,
+                lower=0.0,
+                condition=slope > 0,
+            ),
+            Check.compare(
+                "constant_c",
+                "at the smallest eta the flow with c is closer than the flows with "
+                "2c and c/2: ratio of distances",
+                float(means[-1] / contrast),
+                upper=1.0,
+                condition=bool(means[-1] < contrast),
+            ),
+        )
+        return Report(checks, dict(fitted_exponent=slope))
+
+    def summarise(self, problem: SGDProblem, result: dict, report: Report) -> Outcome:
+        runs, flows = result["runs"], result["flows"]
+        gaps = [r["gaps"][1.0] for r in runs]
+        flow = flows[1.0]
+        summary = dict(
+            experiment=self.name,
+            **problem.settings,
+            loss="mean squared: L = (1/n) sum_i (f_i - y_i)^2; R = Tr Hess L on Gamma",
+            etas=problem.etas,
+            steps=[r["result"].num_steps for r in runs],
+            seeds=problem.seeds,
+            tau=problem.tau,
+            flow_constant=result["constant"],
+            distances_mean=[float(np.mean(g)) for g in gaps],
+            distances_std=[float(np.std(g)) for g in gaps],
+            distances_mean_half_constant=[float(np.mean(r["gaps"][0.5])) for r in runs],
+            distances_mean_double_constant=[
+                float(np.mean(r["gaps"][2.0])) for r in runs
+            ],
+            fitted_exponent=report.figures["fitted_exponent"],
+            diverged=[int(r["result"].diverged.sum()) for r in runs],
+            simulation_seconds=[r["result"].wall_seconds for r in runs],
+            R_flow_tau=float(flow.sharpness[-1]),
+            theta0=np.asarray(problem.theta0),
+            theta_flow_tau=np.asarray(flow.ys[-1]),
+        )
+        headline = (
+            f"{problem.settings['simulator']} (sigma = {problem.settings['sigma']:g}) "
+            f"vs the flow with c = {result['constant']:.6g} at tau = {problem.tau:g}, "
+            f"{problem.seeds} seeds\n"
+            + "\n".join(
+                f"  eta = {eta:<8g} steps = {r['result'].num_steps:<9d} mean distance "
+                f"{np.mean(r['gaps'][1.0]):.3e} (c/2: {np.mean(r['gaps'][0.5]):.3e}, "
+                f"2c: {np.mean(r['gaps'][2.0]):.3e})"
+                for eta, r in zip(problem.etas, runs)
+            )
+        )
+        finest = runs[-1]
+        figure_data = dict(
+            etas=np.asarray(problem.etas),
+            means=np.asarray(summary["distances_mean"]),
+            stds=np.asarray(summary["distances_std"]),
+            half=np.asarray(summary["distances_mean_half_constant"]),
+            double=np.asarray(summary["distances_mean_double_constant"]),
+            flow_ts=np.asarray(flow.step_ts),
+            flow_R=np.asarray(flow.sharpness),
+            sgd_tau=finest["result"].tau,
+            sgd_R=finest["sharpness_paths"],
+            eta=problem.etas[-1],
+        )
+        arrays = dict(
+            etas=np.asarray(problem.etas),
+            distances=np.stack(gaps),
+            flow_ts=np.asarray(flow.step_ts),
+            flow_sharpness=np.asarray(flow.sharpness),
+        )
+        return Outcome(
+            report=report,
+            summary=summary,
+            arrays=arrays,
+            headline=headline,
+            finished=True,
+            figure_data=figure_data,
+        )
+
+    def plot(self, outcome: Outcome, figure) -> None:
+        from matplotlib.ticker import NullFormatter
+
+        data = outcome.figure_data
+        left, right = figure.subplots(1, 2)
+        figure.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.3)
+        etas = data["etas"]
+        left.errorbar(etas, data["means"], yerr=data["stds"], fmt="o-", label="c")
+        left.loglog(etas, data["half"], "s--", label="c/2")
+        left.loglog(etas, data["double"], "^--", label="2c")
+        left.set(
+            xlabel="eta",
+            ylabel="|theta_SGD(tau/eta^2) - theta_flow(tau)|",
+            title="distance to the flow (mean over seeds)",
+        )
+        left.xaxis.set_minor_formatter(NullFormatter())
+        left.legend()
+        for path in data["sgd_R"]:
+            right.plot(data["sgd_tau"], path, lw=0.6, alpha=0.7)
+        right.plot(data["flow_ts"], data["flow_R"], "k-", lw=2, label="flow")
+        right.set(
+            xlabel="tau = eta^2 k",
+            ylabel="R = Tr Hess L",
+            title=f"sharpness along SGD paths (eta = {data['eta']:g})",
+        )
+        right.legend()
