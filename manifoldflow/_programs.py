@@ -69,11 +69,6 @@ def set_program_directory(directory: pathlib.Path | None) -> None:
     _keys.clear()
 
 
-def program_directory() -> pathlib.Path | None:
-    """The folder of the program cache, or `None` when it is off."""
-    return _settings.directory
-
-
 def persistent_jit(function: Callable) -> Callable:
     """`eqx.filter_jit(function)`, whose traced program is kept across processes while
     the program cache is on. Positional arguments only."""
