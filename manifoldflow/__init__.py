@@ -7,6 +7,10 @@ import time as _time
 _IMPORT_STARTED = _time.perf_counter()
 
 from . import models as models, sgd as sgd, theory as theory
+from ._descent import (
+    GradientFlowRetraction as GradientFlowRetraction,
+    GradientFlowRetractionSolution as GradientFlowRetractionSolution,
+)
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
 from ._jax_config import cache_dir as cache_dir, enable_caches as enable_caches

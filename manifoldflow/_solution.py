@@ -9,6 +9,7 @@ from jaxtyping import Array
 
 from ._manifold import AbstractManifold
 from ._results import result_name, RESULTS
+from ._retraction import RetractionSolution
 
 
 class FlowSolution(eqx.Module):
@@ -34,6 +35,8 @@ class FlowSolution(eqx.Module):
     - `constant`, `stationarity`: the flow constant $c$ and the threshold used.
     - `wall_seconds`: time spent in `solve_flow` (compilation included).
     - `manifold`: the manifold, for `manifold.to_parameters(theta)`.
+    - `retraction`: how $\theta_0$ was brought onto $\Gamma$ (a
+      [`manifoldflow.RetractionSolution`][]; its `theta` is the first point).
     """
 
     ts: np.ndarray
@@ -53,6 +56,7 @@ class FlowSolution(eqx.Module):
     stationarity: float
     wall_seconds: float
     manifold: AbstractManifold
+    retraction: RetractionSolution | None = None
 
     @property
     def stationary(self) -> bool:

@@ -84,7 +84,9 @@ def solve_flow(
     - `solver`: any diffrax ODE solver (default `Dopri8`; `Tsit5`, `Kvaerno5`, ...).
     - `projector`, `retraction`: how $P_T$ and the per-step retraction are computed.
     - `initial_retraction`: retraction of $\theta_0$ (Gauss--Newton: robust from far
-      away).
+      away). [`manifoldflow.GradientFlowRetraction`][] starts instead where gradient
+      flow on the loss from an off-manifold $\theta_0$ ends: where label-noise SGD
+      from $\theta_0$ begins to follow this flow.
     - `constant`: $c$ (see [`manifoldflow.SharpnessFlow`][]).
     - `t0`, `t1`, `dt0`: time interval and initial step (`None`: chosen by the
       controller; a constant step size needs it).
@@ -138,7 +140,7 @@ def solve_flow(
         retract_every=retract_every,
     )
     _check_rank(manifold, integrator.stops, theta0)
-    state, diagnostics = _initialise(
+    retracted, state, diagnostics = _initialise(
         integrator, initial_retraction, theta0, t0, t1, dt0
     )
     if window is None:
@@ -170,6 +172,7 @@ def solve_flow(
         stationarity=stationarity,
         wall_seconds=time.perf_counter() - start,
         manifold=manifold,
+        retraction=retracted,
     )
     if throw and not any(bool(result == r) for r in _ENDINGS):
         raise RuntimeError(_failure_message(solution, runner.integrator))
@@ -353,10 +356,13 @@ def _initialise(integrator, retraction, theta0, t0, t1, dt0):
     )
     if not bool(retracted.converged):
         raise InputError(_retraction_message(retracted, retraction))
-    return state, diagnostics
+    return retracted, state, diagnostics
 
 
 def _retraction_message(retracted, retraction) -> str:
+    failure_message = getattr(retraction, "failure_message", None)
+    if failure_message is not None:
+        return failure_message(retracted)
     steps, residual = int(retracted.num_steps), float(retracted.residual)
     where = (
         f"max|F| = {residual:.3e} after {steps} steps of {type(retraction).__name__} "

@@ -179,3 +179,18 @@ def test_command_line_process_cache_and_clean_errors(tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert "Traceback" in debug.stderr and "InputError" in debug.stderr
+
+
+def test_sgd_vs_flow_reports_the_distance_to_the_optimum(tmp_path):
+    code = cli.main(
+        ["sgd-vs-flow", "--etas", "0.04,0.02", "--seeds", "2", "--tau", "0.25"]
+        + [*QUIET, "--out", str(tmp_path)]
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code in (0, 1)
+    flow = summary["optimum_distance_flow"]
+    assert flow > 0 and len(summary["optimum_distances_mean"]) == 2
+    # Triangle inequality per seed: |d(SGD, opt) - d(flow, opt)| <= d(SGD, flow).
+    for sgd, gap in zip(summary["optimum_distances_mean"], summary["distances_mean"]):
+        assert abs(sgd - flow) <= gap * (1 + 1e-9)
+    assert all(np.isfinite(summary["R_mean"]))

@@ -125,6 +125,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         import manifoldflow as mf
 
         from ..sgd import simulate
+        from ..theory.gatmiry import optimum_point
 
         manifold, theta0, tau = problem.manifold, problem.theta0, problem.tau
         c = problem.simulator.flow_constant(manifold)
@@ -142,6 +143,8 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             )
         )
         sharpness = jax.jit(jax.vmap(jax.vmap(manifold.sharpness)))
+        final_sharpness = jax.jit(jax.vmap(manifold.sharpness))
+        optimum = optimum_point(manifold)
         runs = []
         for eta in problem.etas:
             result = simulate(
@@ -167,10 +170,18 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                     result=result,
                     converged=converged,
                     gaps=gaps,
+                    sharpness=np.where(
+                        converged,
+                        np.asarray(final_sharpness(jnp.asarray(points))),
+                        np.nan,
+                    ),
+                    optimum_distances=None
+                    if optimum is None
+                    else np.linalg.norm(points - optimum, axis=1),
                     sharpness_paths=np.asarray(sharpness(jnp.asarray(shown))),
                 )
             )
-        return dict(flows=flows, runs=runs, constant=c)
+        return dict(flows=flows, runs=runs, constant=c, optimum=optimum)
 
     def checks(self, problem: SGDProblem, result: dict) -> Report:
         runs = result["runs"]
@@ -221,7 +232,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         return Report(checks, dict(fitted_exponent=slope))
 
     def summarise(self, problem: SGDProblem, result: dict, report: Report) -> Outcome:
-        runs, flows = result["runs"], result["flows"]
+        runs, flows, optimum = result["runs"], result["flows"], result["optimum"]
         gaps = [r["gaps"][1.0] for r in runs]
         flow = flows[1.0]
         summary = dict(
@@ -243,6 +254,13 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             diverged=[int(r["result"].diverged.sum()) for r in runs],
             simulation_seconds=[r["result"].wall_seconds for r in runs],
             R_flow_tau=float(flow.sharpness[-1]),
+            R_mean=[float(np.nanmean(r["sharpness"])) for r in runs],
+            optimum_distance_flow=None
+            if optimum is None
+            else float(np.linalg.norm(np.asarray(flow.ys[-1]) - optimum)),
+            optimum_distances_mean=None
+            if optimum is None
+            else [float(np.mean(r["optimum_distances"])) for r in runs],
             theta0=np.asarray(problem.theta0),
             theta_flow_tau=np.asarray(flow.ys[-1]),
         )
@@ -257,6 +275,12 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                 for eta, r in zip(problem.etas, runs)
             )
         )
+        if optimum is not None:
+            headline += (
+                f"\ndistance to the Theorem 3.3 optimum at tau: flow "
+                f"{summary['optimum_distance_flow']:.3e}, SGD (retracted, mean) "
+                + ", ".join(f"{d:.3e}" for d in summary["optimum_distances_mean"])
+            )
         finest = runs[-1]
         figure_data = dict(
             etas=np.asarray(problem.etas),

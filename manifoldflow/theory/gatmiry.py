@@ -171,6 +171,22 @@ def optimum_features(manifold: TwoLayerManifold) -> np.ndarray | None:
     )
 
 
+def optimum_point(manifold: TwoLayerManifold) -> np.ndarray | None:
+    r"""The Theorem 3.3 optimum in the manifold's reduced coordinates: every neuron
+    $u_j = L^{-1} z^*$ (with $X = LQ^\top$), so that $\theta_j^\top x_i = z^*_i$.
+
+    The set of optima in full coordinates, $\{\Theta : \Theta X^\top = 1 z^{*\top}\}$,
+    is this point plus any $\Theta^\perp$ orthogonal to the data span, so $\|u -
+    u^*\|$ is the Euclidean distance of $\Theta$ to that set. `None` for unequal
+    second-layer weights, or when the $x_i$ are linearly dependent ($n > d$)."""
+    z_star = optimum_features(manifold)
+    L = np.asarray(manifold.coefficients)
+    if z_star is None or L.shape[0] != L.shape[1]:
+        return None
+    u_star = np.linalg.solve(L, z_star)
+    return np.tile(u_star, manifold.a.shape[0])
+
+
 def minimum_sharpness(manifold: TwoLayerManifold) -> float | None:
     r"""$R^* = \sum_i w_i \|x_i\|^2\, m a^2 \phi'(z^*_i)^2$; for unit rows, $a = 1$ and
     $w_i = 2/n$ this is $(2/n)\,m \sum_i \phi'(\phi^{-1}(y_i/m))^2$."""
