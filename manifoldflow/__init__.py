@@ -54,6 +54,15 @@ from ._retraction import (
     NewtonRetraction as NewtonRetraction,
     RetractionSolution as RetractionSolution,
 )
+from ._sharpness import (
+    EigenEstimate as EigenEstimate,
+    hessian_matrix as hessian_matrix,
+    hessian_max_eigenvalue as hessian_max_eigenvalue,
+    hessian_trace as hessian_trace,
+    hessian_vector_product as hessian_vector_product,
+    hutchinson_trace as hutchinson_trace,
+    TraceEstimate as TraceEstimate,
+)
 from ._solution import FlowSolution as FlowSolution
 from ._solve import solve_flow as solve_flow
 from ._solver import (
@@ -65,4 +74,9 @@ from ._stop import (
     ConditionStop as ConditionStop,
     gram_condition_estimate as gram_condition_estimate,
     StationarityStop as StationarityStop,
+)
+from ._training import (
+    gradient_descent as gradient_descent,
+    gradient_flow as gradient_flow,
+    TrainingPath as TrainingPath,
 )

@@ -6,11 +6,16 @@ subcommands from this registry.
 """
 
 from .base import AbstractExperiment as AbstractExperiment, Outcome as Outcome
+from .deep_linear import DeepLinearExperiment as DeepLinearExperiment
 from .sgd_vs_flow import SGDVersusFlowExperiment as SGDVersusFlowExperiment
 from .two_layer import TwoLayerExperiment as TwoLayerExperiment
 
 
 EXPERIMENTS: dict[str, AbstractExperiment] = {
     experiment.name: experiment
-    for experiment in (TwoLayerExperiment(), SGDVersusFlowExperiment())
+    for experiment in (
+        TwoLayerExperiment(),
+        SGDVersusFlowExperiment(),
+        DeepLinearExperiment(),
+    )
 }

@@ -40,7 +40,10 @@ def split_summary(
     small, large = {}, {}
     for key, value in summary.items():
         if isinstance(value, (list, tuple, np.ndarray)):
-            array = np.asarray(value)
+            try:
+                array = np.asarray(value)
+            except ValueError:  # ragged, e.g. matrices of different shapes
+                array = np.asarray([], dtype=object)
             if array.dtype != object and np.issubdtype(array.dtype, np.number):
                 if array.size > LARGE:
                     large[key] = array

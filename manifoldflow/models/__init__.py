@@ -7,6 +7,14 @@ from .activations import (
     CubeBeta as CubeBeta,
     CubicLinear as CubicLinear,
 )
+from .deep_linear import (
+    deep_linear_data as deep_linear_data,
+    DeepLinearNet as DeepLinearNet,
+    end_to_end as end_to_end,
+    gaussian_init as gaussian_init,
+    residual_init as residual_init,
+    risk as risk,
+)
 from .two_layer import (
     initialise_on_manifold as initialise_on_manifold,
     two_layer_data as two_layer_data,

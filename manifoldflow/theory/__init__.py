@@ -1,6 +1,6 @@
 """Theory checks: typed records, generic checks of a solution, one module per paper."""
 
-from . import gatmiry as gatmiry
+from . import gatmiry as gatmiry, marion_chizat as marion_chizat
 from ._report import Check as Check, Report as Report
 from ._solution_checks import (
     check_constraint as check_constraint,

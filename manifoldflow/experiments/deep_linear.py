@@ -1,0 +1,363 @@
+r"""`manifoldflow deep-linear`: gradient flow (or descent) on a deep linear network for
+regression (Marion & Chizat 2024), with the sharpness of the minimiser reached checked
+against the paper's bounds, and balancedness and rank-one structure measured."""
+
+import argparse
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+from .._errors import InputError
+from ..theory import Report
+from ._options import check_seed, positive_sizes
+from .base import AbstractExperiment, Outcome
+
+
+class DeepLinearRisk(eqx.Module):
+    r"""$W \mapsto \frac1n\|y - X w_{\rm prod}(W)\|^2$ for fixed `p`, `X`, `y` (a
+    module, so that the compiled gradient and Hessian products are reused)."""
+
+    p: Any
+    X: Any
+    y: Any
+
+    def __call__(self, weights):
+        from ..models.deep_linear import risk
+
+        return risk(weights, self.p, self.X, self.y)
+
+
+class DeepLinearProblem(eqx.Module):
+    net: Any
+    loss: DeepLinearRisk
+    X: np.ndarray
+    y: np.ndarray
+    lr: float | None
+    steps: int
+    init: str
+    settings: dict
+
+
+class DeepLinearExperiment(AbstractExperiment):
+    """`manifoldflow deep-linear` (see the module docstring)."""
+
+    name = "deep-linear"
+    help = "deep linear network: sharpness of the minimiser vs Marion & Chizat's bounds"
+    description = (
+        "Train x -> p^T W_L ... W_1 x on the paper's data (n = 50, d = 5, noisy "
+        "labels, |w*| = 1) by gradient flow (default) or gradient descent (--lr), from "
+        "Gaussian small or residual initialisation; measure the sharpness "
+        "lambda_max(Hess R) of the minimiser reached by Lanczos and check it against "
+        "the lower bounds of Theorems 1-2 and the upper bound of Corollary 2; check "
+        "that gradient flow conserves balancedness (Lemma 1) and Lemma 2's rank-one "
+        "bound."
+    )
+    example_arguments = ("--depth", "3", "--n", "20", "--d", "3")
+    figure_name = "deep_linear.png"
+    figure_size = (15.0, 4.0)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--depth", type=int, default=10, help="L, the matrices")
+        parser.add_argument(
+            "--width",
+            type=int,
+            default=None,
+            help="hidden widths d_1..d_(L-1) (default: d)",
+        )
+        parser.add_argument("--n", type=int, default=50, help="data points")
+        parser.add_argument("--d", type=int, default=5, help="input dimension")
+        parser.add_argument(
+            "--noise", type=float, default=1.0, help="label noise before rescaling"
+        )
+        parser.add_argument(
+            "--init",
+            default="gaussian",
+            choices=("gaussian", "residual"),
+            help="Gaussian entries of std --scale (d_L = 1, p = 1), or W_k = I + "
+            "s/sqrt(L d) N_k with a random unit p (square matrices, width = d)",
+        )
+        parser.add_argument(
+            "--scale",
+            type=float,
+            default=None,
+            help="Gaussian std (default 0.3) or residual s (default 0.25)",
+        )
+        parser.add_argument(
+            "--zero-layer",
+            type=int,
+            default=None,
+            metavar="K",
+            help="Gaussian init: set W_K to zero (where assumption (A1) holds)",
+        )
+        parser.add_argument(
+            "--lr",
+            type=float,
+            default=None,
+            help="gradient descent with this learning rate instead of gradient flow",
+        )
+        parser.add_argument(
+            "--steps", type=int, default=10_000, help="gradient descent steps"
+        )
+        parser.add_argument("--seed", type=int, default=0, help="data and init seed")
+
+    def build(self, args: argparse.Namespace) -> DeepLinearProblem:
+        import jax
+        import jax.numpy as jnp
+
+        from ..models.deep_linear import deep_linear_data, gaussian_init, residual_init
+
+        width = args.d if args.width is None else args.width
+        positive_sizes(depth=args.depth, width=width, n=args.n, d=args.d)
+        check_seed(args.seed)
+        if args.lr is not None and not (0 < args.lr < float("inf")):
+            raise InputError(f"--lr must be finite and > 0, got {args.lr}.")
+        if args.steps < 1:
+            raise InputError(f"--steps must be >= 1, got {args.steps}.")
+        if not np.isfinite(args.noise) or args.noise < 0:
+            raise InputError(f"--noise must be finite and >= 0, got {args.noise}.")
+        scale = args.scale
+        if scale is None:
+            scale = 0.3 if args.init == "gaussian" else 0.25
+        if not (np.isfinite(scale) and scale >= 0):
+            raise InputError(f"--scale must be finite and >= 0, got {scale}.")
+        X, y, _ = deep_linear_data(args.n, args.d, args.seed, noise=args.noise)
+        key = jax.random.PRNGKey(args.seed + 1)
+        if args.init == "gaussian":
+            widths = (args.d, *([width] * (args.depth - 1)), 1)
+            net = gaussian_init(key, widths, scale, zero=args.zero_layer)
+        else:
+            if args.zero_layer is not None:
+                raise InputError("--zero-layer is for --init gaussian only.")
+            if width != args.d:
+                raise InputError(
+                    f"--init residual uses square d x d matrices: --width {width} "
+                    f"must equal --d {args.d} (or be left out)."
+                )
+            net = residual_init(key, args.depth, args.d, scale)
+        loss = DeepLinearRisk(net.p, jnp.asarray(X), jnp.asarray(y))
+        settings = dict(
+            depth=args.depth,
+            n=args.n,
+            d=args.d,
+            widths=list(net.widths),
+            init=args.init,
+            scale=scale,
+            zero_layer=args.zero_layer,
+            noise=args.noise,
+            seed=args.seed,
+            method="gradient descent" if args.lr else "gradient flow",
+            lr=args.lr,
+            steps=args.steps if args.lr else None,
+        )
+        return DeepLinearProblem(
+            net, loss, X, y, args.lr, args.steps, args.init, settings
+        )
+
+    def run(self, problem: DeepLinearProblem, *, progress: bool) -> dict:
+        from .._sharpness import hessian_max_eigenvalue
+        from .._training import gradient_descent, gradient_flow
+
+        net, loss = problem.net, problem.loss
+        if problem.lr is None:
+            path = gradient_flow(loss, net.weights, gtol=1e-8)
+        else:
+            path = gradient_descent(
+                loss, net.weights, lr=problem.lr, num_steps=problem.steps
+            )
+        records = len(path.times)
+        sharpness = np.full(records, np.nan)
+        every = max(1, records // 60)
+        for i in list(range(0, records, every)) + [records - 1]:
+            point = [W[i] for W in path.params]
+            if all(np.all(np.isfinite(W)) for W in point):
+                sharpness[i] = hessian_max_eigenvalue(loss, point, rtol=1e-8).value
+        final = None
+        if not path.diverged:
+            final = hessian_max_eigenvalue(loss, list(path.final), rtol=1e-12)
+        return dict(path=path, sharpness=sharpness, final=final)
+
+    def _converged(self, problem, result, constants) -> tuple[bool, str]:
+        path = result["path"]
+        if path.diverged:
+            return False, "diverged (a non-finite value)"
+        if problem.lr is None:
+            return path.converged, path.message
+        # Gradient descent: converged iff over the last 10% of the steps the risk stays
+        # within 1e-6 of the initial excess risk above R_min (no oscillation left).
+        excess = path.step_loss - constants.R_min
+        tail = excess[-max(1, excess.size // 10) :]
+        tolerance = max(1e-12, 1e-6 * (excess[0]))
+        if np.max(tail) <= tolerance:
+            return True, f"converged: R - R_min <= {tolerance:.1e} over the last 10%"
+        return False, (
+            f"not converged: R - R_min up to {np.max(tail):.3e} over the last 10% of "
+            f"the steps (tolerance {tolerance:.1e})"
+        )
+
+    def checks(self, problem: DeepLinearProblem, result: dict) -> Report:
+        from ..theory import marion_chizat as mc
+
+        c = mc.data_constants(problem.X, problem.y)
+        net = problem.net
+        depth = net.depth
+        path = result["path"]
+        converged, _ = self._converged(problem, result, c)
+        drift = float(np.max(mc.balancedness_drift(path.params)))
+        final_weights = [np.asarray(W) for W in path.final]
+        final = result["final"]
+        p = np.asarray(net.p)
+        checks = [
+            mc.lemma_1_balancedness(drift, gradient_flow=problem.lr is None),
+        ]
+        small = (
+            problem.init == "gaussian" and net.widths[-1] == 1 and float(p[0]) == 1.0
+        )
+        if final is not None and converged:
+            S, error = final.value, final.error
+            checks += [
+                mc.theorem_1_lower_bound(c, p, depth, S, error),
+                mc.theorem_2_layer_bound(c, final_weights, S, error),
+                mc.corollary_2_upper_bound(
+                    c,
+                    depth,
+                    S,
+                    error,
+                    applicable=""
+                    if small and problem.lr is None
+                    else "needs gradient flow from Gaussian small initialisation "
+                    "with d_L = 1, p = 1",
+                ),
+                mc.lemma_2_rank_one(
+                    (final_weights, [np.asarray(W) for W in net.weights]),
+                    applicable=""
+                    if net.widths[-1] == 1 and problem.lr is None
+                    else "derived for gradient flow with d_L = 1",
+                ),
+                mc.edge_of_stability(S, problem.lr, converged),
+            ]
+        return Report(
+            tuple(checks),
+            dict(constants=c, converged=converged, drift=drift),
+        )
+
+    def summarise(self, problem, result, report: Report) -> Outcome:
+        from ..theory import marion_chizat as mc
+
+        c = report.figures["constants"]
+        net, path, final = problem.net, result["path"], result["final"]
+        depth = net.depth
+        p = np.asarray(net.p)
+        converged, how = self._converged(problem, result, c)
+        weights_final = [np.asarray(W) for W in path.final]
+        S_final = None if final is None else final.value
+        S_lower = mc.uniform_lower_bound(c, p, depth)
+        small = problem.init == "gaussian" and net.widths[-1] == 1
+        layer_norms = np.stack(
+            [np.linalg.norm(np.asarray(W), 2, axis=(-2, -1)) for W in path.params],
+            axis=1,
+        )
+        summary = dict(
+            experiment=self.name,
+            **problem.settings,
+            risk="R(W) = (1/n) |y - X w_prod|^2 (no 1/2), w_prod = W_1^T ... W_L^T p",
+            X=problem.X,
+            y=problem.y,
+            p=p,
+            w_star=c.w_star,
+            weights_initial=[np.asarray(W) for W in net.weights],
+            weights_final=weights_final,
+            a=c.a,
+            Lambda=c.Lambda,
+            lambda_min=c.lambda_min,
+            R_min=c.R_min,
+            R_final=float(path.loss[-1]),
+            S_final=S_final,
+            S_final_error=None if final is None else final.error,
+            S_lower=S_lower,
+            S_layer_bound=mc.layer_lower_bound(c, weights_final) if converged else None,
+            S_upper_balanced=mc.balanced_sharpness(c, p, depth),
+            S_corollary2=mc.corollary_2_bound(c, depth) if small else None,
+            eta_crit=mc.critical_learning_rate(c, p, depth),
+            balancedness_drift=report.figures["drift"],
+            rank_one_ratios=mc.rank_one_ratios(weights_final),
+            alignments=mc.alignments(weights_final),
+            layer_norms_final=layer_norms[-1],
+            converged=bool(converged),
+            how_it_ended=how,
+            t_final=float(path.times[-1]),
+            num_steps=path.num_steps,
+            diverged=bool(path.diverged),
+        )
+        headline = (
+            f"{problem.settings['method']} on a depth-{depth} linear network "
+            f"(widths {list(net.widths)}, {problem.init} init, scale "
+            f"{problem.settings['scale']:g}): {how}\n"
+            f"R: {path.loss[0]:.6g} -> {path.loss[-1]:.12g} (R_min = {c.R_min:.12g}); "
+            + (
+                "sharpness S = lambda_max(Hess R) = "
+                f"{S_final:.10g} (+- {final.error:.1e})"
+                if final is not None
+                else "no sharpness: diverged"
+            )
+            + f"\nbounds: S_min >= {S_lower:.6g}, balanced minimiser "
+            f"{summary['S_upper_balanced']:.6g}"
+            + (f", Corollary 2 {summary['S_corollary2']:.6g}" if small else "")
+            + f"; eta_crit ~ {summary['eta_crit']:.4g}"
+        )
+        arrays = dict(
+            times=path.times,
+            risk=path.loss,
+            gradient_norm=path.gradient_norm,
+            sharpness=result["sharpness"],
+            layer_norms=layer_norms,
+            balancedness_drift=mc.balancedness_drift(path.params),
+        )
+        figure_data = dict(
+            arrays,
+            R_min=c.R_min,
+            S_lower=S_lower,
+            S_balanced=summary["S_upper_balanced"],
+            S_corollary2=summary["S_corollary2"],
+            gradient_flow=problem.lr is None,
+            lr=problem.lr,
+        )
+        return Outcome(
+            report=report,
+            summary=summary,
+            arrays=arrays,
+            headline=headline,
+            finished=bool(converged),
+            figure_data=figure_data,
+        )
+
+    def plot(self, outcome: Outcome, figure) -> None:
+        data = outcome.figure_data
+        axes = figure.subplots(1, 4)
+        figure.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.35)
+        t = data["times"]
+        x = t if data["gradient_flow"] else t
+        label = "t" if data["gradient_flow"] else "step"
+        gap = data["risk"] - data["R_min"]
+        axes[0].semilogy(x, np.where(gap > 0, gap, np.nan))
+        axes[0].set(xlabel=label, ylabel="R - R_min", title="excess risk")
+        finite = np.isfinite(data["sharpness"])
+        axes[1].plot(x[finite], data["sharpness"][finite], "o-", ms=3, label="S(W)")
+        axes[1].axhline(data["S_lower"], color="k", ls="--", label="lower bound")
+        axes[1].axhline(data["S_balanced"], color="g", ls=":", label="balanced min.")
+        if data["S_corollary2"] is not None:
+            axes[1].axhline(data["S_corollary2"], color="r", ls="--", label="Cor. 2")
+        if data["lr"]:
+            axes[1].axhline(2 / data["lr"], color="m", ls="-.", label="2/lr")
+        axes[1].set(xlabel=label, ylabel="lambda_max(Hess R)", title="sharpness")
+        axes[1].legend(fontsize=7)
+        axes[2].plot(x, data["layer_norms"], lw=0.8)
+        axes[2].set(xlabel=label, ylabel="|W_k|_2", title="layer norms")
+        drift = data["balancedness_drift"]
+        axes[3].semilogy(x[1:], np.maximum(drift[1:], 1e-18))
+        axes[3].set(
+            xlabel=label, ylabel="max_k |A_k - A_k(0)|_F (rel.)", title="balancedness"
+        )
+        if data["gradient_flow"]:
+            for ax in axes:
+                ax.set_xscale("symlog", linthresh=1.0)
