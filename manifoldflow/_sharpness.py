@@ -164,7 +164,8 @@ def hessian_max_eigenvalue(
     Lanczos with full reorthogonalisation from a random start, stopped when the error
     bound is below `rtol` $|\theta|$ (see [`manifoldflow.EigenEstimate`][]), when
     the Krylov space is invariant (then exact), or after `max_iterations` (default
-    $\min(P, 300)$; `converged` is then false).
+    $\min(P, 300)$; `converged` is then false). A non-finite Hessian-vector product
+    (overflow) gives `value = nan`, not converged.
     """
     if not rtol > 0:
         raise InputError(f"rtol must be > 0, got {rtol}.")
@@ -183,6 +184,9 @@ def hessian_max_eigenvalue(
     converged = False
     for k in range(limit):
         w = np.asarray(_hvp(loss, params, jnp.asarray(basis[k], flat.dtype)))
+        if not np.all(np.isfinite(w)):  # overflow, e.g. on a diverged path
+            value = error = residual = math.nan
+            break
         alpha = float(basis[k] @ w)
         w = w - alpha * basis[k] - (betas[-1] * basis[k - 1] if k else 0.0)
         for _ in range(2):  # full reorthogonalisation, twice is enough

@@ -93,7 +93,12 @@ def main(argv=None) -> int:
         wall_seconds=time.perf_counter() - manifoldflow._IMPORT_STARTED,
     )
     files = write_outcome(args.out, experiment, outcome, summary)
-    verdict = "ALL CHECKS PASSED" if passed else "SOME CHECKS FAILED"
+    if passed:
+        verdict = "ALL CHECKS PASSED"
+    elif not outcome.finished and report.passed:
+        verdict = "NOT FINISHED (see above; the applicable checks passed)"
+    else:
+        verdict = "SOME CHECKS FAILED"
     text = (
         f"{outcome.headline}\n\n{report.table()}\n\n{verdict}; wrote "
         f"{', '.join(str(args.out / f) for f in files)} "

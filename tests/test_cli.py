@@ -194,3 +194,49 @@ def test_sgd_vs_flow_reports_the_distance_to_the_optimum(tmp_path):
     for sgd, gap in zip(summary["optimum_distances_mean"], summary["distances_mean"]):
         assert abs(sgd - flow) <= gap * (1 + 1e-9)
     assert all(np.isfinite(summary["R_mean"]))
+
+
+DEEP_SMALL = ["deep-linear", "--depth", "3", "--n", "20", "--d", "3", *QUIET]
+
+
+def test_deep_linear_command_summary(tmp_path):
+    code = cli.main([*DEEP_SMALL, "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary["checks_passed"] is True and summary["converged"]
+    for key in [
+        "depth", "n", "d", "X", "y", "p", "weights_final", "a", "Lambda",
+        "lambda_min", "S_final", "S_lower", "S_upper_balanced", "S_corollary2",
+        "eta_crit", "balancedness_drift", "rank_one_ratios", "converged",
+    ]:  # fmt: skip
+        assert key in summary, key
+    weights = [np.asarray(W) for W in summary["weights_final"]]
+    assert [W.shape for W in weights] == [(3, 3), (3, 3), (1, 3)]
+    X, y, p = (np.asarray(summary[k]) for k in ("X", "y", "p"))
+    w_prod = np.linalg.multi_dot(weights[::-1]).T @ p
+    # The summary's weights are a minimiser: w_prod is the least-squares solution.
+    np.testing.assert_allclose(w_prod, np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-7)
+    assert summary["S_lower"] <= summary["S_final"] <= summary["S_corollary2"]
+
+
+def test_deep_linear_above_the_critical_rate_is_not_converged(tmp_path):
+    code = cli.main(
+        [*DEEP_SMALL, "--lr", "2.0", "--steps", "500", "--out", str(tmp_path)]
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 1 and summary["converged"] is False
+    assert summary["checks_passed"] is False
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--depth", "0"], "--depth 0"),
+        (["--init", "residual", "--width", "2"], "must equal --d"),
+        (["--lr", "-1"], "--lr must be finite and > 0"),
+        (["--scale", "-0.1"], "--scale must be finite and >= 0"),
+        (["--zero-layer", "9"], "zero = 9"),
+    ],
+)
+def test_deep_linear_bad_options(arguments, message, capsys):
+    assert cli.main([*DEEP_SMALL, *arguments]) == 2
+    assert message in capsys.readouterr().err

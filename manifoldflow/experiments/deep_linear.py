@@ -253,10 +253,7 @@ class DeepLinearExperiment(AbstractExperiment):
         S_final = None if final is None else final.value
         S_lower = mc.uniform_lower_bound(c, p, depth)
         small = problem.init == "gaussian" and net.widths[-1] == 1
-        layer_norms = np.stack(
-            [np.linalg.norm(np.asarray(W), 2, axis=(-2, -1)) for W in path.params],
-            axis=1,
-        )
+        layer_norms = np.stack([mc.spectral_norms(W) for W in path.params], axis=1)
         summary = dict(
             experiment=self.name,
             **problem.settings,

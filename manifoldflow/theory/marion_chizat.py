@@ -76,7 +76,7 @@ def uniform_lower_bound(c: DataConstants, p, depth: int) -> float:
 
 def layer_lower_bound(c: DataConstants, weights) -> float:
     r"""$S(W) \ge 2a\|w^*\|^2\sum_k\|W_k\|_2^{-2}$ at any minimiser $W$ (Theorem 2)."""
-    norms = [np.linalg.norm(np.asarray(W), 2) for W in weights]
+    norms = [float(spectral_norms(W)) for W in weights]
     return float(2 * c.a * (c.w_star @ c.w_star) * sum(1 / s**2 for s in norms))
 
 
@@ -124,6 +124,20 @@ def critical_learning_rate(c: DataConstants, p, depth: int) -> float:
     return 2 / uniform_lower_bound(c, p, depth)
 
 
+def spectral_norms(W) -> np.ndarray:
+    """$\|W\|_2$ of a matrix or of a stack of matrices (NaN where not finite)."""
+    W = np.asarray(W, float)
+    finite = np.all(np.isfinite(W), axis=(-2, -1))
+    norms = np.full(finite.shape, np.nan)
+    if np.any(finite):
+        # Scaled first: the SVD of a huge (diverging) matrix would overflow.
+        M = W[finite]
+        size = np.max(np.abs(M), axis=(-2, -1), keepdims=True)
+        size = np.where(size > 0, size, 1.0)
+        norms[finite] = np.linalg.norm(M / size, 2, axis=(-2, -1)) * size[..., 0, 0]
+    return norms
+
+
 def balancedness(weights) -> list[np.ndarray]:
     r"""$A_k = W_{k+1}^\top W_{k+1} - W_k W_k^\top$, $k = 1..L-1$ (for a stack of
     records, leaves with a leading axis, each $A_k$ has it too)."""
@@ -138,18 +152,18 @@ def balancedness(weights) -> list[np.ndarray]:
 def balancedness_drift(path_weights) -> np.ndarray:
     r"""Per record, $\max_k\|A_k(t) - A_k(0)\|_F / \max(1, \max_k\|W_k(t)\|_2^2)$ for
     weights with a leading record axis."""
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging path
+        return _drift(path_weights)
+
+
+def _drift(path_weights) -> np.ndarray:
     A = balancedness(path_weights)
     if not A:
         return np.zeros(np.asarray(path_weights[0]).shape[0])
     drift = np.max(
         np.stack([np.linalg.norm(Ak - Ak[:1], axis=(-2, -1)) for Ak in A]), axis=0
     )
-    norms = np.max(
-        np.stack(
-            [np.linalg.norm(np.asarray(W), 2, axis=(-2, -1)) for W in path_weights]
-        ),
-        axis=0,
-    )
+    norms = np.max(np.stack([spectral_norms(W) for W in path_weights]), axis=0)
     return drift / np.maximum(1.0, norms**2)
 
 
@@ -157,6 +171,9 @@ def rank_one_ratios(weights) -> list[float]:
     r"""$\sigma_2(W_k)/\sigma_1(W_k)$ per layer (0 for a vector)."""
     ratios = []
     for W in weights:
+        if not np.all(np.isfinite(np.asarray(W))):
+            ratios.append(float("nan"))
+            continue
         s = np.linalg.svd(np.asarray(W), compute_uv=False)
         ratios.append(float(s[1] / s[0]) if s.size > 1 and s[0] > 0 else 0.0)
     return ratios
@@ -167,6 +184,11 @@ def alignments(weights) -> list[float]:
     top right singular vector of $W_{k+1}$, $k = 1..L-1$."""
     out = []
     for W, V in zip(weights[:-1], weights[1:]):
+        if not (
+            np.all(np.isfinite(np.asarray(W))) and np.all(np.isfinite(np.asarray(V)))
+        ):
+            out.append(float("nan"))
+            continue
         u = np.linalg.svd(np.asarray(W))[0][:, 0]
         v = np.linalg.svd(np.asarray(V))[2][0]
         out.append(float((u @ v) ** 2))
