@@ -240,3 +240,16 @@ def test_deep_linear_above_the_critical_rate_is_not_converged(tmp_path):
 def test_deep_linear_bad_options(arguments, message, capsys):
     assert cli.main([*DEEP_SMALL, *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_deep_linear_trace_flow_on_the_minimisers(tmp_path):
+    code = cli.main([*DEEP_SMALL, "--trace-flow", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary["trace_flow_result"] == "stationary"
+    assert summary["trace_final"] <= summary["trace_initial"]
+    assert summary["S_trace_flow"] >= summary["S_lower"] * (1 - 1e-9)
+    # The flow stays on the minimisers: w_prod is still the least-squares solution.
+    weights = [np.asarray(W) for W in summary["weights_trace_flow"]]
+    X, y, p = (np.asarray(summary[k]) for k in ("X", "y", "p"))
+    w_prod = np.linalg.multi_dot(weights[::-1]).T @ p
+    np.testing.assert_allclose(w_prod, np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-11)

@@ -9,7 +9,7 @@ import equinox as eqx
 import numpy as np
 
 from .._errors import InputError
-from ..theory import Report
+from ..theory import Check, Report
 from ._options import check_seed, positive_sizes
 from .base import AbstractExperiment, Outcome
 
@@ -36,6 +36,7 @@ class DeepLinearProblem(eqx.Module):
     lr: float | None
     steps: int
     init: str
+    trace_flow: bool
     settings: dict
 
 
@@ -100,6 +101,12 @@ class DeepLinearExperiment(AbstractExperiment):
             "--steps", type=int, default=10_000, help="gradient descent steps"
         )
         parser.add_argument("--seed", type=int, default=0, help="data and init seed")
+        parser.add_argument(
+            "--trace-flow",
+            action="store_true",
+            help="then run the sharpness (trace) flow on the set of minimisers from "
+            "the minimiser reached, and report where it lands",
+        )
 
     def build(self, args: argparse.Namespace) -> DeepLinearProblem:
         import jax
@@ -151,7 +158,7 @@ class DeepLinearExperiment(AbstractExperiment):
             steps=args.steps if args.lr else None,
         )
         return DeepLinearProblem(
-            net, loss, X, y, args.lr, args.steps, args.init, settings
+            net, loss, X, y, args.lr, args.steps, args.init, args.trace_flow, settings
         )
 
     def run(self, problem: DeepLinearProblem, *, progress: bool) -> dict:
@@ -175,7 +182,25 @@ class DeepLinearExperiment(AbstractExperiment):
         final = None
         if not path.diverged:
             final = hessian_max_eigenvalue(loss, list(path.final), rtol=1e-12)
-        return dict(path=path, sharpness=sharpness, final=final)
+        flow = None
+        if problem.trace_flow and not path.diverged:
+            flow = self._trace_flow(problem, path.final, progress)
+        return dict(path=path, sharpness=sharpness, final=final, trace_flow=flow)
+
+    def _trace_flow(self, problem, start, progress) -> dict:
+        import manifoldflow as mf
+
+        from .._sharpness import hessian_max_eigenvalue
+        from ..models.deep_linear import minimiser_manifold
+
+        net = problem.net
+        manifold = minimiser_manifold(start, net.p, problem.X, problem.y)
+        solution = mf.solve_flow(
+            manifold, progress=progress, throw=False, max_steps=50_000
+        )
+        weights = [np.asarray(W) for W in manifold.to_parameters(solution.theta_final)]
+        S = hessian_max_eigenvalue(problem.loss, weights, rtol=1e-12)
+        return dict(solution=solution, weights=weights, S=S)
 
     def _converged(self, problem, result, constants) -> tuple[bool, str]:
         path = result["path"]
@@ -236,6 +261,26 @@ class DeepLinearExperiment(AbstractExperiment):
                 ),
                 mc.edge_of_stability(S, problem.lr, converged),
             ]
+        flow = result["trace_flow"]
+        if flow is not None:
+            solution = flow["solution"]
+            checks += [
+                Check.compare(
+                    "trace_flow_stationary",
+                    "the trace flow on the minimisers reached |P_T grad Tr Hess R| <= "
+                    "1e-10 (its result)",
+                    float(solution.gradient_norm[-1]),
+                    upper=1e-10,
+                    condition=solution.stationary,
+                ),
+                Check.compare(
+                    "trace_flow_decreases_trace",
+                    "Tr Hess R at the trace flow's end <= at its start",
+                    float(solution.sharpness[-1]),
+                    upper=float(solution.sharpness[0]),
+                ),
+                mc.theorem_1_lower_bound(c, p, depth, flow["S"].value, flow["S"].error),
+            ]
         return Report(
             tuple(checks),
             dict(constants=c, converged=converged, drift=drift),
@@ -286,6 +331,22 @@ class DeepLinearExperiment(AbstractExperiment):
             num_steps=path.num_steps,
             diverged=bool(path.diverged),
         )
+        flow = result["trace_flow"]
+        if flow is not None:
+            solution = flow["solution"]
+            summary.update(
+                trace_flow_result=solution.result_name,
+                trace_flow_t_final=solution.t_final,
+                trace_flow_steps=solution.num_steps,
+                trace_initial=float(solution.sharpness[0]),
+                trace_final=float(solution.sharpness[-1]),
+                S_trace_flow=flow["S"].value,
+                weights_trace_flow=flow["weights"],
+                rank_one_ratios_trace_flow=mc.rank_one_ratios(flow["weights"]),
+                layer_norms_trace_flow=[
+                    float(mc.spectral_norms(W)) for W in flow["weights"]
+                ],
+            )
         headline = (
             f"{problem.settings['method']} on a depth-{depth} linear network "
             f"(widths {list(net.widths)}, {problem.init} init, scale "
@@ -302,6 +363,14 @@ class DeepLinearExperiment(AbstractExperiment):
             + (f", Corollary 2 {summary['S_corollary2']:.6g}" if small else "")
             + f"; eta_crit ~ {summary['eta_crit']:.4g}"
         )
+        if flow is not None:
+            headline += (
+                "\ntrace flow on the minimisers: Tr Hess R "
+                f"{summary['trace_initial']:.8g}"
+                f" -> {summary['trace_final']:.8g} ({summary['trace_flow_result']}, "
+                f"t = {summary['trace_flow_t_final']:.4g}), S -> "
+                f"{summary['S_trace_flow']:.8g}"
+            )
         arrays = dict(
             times=path.times,
             risk=path.loss,

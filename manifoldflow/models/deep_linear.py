@@ -162,3 +162,36 @@ def _check_widths(widths) -> tuple[int, ...]:
     if min(widths) < 1:
         raise InputError(f"widths must be >= 1, got {widths}.")
     return widths
+
+
+def _whitened_residual(weights, args):
+    p, root, w_star = args
+    return root @ (end_to_end(weights, p) - w_star)
+
+
+def minimiser_manifold(weights, p, X, y):
+    r"""The set of minimisers of the risk, $\{W : \hat\Sigma^{1/2}(w_{\rm prod}(W) -
+    w^*) = 0\}$ ($d$ equations, $w^*$ the minimum-norm least-squares solution), as a
+    [`manifoldflow.ConstraintManifold`][] through `weights` (any point near the set).
+
+    With curvature weights 2 its $R$ is $2\operatorname{Tr}(J^\top\hat\Sigma J) =
+    \operatorname{Tr}\nabla^2 R(W)$ at every minimiser ($J = \partial w_{\rm
+    prod}/\partial W$; the Hessian there is $2J^\top\hat\Sigma J$ even with noisy
+    labels, since $\nabla R^1(w^*) = 0$), so `solve_flow` on it runs the trace flow
+    on the minimisers. For $\hat\Sigma$ of full rank the equations are exactly
+    $w_{\rm prod} = w^*$.
+    """
+    from .._manifold import ConstraintManifold
+
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    Sigma = X.T @ X / X.shape[0]
+    values, vectors = np.linalg.eigh(Sigma)
+    root = (vectors * np.sqrt(np.maximum(values, 0.0))) @ vectors.T
+    w_star = np.linalg.pinv(X) @ y
+    args = (jnp.asarray(p), jnp.asarray(root), jnp.asarray(w_star))
+    return ConstraintManifold(
+        _whitened_residual,
+        tuple(jnp.asarray(W) for W in weights),
+        args,
+        weights=2.0 * np.ones(X.shape[1]),
+    )

@@ -222,10 +222,12 @@ def theorem_2_layer_bound(c: DataConstants, weights, S: float, S_error: float) -
     )
 
 
-def theorem_1_lower_bound(c: DataConstants, p, depth: int, S: float, S_error) -> Check:
+def theorem_1_lower_bound(
+    c: DataConstants, p, depth: int, S: float, S_error, *, name="theorem_1_lower_bound"
+) -> Check:
     bound = uniform_lower_bound(c, p, depth)
     return Check.compare(
-        "theorem_1_lower_bound",
+        name,
         "S(W) at the minimiser reached >= S_min >= 2 L a |w*|^(2-2/L) |p|^(2/L) "
         "(Theorems 1-2)",
         S,
