@@ -76,6 +76,7 @@ from ._stop import (
     StationarityStop as StationarityStop,
 )
 from ._training import (
+    descent_converged as descent_converged,
     gradient_descent as gradient_descent,
     gradient_flow as gradient_flow,
     TrainingPath as TrainingPath,

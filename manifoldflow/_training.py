@@ -263,3 +263,28 @@ def gradient_descent(
         diverged=diverged or not math.isfinite(float(final_loss)),
         message="diverged (a non-finite value)" if diverged else f"{done} steps",
     )
+
+
+def descent_converged(
+    path: TrainingPath, minimum: float, *, rtol: float = 1e-6, tail: float = 0.1
+) -> tuple[bool, str]:
+    r"""The explicit convergence test of a gradient-descent path: over the last `tail`
+    of the steps, $L - L_{\min}$ stays below `rtol` times its initial value (so an
+    oscillation that neither diverges nor settles is *not* converged).
+
+    **Returns** `(converged, message)`.
+    """
+    if path.step_loss is None:
+        raise InputError("descent_converged tests a gradient-descent path.")
+    if path.diverged:
+        return False, "diverged (a non-finite value)"
+    excess = path.step_loss - minimum
+    last = excess[-max(1, int(excess.size * tail)) :]
+    tolerance = max(1e-14, rtol * excess[0])
+    worst = float(np.max(last))
+    if worst <= tolerance:
+        return True, f"converged: L - L_min <= {tolerance:.1e} over the last {tail:.0%}"
+    return False, (
+        f"not converged: L - L_min up to {worst:.3e} over the last {tail:.0%} of the "
+        f"steps (tolerance {tolerance:.1e})"
+    )

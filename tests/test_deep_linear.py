@@ -218,3 +218,19 @@ def test_rank_deficient_data_gives_no_full_rank():
     X = np.ones((10, 3))
     c = mc.data_constants(X, np.arange(10.0))
     assert not c.full_rank and c.lambda_min > 0
+
+
+def test_critical_learning_rate_within_a_factor_2():
+    """Residual init, s = 0.25, L = 5, 1000 steps: GD converges at half the estimate
+    2/S_min ~ 1/(L a) and does not at twice it."""
+    X, y, _ = deep_linear_data(50, 5, 0)
+    c = mc.data_constants(X, y)
+    depth = 5
+    net = residual_init(jax.random.PRNGKey(0), depth, 5, 0.25)
+    loss = DeepLinearRisk(net.p, jnp.asarray(X), jnp.asarray(y))
+    estimate = mc.critical_learning_rate(c, net.p, depth)
+    outcomes = []
+    for lr in (estimate / 2, 2 * estimate):
+        path = mf.gradient_descent(loss, net.weights, lr=lr, num_steps=1000)
+        outcomes.append(mf.descent_converged(path, c.R_min)[0])
+    assert outcomes == [True, False]

@@ -208,17 +208,9 @@ class DeepLinearExperiment(AbstractExperiment):
             return False, "diverged (a non-finite value)"
         if problem.lr is None:
             return path.converged, path.message
-        # Gradient descent: converged iff over the last 10% of the steps the risk stays
-        # within 1e-6 of the initial excess risk above R_min (no oscillation left).
-        excess = path.step_loss - constants.R_min
-        tail = excess[-max(1, excess.size // 10) :]
-        tolerance = max(1e-12, 1e-6 * (excess[0]))
-        if np.max(tail) <= tolerance:
-            return True, f"converged: R - R_min <= {tolerance:.1e} over the last 10%"
-        return False, (
-            f"not converged: R - R_min up to {np.max(tail):.3e} over the last 10% of "
-            f"the steps (tolerance {tolerance:.1e})"
-        )
+        from .._training import descent_converged
+
+        return descent_converged(path, constants.R_min)
 
     def checks(self, problem: DeepLinearProblem, result: dict) -> Report:
         from ..theory import marion_chizat as mc

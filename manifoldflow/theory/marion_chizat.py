@@ -125,7 +125,7 @@ def critical_learning_rate(c: DataConstants, p, depth: int) -> float:
 
 
 def spectral_norms(W) -> np.ndarray:
-    """$\|W\|_2$ of a matrix or of a stack of matrices (NaN where not finite)."""
+    r"""$\|W\|_2$ of a matrix or of a stack of matrices (NaN where not finite)."""
     W = np.asarray(W, float)
     finite = np.all(np.isfinite(W), axis=(-2, -1))
     norms = np.full(finite.shape, np.nan)
