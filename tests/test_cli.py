@@ -253,3 +253,15 @@ def test_deep_linear_trace_flow_on_the_minimisers(tmp_path):
     X, y, p = (np.asarray(summary[k]) for k in ("X", "y", "p"))
     w_prod = np.linalg.multi_dot(weights[::-1]).T @ p
     np.testing.assert_allclose(w_prod, np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-11)
+
+
+def test_deep_linear_rank_deficient_data_names_the_assumption(tmp_path):
+    args = ["deep-linear", "--depth", "3", "--n", "2", "--d", "3", "--trace-flow"]
+    code = cli.main([*args, *QUIET, "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0
+    assert "full-rank data covariance" in summary["assumption_failed"]
+    assert summary["S_lower"] is None and "trace_final" not in summary
+    checks = {c["name"]: c for c in summary["checks"]}
+    assert checks["theorem_1_lower_bound"]["applicable"] is False
+    assert "rank 2 < d = 3" in checks["theorem_1_lower_bound"]["note"]

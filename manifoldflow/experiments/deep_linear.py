@@ -183,9 +183,13 @@ class DeepLinearExperiment(AbstractExperiment):
         if not path.diverged:
             final = hessian_max_eigenvalue(loss, list(path.final), rtol=1e-12)
         flow = None
-        if problem.trace_flow and not path.diverged:
+        if problem.trace_flow and not path.diverged and self._full_rank(problem):
             flow = self._trace_flow(problem, path.final, progress)
         return dict(path=path, sharpness=sharpness, final=final, trace_flow=flow)
+
+    @staticmethod
+    def _full_rank(problem) -> bool:
+        return bool(np.linalg.matrix_rank(problem.X) == problem.X.shape[1])
 
     def _trace_flow(self, problem, start, progress) -> dict:
         import manifoldflow as mf
@@ -288,8 +292,9 @@ class DeepLinearExperiment(AbstractExperiment):
         converged, how = self._converged(problem, result, c)
         weights_final = [np.asarray(W) for W in path.final]
         S_final = None if final is None else final.value
-        S_lower = mc.uniform_lower_bound(c, p, depth)
-        small = problem.init == "gaussian" and net.widths[-1] == 1
+        full_rank = c.full_rank
+        S_lower = mc.uniform_lower_bound(c, p, depth) if full_rank else None
+        small = problem.init == "gaussian" and net.widths[-1] == 1 and full_rank
         layer_norms = np.stack([mc.spectral_norms(W) for W in path.params], axis=1)
         summary = dict(
             experiment=self.name,
@@ -309,10 +314,13 @@ class DeepLinearExperiment(AbstractExperiment):
             S_final=S_final,
             S_final_error=None if final is None else final.error,
             S_lower=S_lower,
-            S_layer_bound=mc.layer_lower_bound(c, weights_final) if converged else None,
-            S_upper_balanced=mc.balanced_sharpness(c, p, depth),
+            S_layer_bound=mc.layer_lower_bound(c, weights_final)
+            if converged and full_rank
+            else None,
+            S_upper_balanced=mc.balanced_sharpness(c, p, depth) if full_rank else None,
             S_corollary2=mc.corollary_2_bound(c, depth) if small else None,
-            eta_crit=mc.critical_learning_rate(c, p, depth),
+            eta_crit=mc.critical_learning_rate(c, p, depth) if full_rank else None,
+            assumption_failed=mc.full_rank_note(c) or None,
             balancedness_drift=report.figures["drift"],
             rank_one_ratios=mc.rank_one_ratios(weights_final),
             alignments=mc.alignments(weights_final),
@@ -350,11 +358,17 @@ class DeepLinearExperiment(AbstractExperiment):
                 if final is not None
                 else "no sharpness: diverged"
             )
-            + f"\nbounds: S_min >= {S_lower:.6g}, balanced minimiser "
-            f"{summary['S_upper_balanced']:.6g}"
-            + (f", Corollary 2 {summary['S_corollary2']:.6g}" if small else "")
-            + f"; eta_crit ~ {summary['eta_crit']:.4g}"
+            + (
+                f"\nbounds: S_min >= {S_lower:.6g}, balanced minimiser "
+                f"{summary['S_upper_balanced']:.6g}"
+                + (f", Corollary 2 {summary['S_corollary2']:.6g}" if small else "")
+                + f"; eta_crit ~ {summary['eta_crit']:.4g}"
+                if full_rank
+                else f"\nno bounds: {mc.full_rank_note(c)}"
+            )
         )
+        if problem.trace_flow and flow is None and not full_rank:
+            headline += "\nno trace flow: the minimisers' equations are dependent"
         if flow is not None:
             headline += (
                 "\ntrace flow on the minimisers: Tr Hess R "
@@ -401,8 +415,11 @@ class DeepLinearExperiment(AbstractExperiment):
         axes[0].set(xlabel=label, ylabel="R - R_min", title="excess risk")
         finite = np.isfinite(data["sharpness"])
         axes[1].plot(x[finite], data["sharpness"][finite], "o-", ms=3, label="S(W)")
-        axes[1].axhline(data["S_lower"], color="k", ls="--", label="lower bound")
-        axes[1].axhline(data["S_balanced"], color="g", ls=":", label="balanced min.")
+        if data["S_lower"] is not None:
+            axes[1].axhline(data["S_lower"], color="k", ls="--", label="lower bound")
+            axes[1].axhline(
+                data["S_balanced"], color="g", ls=":", label="balanced min."
+            )
         if data["S_corollary2"] is not None:
             axes[1].axhline(data["S_corollary2"], color="r", ls="--", label="Cor. 2")
         if data["lr"]:

@@ -212,27 +212,43 @@ def lemma_1_balancedness(drift: float, *, gradient_flow: bool) -> Check:
     return Check.compare(name, claim, drift, prediction=0.0, upper=1e-9)
 
 
-def theorem_2_layer_bound(c: DataConstants, weights, S: float, S_error: float) -> Check:
-    bound = layer_lower_bound(c, weights)
-    return Check.compare(
-        "theorem_2_layer_bound",
-        "S(W) at the minimiser reached >= 2 a |w*|^2 sum_k |W_k|_2^-2 (Theorem 2)",
-        S,
-        lower=bound * (1 - 1e-6) - S_error,
+FULL_RANK = (
+    "needs a full-rank data covariance Sigma = X^T X / n; here it has rank {rank} < "
+    "d = {d} (n < d or dependent inputs), so the minimisers are {{w_prod in w* + ker "
+    "X}} and need not have w_prod = w*"
+)
+
+
+def full_rank_note(c: DataConstants) -> str:
+    """`""` for a full-rank $\hat\Sigma$, else why the bounds do not apply."""
+    if c.full_rank:
+        return ""
+    rank = (
+        int(np.sum(np.linalg.eigvalsh(c.Sigma) >= c.lambda_min)) if c.lambda_min else 0
     )
+    return FULL_RANK.format(rank=rank, d=c.Sigma.shape[0])
+
+
+def theorem_2_layer_bound(c: DataConstants, weights, S: float, S_error: float) -> Check:
+    name = "theorem_2_layer_bound"
+    claim = "S(W) at the minimiser reached >= 2 a |w*|^2 sum_k |W_k|_2^-2 (Theorem 2)"
+    if not c.full_rank:
+        return Check.not_applicable(name, claim, full_rank_note(c))
+    bound = layer_lower_bound(c, weights)
+    return Check.compare(name, claim, S, lower=bound * (1 - 1e-6) - S_error)
 
 
 def theorem_1_lower_bound(
     c: DataConstants, p, depth: int, S: float, S_error, *, name="theorem_1_lower_bound"
 ) -> Check:
-    bound = uniform_lower_bound(c, p, depth)
-    return Check.compare(
-        name,
+    claim = (
         "S(W) at the minimiser reached >= S_min >= 2 L a |w*|^(2-2/L) |p|^(2/L) "
-        "(Theorems 1-2)",
-        S,
-        lower=bound * (1 - 1e-6) - S_error,
+        "(Theorems 1-2)"
     )
+    if not c.full_rank:
+        return Check.not_applicable(name, claim, full_rank_note(c))
+    bound = uniform_lower_bound(c, p, depth)
+    return Check.compare(name, claim, S, lower=bound * (1 - 1e-6) - S_error)
 
 
 def corollary_2_upper_bound(
@@ -243,6 +259,7 @@ def corollary_2_upper_bound(
         "S(W) after gradient flow from small initialisation <= 8 L Lambda "
         "|w*|^(2-2/L) (Corollary 2)"
     )
+    applicable = applicable or full_rank_note(c)
     if applicable:
         return Check.not_applicable(name, claim, applicable)
     return Check.compare(
