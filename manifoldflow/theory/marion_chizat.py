@@ -220,7 +220,7 @@ FULL_RANK = (
 
 
 def full_rank_note(c: DataConstants) -> str:
-    """`""` for a full-rank $\hat\Sigma$, else why the bounds do not apply."""
+    r"""`""` for a full-rank $\hat\Sigma$, else why the bounds do not apply."""
     if c.full_rank:
         return ""
     rank = (
