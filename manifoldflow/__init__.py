@@ -69,6 +69,7 @@ from ._solver import (
     ProjectedSolver as ProjectedSolver,
     ProjectedSolverState as ProjectedSolverState,
 )
+from ._stabilised import StabilisedSharpnessFlow as StabilisedSharpnessFlow
 from ._stop import (
     AbstractStopCondition as AbstractStopCondition,
     ConditionStop as ConditionStop,
