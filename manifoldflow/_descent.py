@@ -56,10 +56,12 @@ def curvature_weights(manifold: AbstractManifold, dtype) -> Float[Array, " n"]:
 
 class GradientFlowRetraction(AbstractRetraction):
     r"""$\Phi(\tilde\theta)$: gradient flow $\dot\theta = -\nabla L$ on $L = \frac12
-    \sum_i w_i F_i^2$ (the loss whose Hessian on $\Gamma$ has trace $R$; with the
-    default weights $w_i = 2/n$, $L = \frac1n\sum_i F_i^2$) from $\tilde\theta$ until
-    $\max_i|F_i| \le$ `switch` $\times$ `manifold.constraint_scale()`, then
-    Gauss--Newton to $\max_i|F_i| \le \max($`atol`, `rtol` $\times$ scale$)$.
+    \sum_i w_i F_i^2$ (the loss whose Hessian on $\Gamma$ has trace $R$, with the
+    manifold's curvature weights: for the mean squared loss $w_i = 2/n$ and $L =
+    \frac1n\sum_i F_i^2$; a manifold without weights uses $w_i = 1$) from
+    $\tilde\theta$ until $\max_i|F_i| \le$ `switch` $\times$
+    `manifold.constraint_scale()`, then Gauss--Newton to $\max_i|F_i| \le
+    \max($`atol`, `rtol` $\times$ scale$)$.
 
     Pass it as `solve_flow(..., initial_retraction=GradientFlowRetraction())` to start
     the sharpness flow where label-noise SGD from an off-manifold $\theta_0$ enters

@@ -60,6 +60,22 @@ def _flat(params):
     return params, flat
 
 
+def _check_precision(flat, tolerance: float) -> None:
+    if flat.dtype != jnp.float64 and tolerance < 1e-6:
+        raise InputError(
+            f"The parameters are {flat.dtype}, too coarse for tolerances below 1e-6 "
+            f"(here {tolerance:g}). Enable float64 first: "
+            'jax.config.update("jax_enable_x64", True).'
+        )
+    if flat.dtype != jnp.float64 and tolerance >= 1.0:
+        import warnings
+
+        warnings.warn(
+            f"Training in {flat.dtype}: enable float64 for the library's precision.",
+            stacklevel=3,
+        )
+
+
 @eqx.filter_jit
 def _loss_and_gradient_norm(loss, params):
     value, grad = jax.value_and_grad(loss)(params)
@@ -118,6 +134,7 @@ def gradient_flow(
     if not first_window > 0 or not t1 > 0:
         raise InputError(f"first_window and t1 must be > 0, got {first_window}, {t1}.")
     params, flat = _flat(params)
+    _check_precision(flat, min(rtol, atol, gtol))
     dtype = flat.dtype
     value, norm = _loss_and_gradient_norm(loss, params)
     times, records = [0.0], [params]
@@ -129,7 +146,7 @@ def gradient_flow(
     t, width, steps = 0.0, float(first_window), 0
     converged = float(norm) <= gtol
     message = "stationary at the start" if converged else ""
-    window_steps = 100_000
+    window_steps = min(100_000, int(max_steps))
     while not converged and t < t1 and steps < max_steps:
         end = min(t + width, t1)
         ts, ys, result, accepted = _flow_window(
@@ -223,6 +240,7 @@ def gradient_descent(
             f"record_every = {every} must be >= 1 and divide num_steps = {num_steps}."
         )
     params, flat = _flat(params)
+    _check_precision(flat, 1.0)
     lr_array = jnp.asarray(lr, flat.dtype)
     times, records, step_loss = [0], [params], []
     diverged = False
@@ -233,17 +251,16 @@ def gradient_descent(
         final, (chunk, values) = _descent_chunk(loss, params, lr_array, every, size)
         values = np.asarray(values).reshape(-1)[: count * every]
         step_loss.append(values)
-        finite = np.asarray(
-            [
-                bool(np.all(np.isfinite(leaf)))
-                for leaf in jax.tree_util.tree_leaves(final)
-            ]
-        ).all() and np.all(np.isfinite(values))
         for r in range(count):
             times.append(done + (r + 1) * every)
             records.append(jax.tree_util.tree_map(lambda leaf: leaf[r], chunk))
         done += count * every
         params = records[-1]
+        # The last chunk may run past num_steps: only the kept steps count.
+        finite = all(
+            bool(np.all(np.isfinite(leaf)))
+            for leaf in jax.tree_util.tree_leaves(params)
+        ) and bool(np.all(np.isfinite(values)))
         if not finite:
             diverged = True
             break

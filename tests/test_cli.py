@@ -218,7 +218,7 @@ def test_deep_linear_command_summary(tmp_path):
     assert summary["S_lower"] <= summary["S_final"] <= summary["S_corollary2"]
 
 
-def test_deep_linear_above_the_critical_rate_is_not_converged(tmp_path):
+def test_deep_linear_diverging_descent_is_not_converged(tmp_path):
     code = cli.main(
         [*DEEP_SMALL, "--lr", "2.0", "--steps", "500", "--out", str(tmp_path)]
     )
@@ -234,7 +234,8 @@ def test_deep_linear_above_the_critical_rate_is_not_converged(tmp_path):
         (["--init", "residual", "--width", "2"], "must equal --d"),
         (["--lr", "-1"], "--lr must be finite and > 0"),
         (["--scale", "-0.1"], "--scale must be finite and >= 0"),
-        (["--zero-layer", "9"], "zero = 9"),
+        (["--zero-layer", "9"], "--zero-layer 9 must be a layer in 1..3"),
+        (["--steps", "100"], "--steps is for gradient descent"),
     ],
 )
 def test_deep_linear_bad_options(arguments, message, capsys):
@@ -265,3 +266,28 @@ def test_deep_linear_rank_deficient_data_names_the_assumption(tmp_path):
     checks = {c["name"]: c for c in summary["checks"]}
     assert checks["theorem_1_lower_bound"]["applicable"] is False
     assert "rank 2 < d = 3" in checks["theorem_1_lower_bound"]["note"]
+
+
+def test_deep_linear_depth_one(tmp_path):
+    code = cli.main(["deep-linear", "--depth", "1", *QUIET, "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary["converged"] and summary["checks_passed"] is True
+
+
+def test_deep_linear_saddle_is_not_a_minimiser(tmp_path):
+    """From W = 0 gradient flow stays at the saddle: not converged, no bound checks
+    failed on a non-minimiser."""
+    code = cli.main([*DEEP_SMALL, "--scale", "0", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 1 and summary["converged"] is False
+    assert "not a minimiser" in summary["how_it_ended"]
+    assert all(c["passed"] is not False for c in summary["checks"])
+
+
+def test_deep_linear_corollary_2_needs_a_small_initialisation(tmp_path):
+    code = cli.main([*DEEP_SMALL, "--scale", "1.5", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    checks = {c["name"]: c for c in summary["checks"]}
+    assert code == 0 and checks["corollary_2_upper_bound"]["applicable"] is False
+    assert "small initialisation" in checks["corollary_2_upper_bound"]["note"]
+    assert summary["S_final_converged"] is True

@@ -160,8 +160,13 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             retracted = retract(jnp.asarray(np.where(finite[:, None], result.final, 0)))
             points = np.asarray(retracted.theta)
             converged = np.asarray(retracted.converged) & finite
+            # A diverged or unretracted seed has no distance (NaN), not a number.
             gaps = {
-                factor: np.linalg.norm(points - np.asarray(flow.ys[-1]), axis=1)
+                factor: np.where(
+                    converged,
+                    np.linalg.norm(points - np.asarray(flow.ys[-1]), axis=1),
+                    np.nan,
+                )
                 for factor, flow in flows.items()
             }
             shown = result.thetas[: min(4, problem.seeds)]
@@ -177,7 +182,9 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                     ),
                     optimum_distances=None
                     if optimum is None
-                    else np.linalg.norm(points - optimum, axis=1),
+                    else np.where(
+                        converged, np.linalg.norm(points - optimum, axis=1), np.nan
+                    ),
                     sharpness_paths=np.asarray(sharpness(jnp.asarray(shown))),
                 )
             )
@@ -187,10 +194,10 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         runs = result["runs"]
         diverged = sum(int(r["result"].diverged.sum()) for r in runs)
         unretracted = sum(int((~r["converged"]).sum()) for r in runs) - diverged
-        means = np.asarray([np.mean(r["gaps"][1.0]) for r in runs])
+        means = np.asarray([np.nanmean(r["gaps"][1.0]) for r in runs])
         ratios = means[1:] / means[:-1]
         slope = float(np.polyfit(np.log(problem.etas), np.log(means), 1)[0])
-        contrast = min(np.mean(runs[-1]["gaps"][f]) for f in (0.5, 2.0))
+        contrast = min(np.nanmean(runs[-1]["gaps"][f]) for f in (0.5, 2.0))
         checks = (
             Check.compare(
                 "no_divergence",
@@ -244,11 +251,13 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             seeds=problem.seeds,
             tau=problem.tau,
             flow_constant=result["constant"],
-            distances_mean=[float(np.mean(g)) for g in gaps],
-            distances_std=[float(np.std(g)) for g in gaps],
-            distances_mean_half_constant=[float(np.mean(r["gaps"][0.5])) for r in runs],
+            distances_mean=[float(np.nanmean(g)) for g in gaps],
+            distances_std=[float(np.nanstd(g)) for g in gaps],
+            distances_mean_half_constant=[
+                float(np.nanmean(r["gaps"][0.5])) for r in runs
+            ],
             distances_mean_double_constant=[
-                float(np.mean(r["gaps"][2.0])) for r in runs
+                float(np.nanmean(r["gaps"][2.0])) for r in runs
             ],
             fitted_exponent=report.figures["fitted_exponent"],
             diverged=[int(r["result"].diverged.sum()) for r in runs],
@@ -260,7 +269,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             else float(np.linalg.norm(np.asarray(flow.ys[-1]) - optimum)),
             optimum_distances_mean=None
             if optimum is None
-            else [float(np.mean(r["optimum_distances"])) for r in runs],
+            else [float(np.nanmean(r["optimum_distances"])) for r in runs],
             theta0=np.asarray(problem.theta0),
             theta_flow_tau=np.asarray(flow.ys[-1]),
         )
@@ -270,8 +279,9 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             f"{problem.seeds} seeds\n"
             + "\n".join(
                 f"  eta = {eta:<8g} steps = {r['result'].num_steps:<9d} mean distance "
-                f"{np.mean(r['gaps'][1.0]):.3e} (c/2: {np.mean(r['gaps'][0.5]):.3e}, "
-                f"2c: {np.mean(r['gaps'][2.0]):.3e})"
+                f"{np.nanmean(r['gaps'][1.0]):.3e} "
+                f"(c/2: {np.nanmean(r['gaps'][0.5]):.3e}, "
+                f"2c: {np.nanmean(r['gaps'][2.0]):.3e})"
                 for eta, r in zip(problem.etas, runs)
             )
         )

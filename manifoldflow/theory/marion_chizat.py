@@ -77,6 +77,8 @@ def uniform_lower_bound(c: DataConstants, p, depth: int) -> float:
 def layer_lower_bound(c: DataConstants, weights) -> float:
     r"""$S(W) \ge 2a\|w^*\|^2\sum_k\|W_k\|_2^{-2}$ at any minimiser $W$ (Theorem 2)."""
     norms = [float(spectral_norms(W)) for W in weights]
+    if not all(s > 0 for s in norms):  # a zero layer: not a minimiser (w* != 0)
+        return float("inf")
     return float(2 * c.a * (c.w_star @ c.w_star) * sum(1 / s**2 for s in norms))
 
 
@@ -165,6 +167,20 @@ def _drift(path_weights) -> np.ndarray:
     )
     norms = np.max(np.stack([spectral_norms(W) for W in path_weights]), axis=0)
     return drift / np.maximum(1.0, norms**2)
+
+
+def lemma_2_epsilon(weights) -> float:
+    r"""$\varepsilon = \sum_k(\|A_k\|_2 + |\operatorname{tr}A_k|)$ (derived form): small
+    means the gradient-flow iterates stay near rank one, balanced and aligned."""
+    return float(
+        sum(np.linalg.norm(A, 2) + abs(np.trace(A)) for A in balancedness(weights))
+    )
+
+
+def balancedness_size(weights) -> float:
+    r"""$\max_k \|A_k\|_F$ (0 for a balanced network, or depth 1)."""
+    A = balancedness(weights)
+    return float(max((np.linalg.norm(Ak) for Ak in A), default=0.0))
 
 
 def rank_one_ratios(weights) -> list[float]:
@@ -278,6 +294,8 @@ def lemma_2_rank_one(weights, *, applicable: str) -> Check:
     if applicable:
         return Check.not_applicable(name, claim, applicable)
     final, initial = weights
+    if len(final) < 2:
+        return Check.not_applicable(name, claim, "depth 1: no A_j")
     A = balancedness(initial)
     slack = [float(np.linalg.norm(Aj, 2) - np.trace(Aj)) for Aj in A]
     excess = []
