@@ -246,7 +246,10 @@ class DeepLinearExperiment(AbstractExperiment):
         excess = path.loss - constants.R_min
         tolerance = max(1e-14, 1e-6 * excess[0])
         if not path.converged:
-            return False, path.message
+            return False, path.message.replace(
+                "Try increasing `max_steps`.",
+                "(1,000,000 steps): the flow is too slow or stiff from this start.",
+            )
         if excess[-1] > tolerance:
             return False, (
                 "stalled at a critical point that is not a minimiser: |grad R| is "
