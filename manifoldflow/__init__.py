@@ -67,6 +67,7 @@ from ._solution import FlowSolution as FlowSolution
 from ._solve import solve_flow as solve_flow
 from ._solver import (
     ProjectedSolver as ProjectedSolver,
+    RetractedInterpolation as RetractedInterpolation,
     ProjectedSolverState as ProjectedSolverState,
 )
 from ._stabilised import StabilisedSharpnessFlow as StabilisedSharpnessFlow

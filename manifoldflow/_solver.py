@@ -14,6 +14,43 @@ from ._projection import AbstractProjector, CholeskyProjector
 from ._retraction import AbstractRetraction, ChordRetraction
 
 
+class RetractedInterpolation(diffrax.AbstractLocalInterpolation):
+    r"""Dense output of a projected step: the inner solver's interpolant plus the
+    retraction's correction $y_1^{\rm retracted} - y_1$, added linearly in time.
+
+    It starts at the step's (retracted) start point and ends exactly at the retracted
+    end point, so output at a step end (e.g. `SaveAt(ts=...)` with the steps clipped to
+    `ts`) is the point on $\Gamma$, not the unprojected $y_1$ that interpolants built
+    from the stages alone (Tsit5's, Dopri8's) would give; inside a step it is within
+    the step's local error of $\Gamma$.
+    """
+
+    t0: Scalar
+    t1: Scalar
+    inner: diffrax.AbstractLocalInterpolation
+    correction: PyTree[Array]
+
+    def evaluate(self, t0, t1=None, left: bool = True) -> PyTree[Array]:
+        if t1 is not None:
+            return jtu.tree_map(
+                lambda b, a: b - a,
+                self.evaluate(t1, left=left),
+                self.evaluate(t0, left=left),
+            )
+        s = (t0 - self.t0) / (self.t1 - self.t0)
+        return jtu.tree_map(
+            lambda y, c: y + s * c, self.inner.evaluate(t0, left=left), self.correction
+        )
+
+
+def _retracted_interpolation(inner_cls):
+    def build(*, t0, t1, correction, **dense_info):
+        inner = inner_cls(t0=t0, t1=t1, **dense_info)
+        return RetractedInterpolation(t0, t1, inner, correction)
+
+    return build
+
+
 class ProjectedSolverState(eqx.Module):
     """The inner solver's state and a record of the last retraction.
 
@@ -38,7 +75,8 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
     the vector field afresh at the retracted start point instead of re-using the value
     at the unprojected end of the previous step; the end point $y_1$ is then retracted
     (after every step, or every `retract_every` steps) and the retracted point is what
-    diffrax sees, saves and interpolates from.
+    diffrax sees and saves; its dense output is the inner solver's plus the correction
+    (a [`manifoldflow.RetractedInterpolation`][]), so it ends at the retracted point.
 
     A retraction that does not converge fails the step the way diffrax's implicit
     solvers fail a step whose root find fails: the error estimate becomes infinite (an
@@ -74,7 +112,7 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
 
     @property
     def interpolation_cls(self):  # pyright: ignore
-        return self.solver.interpolation_cls
+        return _retracted_interpolation(self.solver.interpolation_cls)
 
     @property
     def term_compatible_contr_kwargs(self):
@@ -174,7 +212,11 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
             ),
             correction=jnp.linalg.norm(new_y1 - y1),
         )
-        dense_info = dict(dense_info, y1=new_y1)
+        inner_end = self.solver.interpolation_cls(
+            t0=t0, t1=t1, **dense_info
+        ).evaluate(t1)
+        correction = jtu.tree_map(lambda a, b: a - b, new_y1, inner_end)
+        dense_info = dict(dense_info, correction=correction)
         return new_y1, y_error, dense_info, state, result
 
     def func(self, terms, t0, y0, args):

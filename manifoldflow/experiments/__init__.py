@@ -5,6 +5,7 @@ in a new file, and one entry in `EXPERIMENTS` below. The command line builds its
 subcommands from this registry.
 """
 
+from .bench import BenchExperiment as BenchExperiment
 from .base import AbstractExperiment as AbstractExperiment, Outcome as Outcome
 from .deep_linear import DeepLinearExperiment as DeepLinearExperiment
 from .sgd_vs_flow import SGDVersusFlowExperiment as SGDVersusFlowExperiment
@@ -17,5 +18,6 @@ EXPERIMENTS: dict[str, AbstractExperiment] = {
         TwoLayerExperiment(),
         SGDVersusFlowExperiment(),
         DeepLinearExperiment(),
+        BenchExperiment(),
     )
 }
