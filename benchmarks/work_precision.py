@@ -9,6 +9,7 @@ work_precision.png.
 """
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -28,16 +29,34 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--problems", default="small,deep-linear,large")
+    parser.add_argument(
+        "--reanalyse",
+        action="store_true",
+        help="recompute the analysis and the figure from the rows already written",
+    )
     args = parser.parse_args()
-    results = []
-    for key in args.problems.split(","):
-        problem = bench.PROBLEMS[key]()
-        plan = bench.Plan.for_problem(problem, quick=args.quick)
-        results.append(bench.run_problem(problem, plan, log=lambda s: print(s, flush=True)))
+    if args.reanalyse:
+        old = json.loads((RESULTS / "work_precision.json").read_text())
+        results = [
+            dict(p, rows=[r for r in old["rows"] if r["problem"] == p["problem"]])
+            for p in old["problems"]
+        ]
+        machine_info = old["machine"]
+    else:
+        results = []
+        for key in args.problems.split(","):
+            problem = bench.PROBLEMS[key]()
+            plan = bench.Plan.for_problem(problem, quick=args.quick)
+            results.append(
+                bench.run_problem(problem, plan, log=lambda s: print(s, flush=True))
+            )
+        machine_info = machine()
     payload = dict(
-        machine=machine(),
+        machine=machine_info,
         problems=[
-            dict(problem=r["problem"], reference=r["reference"], refused=r.get("refused"))
+            dict(
+                problem=r["problem"], reference=r["reference"], refused=r.get("refused")
+            )
             for r in results
         ],
         analysis=[bench.analyse(r) for r in results],
