@@ -9,8 +9,9 @@ autodiff, J materialised), measures
 - the multiplier solve alone (J J^T lam = J grad R) with CG from zero ("cold") and
   from the multipliers of a point one small step back ("warm": what a solver could
   reuse between steps; the library's CGProjector starts cold), next to Cholesky;
-- a full `solve_flow` to |P_T grad R| <= 1e-8 (second call, compile separate), where
-  the estimated cost (evaluations x time per evaluation) fits the time cap;
+- a full `solve_flow` to |P_T grad R| <= 1e-8 (second call, compile separate) with
+  Cholesky and with CG, where the estimated cost (evaluations x time per evaluation)
+  fits the time cap (at most 500 steps: slower flows report where they stopped);
 - the peak resident memory of the process doing one size and path, and the size of
   the dense arrays each projector forms (J: n x D, Gram: n x n).
 
@@ -38,7 +39,9 @@ HERE = pathlib.Path(__file__).parent
 SHAPES = {1e3: (8, 128), 1e4: (16, 640), 1e5: (64, 1600), 1e6: (256, 4096)}
 NS = (8, 32, 128, 512, 1024)
 PROJECTORS = ("cholesky", "qr", "cg", "svd")
-EVALS_PER_SOLVE = 600  # the estimate for the solve cap (Dopri8: ~30-40 steps x 13)
+MAX_STEPS = 500  # a flow slower than this reports max_steps_reached and its |P_T grad R|
+EVALS_PER_SOLVE = 13 * MAX_STEPS  # Dopri8's 13 stages: the cost bound for the solve cap
+SOLVED = ("cholesky", "cg")  # full solves: the dense default and matrix-free CG
 
 
 def worker(m, d, n, path, solve_cap, dtype):
@@ -137,25 +140,26 @@ def worker(m, d, n, path, solve_cap, dtype):
         row["gram_bytes"] = 8 * n * n
         row["jacobian_bytes"] = 8 * n * m * d if path == "generic" else 0
         estimate = row["eval_seconds"] * EVALS_PER_SOLVE
-        if estimate > solve_cap:
+        if name not in SOLVED:
+            row["solve"] = dict(skipped="full solves only with " + ", ".join(SOLVED))
+        elif estimate > solve_cap:
             row["solve"] = dict(skipped=f"estimated {estimate:.0f} s > cap {solve_cap} s")
         else:
             try:
-                start = time.perf_counter()
-                sol = mf.solve_flow(
-                    manifold, projector=projector, stationarity=1e-8, throw=False,
-                    max_steps=5000,
-                )
-                first = time.perf_counter() - start
-                start = time.perf_counter()
-                sol = mf.solve_flow(
-                    manifold, projector=projector, stationarity=1e-8, throw=False,
-                    max_steps=5000,
-                )
-                wall = time.perf_counter() - start
+                walls = []
+                for _ in range(2):  # the second call is the run time (compiled)
+                    start = time.perf_counter()
+                    sol = mf.solve_flow(
+                        manifold, projector=projector, stationarity=1e-8, throw=False,
+                        max_steps=MAX_STEPS,
+                    )
+                    walls.append(time.perf_counter() - start)
+                    if walls[0] > 20:  # slow: one call, compile included
+                        break
                 row["solve"] = dict(
-                    seconds=wall,
-                    compile_seconds=max(0.0, first - wall),
+                    seconds=walls[-1],
+                    compile_seconds=walls[0] - walls[-1] if len(walls) == 2 else None,
+                    includes_compile=len(walls) == 1,
                     result=sol.result_name,
                     steps=int(sol.num_steps),
                     gradient_norm=float(sol.gradient_norm[-1]),
@@ -194,6 +198,9 @@ def main():
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--tag", default="", help="suffix of the output names")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--refit", action="store_true", help="refit and redraw from the written JSON"
+    )
     args = parser.parse_args()
     if args.worker:
         m, d, n, path = args.worker
@@ -202,6 +209,10 @@ def main():
     sys.path.insert(0, str(HERE))
     from _common import machine, RESULTS, write_json
 
+    if args.refit:
+        old = json.loads((RESULTS / f"scaling{args.tag}.json").read_text())
+        finish(args, old["machine"], old["results"], old["not_run"])
+        return
     shapes = dict(list(SHAPES.items())[:2]) if args.quick else SHAPES
     results, caps = [], []
     for D, (m, d) in shapes.items():
@@ -222,9 +233,19 @@ def main():
                     done = subprocess.run(
                         command, capture_output=True, text=True, timeout=args.timeout
                     )
-                except subprocess.TimeoutExpired:
-                    caps.append(dict(key, skipped=f"over {args.timeout:.0f} s"))
-                    print("   timed out", flush=True)
+                except subprocess.TimeoutExpired as timeout:
+                    # Keep the rows the worker finished (one JSON line each).
+                    text = timeout.stderr or b""
+                    text = text.decode() if isinstance(text, bytes) else text
+                    rows = [
+                        json.loads(line)
+                        for line in text.splitlines()
+                        if line.startswith('{"projector"')
+                    ]
+                    caps.append(
+                        dict(key, skipped=f"over {args.timeout:.0f} s", partial_rows=rows)
+                    )
+                    print(f"   timed out after {len(rows)} projectors", flush=True)
                     continue
                 if done.returncode != 0:
                     caps.append(dict(key, skipped=done.stderr.strip()[-300:]))
@@ -240,6 +261,14 @@ def main():
                         flush=True,
                     )
                 results.append(result)
+    finish(args, machine(), results, caps)
+
+
+def finish(args, machine_info, results, caps):
+    """Fits, crossovers, JSON and figure from the measured rows."""
+    sys.path.insert(0, str(HERE))
+    from _common import RESULTS, write_json
+
     fits = {}
     for path in ("structured", "generic"):
         for projector in PROJECTORS:
@@ -256,7 +285,9 @@ def main():
                 for r in results
                 if r["path"] == path
                 for row in r["rows"]
-                if row["projector"] == projector and "seconds" in row.get("solve", {})
+                if row["projector"] == projector
+                and row.get("solve", {}).get("result") == "stationary"
+                and not row["solve"].get("includes_compile")
             ]
             fits[f"{path}/{projector}/solve"] = fit(points)
     crossover = []
@@ -275,13 +306,21 @@ def main():
         )  # fmt: skip
     name = f"scaling{args.tag}"
     payload = dict(
-        machine=machine(), dtype=args.dtype, solve_cap_seconds=args.solve_cap,
+        machine=machine_info, dtype=args.dtype, solve_cap_seconds=args.solve_cap,
         generic_cap_nD=args.generic_cap, results=results, not_run=caps, fits=fits,
         crossover=crossover,
     )  # fmt: skip
     path = write_json(name, payload)
     plot(results, fits, RESULTS / f"{name}.png")
     print("wrote", path)
+
+
+def _solved(row):
+    """The solve's run time if it reached stationarity (compile excluded), else None."""
+    solve = row.get("solve", {})
+    if solve.get("result") == "stationary" and not solve.get("includes_compile"):
+        return solve["seconds"]
+    return None
 
 
 def plot(results, fits, path):
@@ -299,7 +338,7 @@ def plot(results, fits, path):
             for projector, marker in zip(PROJECTORS, "osD^"):
                 for n in NS:
                     pts = sorted(
-                        (r["D"], row["eval_seconds"] if key == "eval" else row["solve"].get("seconds"))
+                        (r["D"], row["eval_seconds"] if key == "eval" else _solved(row))
                         for r in mine
                         if r["n"] == n
                         for row in r["rows"]

@@ -67,8 +67,8 @@ from ._solution import FlowSolution as FlowSolution
 from ._solve import solve_flow as solve_flow
 from ._solver import (
     ProjectedSolver as ProjectedSolver,
-    RetractedInterpolation as RetractedInterpolation,
     ProjectedSolverState as ProjectedSolverState,
+    RetractedInterpolation as RetractedInterpolation,
 )
 from ._stabilised import StabilisedSharpnessFlow as StabilisedSharpnessFlow
 from ._stop import (

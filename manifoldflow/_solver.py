@@ -212,9 +212,9 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
             ),
             correction=jnp.linalg.norm(new_y1 - y1),
         )
-        inner_end = self.solver.interpolation_cls(
-            t0=t0, t1=t1, **dense_info
-        ).evaluate(t1)
+        inner_end = self.solver.interpolation_cls(t0=t0, t1=t1, **dense_info).evaluate(
+            t1
+        )
         correction = jtu.tree_map(lambda a, b: a - b, new_y1, inner_end)
         dense_info = dict(dense_info, correction=correction)
         return new_y1, y_error, dense_info, state, result

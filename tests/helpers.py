@@ -113,6 +113,16 @@ def quadrics_problem(D=5, n=2, seed=0, weights=None):
     )
 
 
+def sparse_recovery_problem(d=8, n=4, k=2, seed=0):
+    """The quadratic sparse model <u*u - v*v, z> with L = (1/2n) sum (f - y)^2, at a
+    start away from its singular points u_k^2 + v_k^2 = 0."""
+    from manifoldflow.models import sparse_init, sparse_recovery_data
+
+    Z, y, _ = sparse_recovery_data(d, n, k, seed)
+    model = sparse_init(jax.random.PRNGKey(seed), d, 1.0)
+    return mf.ZeroLossManifold(model, Z, y, loss=mf.HalfMeanSquaredLoss())
+
+
 @functools.cache
 def manifold_catalogue():
     """`(id, manifold)` for one manifold of every kind; the generic contract tests
@@ -125,6 +135,7 @@ def manifold_catalogue():
         ("mlp", mf.ZeroLossManifold(model, X, y)),
         ("deep-linear", deep_linear_problem()),
         ("quadrics", quadrics_problem(weights=jnp.array([0.5, 2.0]))),
+        ("sparse-recovery", sparse_recovery_problem()),
     )
 
 

@@ -49,23 +49,22 @@ def test_rows_say_what_the_mathematics_says(setup):
     problem, reference = setup
     plan = bench.Plan(
         tolerances=(1e-4, 1e-8),
-        adaptive=(("projected", "dopri8"), ("no-projection", "dopri8")),
+        adaptive=(("projected", "dopri8"), ("no-projection", "tsit5")),
         fixed_steps=(32, 128),
         fixed_solvers=("euler",),
         scipy_methods=("DOP853",),
         repeats=1,
     )
     result = bench.run_problem(problem, plan, log=lambda _: None)
-    rows = {
-        (r["strategy"], r["rtol"] or r["dt"]): r for r in result["rows"]
-    }
+    rows = {(r["strategy"], r["rtol"] or r["dt"]): r for r in result["rows"]}
     assert not any(r["failed"] for r in rows.values())
     for key in ("error", "R_error", "constraint_max", "vf_evals", "wall_seconds"):
         assert all(isinstance(r[key], (int, float)) for r in rows.values())
     # Retracted after every step: on Gamma at the retraction's tolerance.
     assert rows["projected", 1e-4]["constraint_max"] <= 1e-12
     assert rows["projected", 1e-8]["constraint_max"] <= 1e-12
-    # Without projection the drift off Gamma grows with the tolerance.
+    # Without projection the drift off Gamma grows with the tolerance (Tsit5: at
+    # rtol 1e-4 its steps are not limited by the output times).
     assert (
         rows["no-projection", 1e-4]["constraint_max"]
         > 10 * rows["no-projection", 1e-8]["constraint_max"]

@@ -616,7 +616,7 @@ def _describe(row):
 
 
 def analyse(result: dict, targets=tuple(10.0**-k for k in range(4, 11))) -> dict:
-    """What the rows of one problem say, per target transient error:
+    r"""What the rows of one problem say, per target transient error:
 
     - `fastest`: the fastest configuration reaching it (any strategy);
     - `fastest_manifoldflow` / `fastest_scipy` and `speedup` (SciPy wall / manifoldflow
@@ -624,11 +624,11 @@ def analyse(result: dict, targets=tuple(10.0**-k for k in range(4, 11))) -> dict
     - `fastest_on_gamma`: the fastest manifoldflow configuration that also holds
       $\max|F| \le 10^{-12}$;
     - `fewest_evals_on_gamma`: the manifoldflow configuration with the fewest
-      evaluations among those reaching it with $\\max|F| \\le 10^{-12}$, and
+      evaluations among those reaching it with $\max|F| \le 10^{-12}$, and
       `euler_evals` (the fewest of `projected-fixed-euler` reaching it, or, when no
       run did, the extrapolation `evals_finest * error_finest / target` of a
       first-order method, flagged `euler_extrapolated`) and `evals_ratio`;
-    - `drift`: $\\max|F|$ of `no-projection` per tolerance (per solver).
+    - `drift`: $\max|F|$ of `no-projection` per tolerance (per solver).
     """
     rows = [r for r in result["rows"] if "error" in r and not r["failed"]]
     ours = [r for r in rows if _is_manifoldflow(r)]

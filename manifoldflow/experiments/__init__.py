@@ -5,10 +5,13 @@ in a new file, and one entry in `EXPERIMENTS` below. The command line builds its
 subcommands from this registry.
 """
 
-from .bench import BenchExperiment as BenchExperiment
 from .base import AbstractExperiment as AbstractExperiment, Outcome as Outcome
+from .bench import BenchExperiment as BenchExperiment
 from .deep_linear import DeepLinearExperiment as DeepLinearExperiment
 from .sgd_vs_flow import SGDVersusFlowExperiment as SGDVersusFlowExperiment
+from .sparse_recovery import (
+    SparseRecoveryExperiment as SparseRecoveryExperiment,
+)
 from .two_layer import TwoLayerExperiment as TwoLayerExperiment
 
 
@@ -18,6 +21,7 @@ EXPERIMENTS: dict[str, AbstractExperiment] = {
         TwoLayerExperiment(),
         SGDVersusFlowExperiment(),
         DeepLinearExperiment(),
+        SparseRecoveryExperiment(),
         BenchExperiment(),
     )
 }

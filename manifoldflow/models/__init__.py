@@ -15,6 +15,12 @@ from .deep_linear import (
     residual_init as residual_init,
     risk as risk,
 )
+from .sparse import (
+    basis_pursuit as basis_pursuit,
+    QuadraticLinearModel as QuadraticLinearModel,
+    sparse_init as sparse_init,
+    sparse_recovery_data as sparse_recovery_data,
+)
 from .two_layer import (
     initialise_on_manifold as initialise_on_manifold,
     two_layer_data as two_layer_data,

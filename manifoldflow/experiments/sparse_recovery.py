@@ -1,0 +1,403 @@
+r"""`manifoldflow sparse-recovery`: the sharpness flow of the quadratically
+over-parametrised linear model $f_z(u, v) = \langle u\odot u - v\odot v, z\rangle$
+(Li, Wang, Arora 2022; Z. Li's open-problems slides) lands on the minimum-$\ell_1$
+interpolant, checked against basis pursuit solved independently by
+`scipy.optimize.linprog`.
+
+The singular points of $\Gamma$: along the flow the coordinates off the support of
+the limit decay exponentially ($u_k^2 + v_k^2 \to 0$), and once the limit has fewer
+than $n$ non-zeros the constraints become dependent, so $J$ turns singular (its
+smallest singular value falls to rounding). The default projector is therefore the
+SVD pseudo-inverse, which projects exactly onto $\ker J$ there (the collapsed
+directions leave the system); the conditioning reached is reported. With
+`--projector cholesky` the solve stops instead by the condition-number event
+(result `ill_conditioned`), and the comparison is made where it stopped. Where
+$\sigma_{\min}(J)$ is small but above the SVD's cut-off, $|P_T\nabla R|$ can stall
+at the integrator's noise floor with $R$ constant to rounding (result `stagnated`):
+an accepted ending here, with the checks deciding whether the limit is right.
+"""
+
+import argparse
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+from .._errors import InputError
+from ..theory import Check, Report
+from ._options import add_flow_options, check_seed, flow_options, positive_sizes
+from .base import AbstractExperiment, Outcome
+
+
+LP_TOLERANCE = 1e-9
+"""How close the flow's limit must be to the basis-pursuit solution (max-norm)."""
+UNIQUE_SPREAD = 1e-6
+"""Basis pursuit counts as having a unique solution when the minimum-l1 face is
+narrower than this (`manifoldflow.models.sparse.l1_minimiser_spread`)."""
+
+
+_ENDINGS = ("stationary", "ill_conditioned", "stagnated")
+"""How a start may end: stationary; stopped by the condition-number event (with
+`--projector cholesky`); or at the integrator's noise floor with R constant to
+rounding, which J's near-singularity (sigma_min(J) ~ 1e-9..1e-12) causes before
+|P_T grad R| reaches 1e-10 on small problems. The checks then say whether the limit
+is the right one."""
+
+
+class SparseProblem(eqx.Module):
+    Z: np.ndarray
+    y: np.ndarray
+    w_star: np.ndarray
+    w_lp: np.ndarray
+    lp_residual: float
+    lp_spread: float
+    manifold: Any
+    starts: tuple
+    options: dict
+    settings: dict
+
+
+class _Run(eqx.Module):
+    solution: Any
+    start: Any  # the model before the initial retraction
+    u: np.ndarray
+    v: np.ndarray
+    w: np.ndarray
+    singular_values: np.ndarray
+
+
+class SparseRecoveryExperiment(AbstractExperiment):
+    """`manifoldflow sparse-recovery` (see the module docstring)."""
+
+    name = "sparse-recovery"
+    help = "quadratic sparse model <u*u - v*v, z>: the flow lands on basis pursuit"
+    description = (
+        "Solve the sharpness flow of f_z(u, v) = <u*u - v*v, z> with z uniform on "
+        "{-1,1}^d, L = (1/2n) sum (f - y)^2 and labels from a k-sparse w*, from "
+        "several random starts, and check that its limit w = u*u - v*v is the "
+        "minimum-l1 interpolant (basis pursuit, solved by scipy's linprog) to 1e-9, "
+        "that Tr Hess L = 4(|u|^2 + |v|^2) on the manifold and equals 4 |w_lp|_1 at "
+        "the limit, and that u and v end with disjoint supports; report whether "
+        "w* was recovered and how ill-conditioned J became."
+    )
+    example_arguments = ("--d", "12", "--n", "6", "--k", "2", "--starts", "2")
+    figure_name = "sparse_recovery.png"
+    figure_size = (16.0, 4.0)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--d", type=int, default=50, help="dimension of w")
+        parser.add_argument("--n", type=int, default=30, help="measurements")
+        parser.add_argument("--k", type=int, default=3, help="non-zeros of w*")
+        parser.add_argument("--seed", type=int, default=0, help="data seed")
+        parser.add_argument(
+            "--starts",
+            type=int,
+            default=3,
+            help="random initialisations (seeds 0, 1, ...), each retracted onto Gamma",
+        )
+        parser.add_argument(
+            "--init-scale",
+            type=float,
+            default=0.3,
+            help="u, v start at scale * (1 + U[-1/2, 1/2]) before the retraction",
+        )
+        add_flow_options(parser)
+        parser.set_defaults(projector="svd")
+
+    def build(self, args: argparse.Namespace) -> SparseProblem:
+        import jax
+
+        import manifoldflow as mf
+
+        from ..models.sparse import (
+            basis_pursuit,
+            l1_minimiser_spread,
+            sparse_init,
+            sparse_recovery_data,
+        )
+
+        positive_sizes(d=args.d, n=args.n, k=args.k, starts=args.starts)
+        check_seed(args.seed)
+        if args.k > args.d:
+            raise InputError(
+                f"--k {args.k} > --d {args.d}: w* has at most d non-zeros."
+            )
+        if args.n > 2 * args.d:
+            raise InputError(
+                f"--n {args.n} > 2 --d = {2 * args.d}: more equations than the 2d "
+                "parameters (u, v); Gamma is generically empty. Lower --n."
+            )
+        if not (args.init_scale > 0 and np.isfinite(args.init_scale)):
+            raise InputError(f"--init-scale must be positive, got {args.init_scale}.")
+        options = flow_options(args)
+        Z, y, w_star = sparse_recovery_data(args.d, args.n, args.k, args.seed)
+        w_lp, residual = basis_pursuit(Z, y)
+        spread = l1_minimiser_spread(Z, y, float(np.sum(np.abs(w_lp))), args.seed)
+        starts = tuple(
+            sparse_init(jax.random.PRNGKey(s), args.d, args.init_scale)
+            for s in range(args.starts)
+        )
+        manifold = mf.ZeroLossManifold(starts[0], Z, y, loss=mf.HalfMeanSquaredLoss())
+        settings = dict(
+            d=args.d,
+            n=args.n,
+            k=args.k,
+            seed=args.seed,
+            starts=args.starts,
+            init_scale=args.init_scale,
+            projector=args.projector,
+            solver=args.solver,
+            stationarity=args.stationarity,
+        )
+        return SparseProblem(
+            Z, y, w_star, w_lp, residual, spread, manifold, starts, options, settings
+        )
+
+    def run(self, problem: SparseProblem, *, progress: bool) -> list[_Run]:
+        import manifoldflow as mf
+
+        runs = []
+        for start in problem.starts:
+            theta0 = mf.ZeroLossManifold(
+                start, problem.Z, problem.y, loss=mf.HalfMeanSquaredLoss()
+            ).initial_point()
+            solution = mf.solve_flow(
+                problem.manifold,
+                theta0,
+                progress=progress,
+                throw=False,
+                **problem.options,
+            )
+            theta = solution.theta_final
+            model = problem.manifold.to_parameters(theta)
+            J = np.asarray(problem.manifold.jacobian_matrix(theta))
+            runs.append(
+                _Run(
+                    solution,
+                    start,
+                    np.asarray(model.u),
+                    np.asarray(model.v),
+                    np.asarray(model.w),
+                    np.linalg.svd(J, compute_uv=False),
+                )
+            )
+            if solution.result_name == "interrupted":
+                break
+        return runs
+
+    def checks(self, problem: SparseProblem, result: list[_Run]) -> Report:
+        w_lp = problem.w_lp
+        l1 = float(np.sum(np.abs(w_lp)))
+        trace_gap = max(
+            abs(float(r.solution.sharpness[-1]) - 4 * float(r.u @ r.u + r.v @ r.v))
+            / (4 * float(r.u @ r.u + r.v @ r.v))
+            for r in result
+        )
+        distance = max(float(np.max(np.abs(r.w - w_lp))) for r in result)
+        sharpness_gap = max(
+            abs(float(r.solution.sharpness[-1]) - 4 * l1) / (4 * l1) for r in result
+        )
+        overlap = max(float(np.max(np.minimum(r.u**2, r.v**2))) for r in result)
+        l1_gap = max(abs(float(np.sum(np.abs(r.w))) - l1) / l1 for r in result)
+        violation = max(float(np.max(r.solution.constraint_violation)) for r in result)
+        checks = [
+            Check.compare(
+                "trace_on_gamma",
+                "Tr Hess L = 4(|u|^2 + |v|^2) on Gamma (L = (1/2n) sum (f - y)^2, "
+                "z in {-1,1}^d): relative difference at the limit, every start",
+                trace_gap,
+                upper=1e-12,
+            ),
+            (
+                Check.compare(
+                    "flow_limit_is_basis_pursuit",
+                    "the flattest interpolant is the minimum-l1 one: "
+                    "max|w_flow - w_lp| "
+                    "over starts, w_lp from scipy's linprog (unique here)",
+                    distance,
+                    upper=LP_TOLERANCE,
+                )
+                if problem.lp_spread <= UNIQUE_SPREAD
+                else Check.not_applicable(
+                    "flow_limit_is_basis_pursuit",
+                    "the flattest interpolant is the minimum-l1 one: "
+                    "max|w_flow - w_lp| "
+                    "over starts",
+                    f"basis pursuit has many solutions here (the minimum-l1 face is "
+                    f"{problem.lp_spread:.2g} wide): the flow may land on any of them; "
+                    "see l1_of_limit",
+                    measured=distance,
+                )
+            ),
+            Check.compare(
+                "l1_of_limit",
+                "the flow's limit is a minimum-l1 interpolant: | |w_flow|_1 - "
+                "|w_lp|_1 | / |w_lp|_1, every start",
+                l1_gap,
+                prediction=0.0,
+                upper=LP_TOLERANCE,
+            ),
+            Check.compare(
+                "sharpness_at_l1_minimum",
+                "min over Gamma of Tr Hess L is 4 |w_lp|_1: relative gap of R at the "
+                "limit, every start",
+                sharpness_gap,
+                prediction=0.0,
+                upper=LP_TOLERANCE,
+            ),
+            Check.compare(
+                "disjoint_supports",
+                "equality in |u|^2 + |v|^2 >= |u*u - v*v|_1 needs disjoint supports: "
+                "max_k min(u_k^2, v_k^2) at the limit",
+                overlap,
+                upper=LP_TOLERANCE,
+            ),
+            Check.compare(
+                "constraint_held",
+                "max|F| = max_i |f(z_i) - y_i| along every path",
+                violation,
+                upper=1e-12,
+            ),
+        ]
+        return Report(
+            tuple(checks),
+            dict(l1_lp=l1, lp_distance=distance, lp_residual=problem.lp_residual),
+        )
+
+    def summarise(self, problem: SparseProblem, result: list[_Run], report) -> Outcome:
+        w_lp, w_star = problem.w_lp, problem.w_star
+        tol = 1e-9
+        recovered = bool(np.max(np.abs(w_lp - w_star)) <= tol)
+        per_start = []
+        for i, r in enumerate(result):
+            s = r.solution
+            smin, smax = float(r.singular_values[-1]), float(r.singular_values[0])
+            per_start.append(
+                dict(
+                    start=i,
+                    result=s.result_name,
+                    num_steps=int(s.num_steps),
+                    t_final=float(s.t_final),
+                    wall_seconds=float(s.wall_seconds),
+                    R_final=float(s.sharpness[-1]),
+                    grad_norm_final=float(s.gradient_norm[-1]),
+                    lp_distance=float(np.max(np.abs(r.w - w_lp))),
+                    w_star_distance=float(np.max(np.abs(r.w - w_star))),
+                    sigma_min_J=smin,
+                    sigma_max_J=smax,
+                    numerical_rank_J=int(
+                        np.sum(r.singular_values > smax * 1e3 * np.finfo(float).eps)
+                    ),
+                    collapsed_coordinates=int(np.sum(r.u**2 + r.v**2 <= 1e-12)),
+                )
+            )
+        first = result[0]
+        finished = all(r.solution.result_name in _ENDINGS for r in result)
+        interrupted = any(r.solution.result_name == "interrupted" for r in result)
+        summary: dict[str, Any] = dict(
+            problem.settings,
+            Z=problem.Z,
+            y=problem.y,
+            w_star=w_star,
+            w_lp=w_lp,
+            lp_residual=problem.lp_residual,
+            lp_unique=bool(problem.lp_spread <= UNIQUE_SPREAD),
+            lp_face_width=problem.lp_spread,
+            l1_lp=float(np.sum(np.abs(w_lp))),
+            l1_w_star=float(np.sum(np.abs(w_star))),
+            recovered=recovered,
+            w_flow=first.w,
+            u_final=first.u,
+            v_final=first.v,
+            w_flow_all=[r.w for r in result],
+            lp_distance=max(p["lp_distance"] for p in per_start),
+            w_star_distance=max(p["w_star_distance"] for p in per_start),
+            constraint_violation_max=max(
+                float(np.max(r.solution.constraint_violation)) for r in result
+            ),
+            sigma_min_J=min(p["sigma_min_J"] for p in per_start),
+            runs=per_start,
+            result=first.solution.result_name,
+        )
+        sol = first.solution
+        support = np.flatnonzero(np.abs(w_lp) > tol)
+        off = np.setdiff1d(np.arange(w_lp.size), support)
+        ys = np.asarray(sol.ys)
+        energy = np.stack(
+            [
+                np.asarray(m.u**2 + m.v**2)
+                for m in map(problem.manifold.to_parameters, sol.ys)
+            ]
+        )
+        d = w_lp.size
+        arrays = dict(
+            ts=np.asarray(sol.ts),
+            step_ts=np.asarray(sol.step_ts),
+            sharpness=np.asarray(sol.sharpness),
+            gradient_norm=np.asarray(sol.gradient_norm),
+            constraint_violation=np.asarray(sol.constraint_violation),
+            ys=ys,
+        )
+        lines = [
+            f"sparse recovery d={d}, n={problem.y.size}, k={int(np.sum(w_star != 0))}: "
+            f"basis pursuit {'recovers' if recovered else 'does NOT recover'} w* "
+            f"(|w_lp - w*|_inf = {np.max(np.abs(w_lp - w_star)):.1e}); its solution "
+            + (
+                "is unique"
+                if problem.lp_spread <= UNIQUE_SPREAD
+                else f"is NOT unique (face width {problem.lp_spread:.2g})"
+            ),
+        ]
+        for p in per_start:
+            lines.append(
+                f"  start {p['start']}: {p['result']} after {p['num_steps']} steps "
+                f"(t = {p['t_final']:.3g}, {p['wall_seconds']:.1f} s), "
+                f"|w - w_lp|_inf = {p['lp_distance']:.1e}, |w - w*|_inf = "
+                f"{p['w_star_distance']:.1e}, sigma_min(J) = {p['sigma_min_J']:.1e} "
+                f"(rank {p['numerical_rank_J']} of {problem.y.size}), "
+                f"{p['collapsed_coordinates']} coordinates collapsed"
+            )
+        return Outcome(
+            report=report,
+            summary=summary,
+            arrays=arrays,
+            headline="\n".join(lines),
+            finished=finished,
+            interrupted=interrupted,
+            figure_data=dict(
+                w_flow=first.w,
+                w_lp=w_lp,
+                w_star=w_star,
+                step_ts=np.asarray(sol.step_ts),
+                ts=np.asarray(sol.ts),
+                sharpness=np.asarray(sol.sharpness),
+                gradient_norm=np.asarray(sol.gradient_norm),
+                R_star=4 * float(np.sum(np.abs(w_lp))),
+                energy_off=energy[:, off] if off.size else None,
+                energy_on=energy[:, support],
+            ),
+        )
+
+    def plot(self, outcome: Outcome, figure) -> None:
+        data = outcome.figure_data
+        axes = figure.subplots(1, 4)
+        figure.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.3)
+        index = np.arange(data["w_lp"].size)
+        axes[0].plot(index, data["w_star"], "s", mfc="none", ms=7, label="w*")
+        axes[0].plot(index, data["w_lp"], "x", ms=6, label="basis pursuit")
+        axes[0].plot(index, data["w_flow"], ".", ms=4, label="flow limit")
+        axes[0].set(xlabel="coordinate k", ylabel="w_k", title="limit vs LP")
+        axes[0].legend(fontsize=7)
+        gap = data["sharpness"] - data["R_star"]
+        axes[1].semilogy(data["step_ts"], np.where(gap > 0, gap, np.nan))
+        axes[1].set(xlabel="t", ylabel="R - 4|w_lp|_1", title="sharpness gap")
+        axes[2].semilogy(data["step_ts"], data["gradient_norm"])
+        axes[2].set(xlabel="t", ylabel="|P_T grad R|", title="stationarity")
+        if data["energy_off"] is not None:
+            axes[3].semilogy(data["ts"], data["energy_off"], color="0.6", lw=0.6)
+        axes[3].semilogy(data["ts"], data["energy_on"], color="C3", lw=1.2)
+        axes[3].set(
+            xlabel="t",
+            ylabel="u_k^2 + v_k^2",
+            title="support (red) vs off-support (grey)",
+        )
