@@ -335,8 +335,8 @@ def plot(results, fits, path):
         for axis, (key, label) in zip(
             row_axes, (("eval", "one evaluation"), ("solve", "solve to 1e-8"))
         ):
-            for projector, marker in zip(PROJECTORS, "osD^"):
-                for n in NS:
+            for colour, projector in enumerate(PROJECTORS):
+                for marker, n in zip("o^sDv", NS):
                     pts = sorted(
                         (r["D"], row["eval_seconds"] if key == "eval" else _solved(row))
                         for r in mine
@@ -349,10 +349,13 @@ def plot(results, fits, path):
                         axis.loglog(
                             *zip(*pts),
                             marker=marker,
-                            ms=3,
+                            color=f"C{colour}",
+                            ms=4,
                             lw=0.8,
-                            label=f"{projector} n={n}" if projector == "cholesky" or n == 128 else None,
-                        )  # fmt: skip
+                            label=projector if n == NS[0] else None,
+                        )
+            for marker, n in zip("o^sDv", NS):
+                axis.plot([], [], marker, color="k", ms=4, label=f"n={n}")
             exponents = ", ".join(
                 f"{p}: D^{f['D_exponent']:.2f} n^{f['n_exponent']:.2f}"
                 for p in PROJECTORS
