@@ -291,3 +291,19 @@ def test_deep_linear_corollary_2_needs_a_small_initialisation(tmp_path):
     assert code == 0 and checks["corollary_2_upper_bound"]["applicable"] is False
     assert "small initialisation" in checks["corollary_2_upper_bound"]["note"]
     assert summary["S_final_converged"] is True
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["bench", "--tolerances", "abc"], "comma-separated numbers"),
+        (["bench", "--problems", "foo"], "unknown foo"),
+        (["bench", "--solvers", "rk4"], "unknown rk4"),
+        (["sparse-recovery", "--k", "100"], "at most d non-zeros"),
+        (["sparse-recovery", "--n", "200"], "Gamma is generically empty"),
+    ],
+)
+def test_bench_and_sparse_recovery_name_bad_options(argv, words, tmp_path, capsys):
+    code = cli.main([*argv, *QUIET, "--out", str(tmp_path)])
+    assert code == 2
+    assert words in capsys.readouterr().err
