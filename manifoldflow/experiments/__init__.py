@@ -8,6 +8,10 @@ subcommands from this registry.
 from .base import AbstractExperiment as AbstractExperiment, Outcome as Outcome
 from .bench import BenchExperiment as BenchExperiment
 from .deep_linear import DeepLinearExperiment as DeepLinearExperiment
+from .matrix_sensing import (
+    DeepMatrixSensingExperiment as DeepMatrixSensingExperiment,
+    MatrixSensingExperiment as MatrixSensingExperiment,
+)
 from .sgd_vs_flow import SGDVersusFlowExperiment as SGDVersusFlowExperiment
 from .sparse_recovery import (
     SparseRecoveryExperiment as SparseRecoveryExperiment,
@@ -22,6 +26,8 @@ EXPERIMENTS: dict[str, AbstractExperiment] = {
         SGDVersusFlowExperiment(),
         DeepLinearExperiment(),
         SparseRecoveryExperiment(),
+        MatrixSensingExperiment(),
+        DeepMatrixSensingExperiment(),
         BenchExperiment(),
     )
 }
