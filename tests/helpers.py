@@ -123,6 +123,15 @@ def sparse_recovery_problem(d=8, n=4, k=2, seed=0):
     return mf.ZeroLossManifold(model, Z, y, loss=mf.HalfMeanSquaredLoss())
 
 
+def sensing_problem(d=3, rank=1, n=4, depth=2, seed=0):
+    """Matrix sensing <W_1...W_L, A> with Gaussian A_i and L = (1/2n) sum (f - y)^2."""
+    from manifoldflow.models.matrix_sensing import sensing_data, sensing_init
+
+    A, y, _ = sensing_data(d, rank, n, seed)
+    model = sensing_init(d, depth, 1.0, seed)
+    return mf.ZeroLossManifold(model, A, y, loss=mf.HalfMeanSquaredLoss())
+
+
 @functools.cache
 def manifold_catalogue():
     """`(id, manifold)` for one manifold of every kind; the generic contract tests
@@ -136,6 +145,8 @@ def manifold_catalogue():
         ("deep-linear", deep_linear_problem()),
         ("quadrics", quadrics_problem(weights=jnp.array([0.5, 2.0]))),
         ("sparse-recovery", sparse_recovery_problem()),
+        ("matrix-sensing", sensing_problem(depth=2)),
+        ("deep-matrix-sensing", sensing_problem(depth=3)),
     )
 
 
