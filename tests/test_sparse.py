@@ -71,3 +71,23 @@ def test_flow_lands_on_the_basis_pursuit_solution():
 def test_model_rejects_mismatched_vectors():
     with pytest.raises(mf.InputError, match="same length"):
         QuadraticLinearModel(np.ones(3), np.ones(4))
+
+
+def test_command_summary_keeps_the_inputs_and_the_comparison(tmp_path):
+    import json
+
+    from manifoldflow import cli
+
+    # d n = 1500 numbers: Z stays in summary.json (json_keys), not in summary.npz.
+    code = cli.main(
+        ["sparse-recovery", "--d", "50", "--n", "30", "--starts", "1"]
+        + ["--no-progress", "--no-cache", "--out", str(tmp_path)]
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary["checks_passed"] is True
+    assert np.asarray(summary["Z"]).shape == (30, 50)
+    for key in ("y", "w_star", "w_flow", "w_lp"):
+        assert len(summary[key]) in (30, 50), key
+    assert summary["lp_distance"] <= 1e-9
+    assert summary["constraint_violation_max"] <= 1e-12
+    assert summary["lp_unique"] is True and summary["recovered"] is True

@@ -33,13 +33,15 @@ def _json_value(value: Any) -> Any:
 
 
 def split_summary(
-    summary: dict[str, Any],
+    summary: dict[str, Any], keep: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """`(for summary.json, for summary.npz)`: numeric arrays of more than `LARGE`
-    numbers leave the JSON, which says where they went and their shape."""
+    numbers leave the JSON, which says where they went and their shape, except the
+    keys in `keep` (an experiment's inputs that belong in the JSON whatever their
+    size)."""
     small, large = {}, {}
     for key, value in summary.items():
-        if isinstance(value, (list, tuple, np.ndarray)):
+        if isinstance(value, (list, tuple, np.ndarray)) and key not in keep:
             try:
                 array = np.asarray(value)
             except ValueError:  # ragged, e.g. matrices of different shapes
@@ -61,7 +63,7 @@ def write_outcome(
     from matplotlib.figure import Figure
 
     out.mkdir(parents=True, exist_ok=True)
-    small, large = split_summary(summary)
+    small, large = split_summary(summary, experiment.json_keys)
     (out / "summary.json").write_text(json.dumps(small, allow_nan=False))
     files = ["summary.json"]
     if large:

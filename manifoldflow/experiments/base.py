@@ -62,6 +62,9 @@ class AbstractExperiment(eqx.Module):
     description: eqx.AbstractClassVar[str]
     example_arguments: eqx.AbstractClassVar[tuple[str, ...]]
     figure_name: ClassVar[str] = "convergence.png"
+    json_keys: ClassVar[tuple[str, ...]] = ()
+    """Summary keys kept in `summary.json` however large (others over ~1,000 numbers
+    go to `summary.npz`)."""
     figure_size: ClassVar[tuple[float, float]] = (15.0, 4.0)
 
     @abc.abstractmethod

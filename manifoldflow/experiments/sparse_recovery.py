@@ -82,6 +82,7 @@ class SparseRecoveryExperiment(AbstractExperiment):
     )
     example_arguments = ("--d", "12", "--n", "6", "--k", "2", "--starts", "2")
     figure_name = "sparse_recovery.png"
+    json_keys = ("Z", "y", "w_star", "w_flow", "w_lp")
     figure_size = (16.0, 4.0)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
