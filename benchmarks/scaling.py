@@ -7,8 +7,9 @@ autodiff, J materialised), measures
 - one vector-field evaluation -P_T grad R (median of repeats of a compiled loop of
   chained evaluations, per evaluation; compile separate);
 - the multiplier solve alone (J J^T lam = J grad R) with CG from zero ("cold") and
-  from the multipliers of a point one small step back ("warm": what a solver could
-  reuse between steps; the library's CGProjector starts cold), next to Cholesky;
+  from the multipliers at a point one small step along the flow ("warm": what a
+  solver could reuse between steps; the library's CGProjector starts cold), next to
+  Cholesky;
 - a full `solve_flow` to |P_T grad R| <= 1e-8 (second call, compile separate) with
   Cholesky and with CG, where the estimated cost (evaluations x time per evaluation)
   fits the time cap (at most 500 steps: slower flows report where they stopped);
@@ -39,7 +40,9 @@ HERE = pathlib.Path(__file__).parent
 SHAPES = {1e3: (8, 128), 1e4: (16, 640), 1e5: (64, 1600), 1e6: (256, 4096)}
 NS = (8, 32, 128, 512, 1024)
 PROJECTORS = ("cholesky", "qr", "cg", "svd")
-MAX_STEPS = 500  # a flow slower than this reports max_steps_reached and its |P_T grad R|
+MAX_STEPS = (
+    500  # a flow slower than this reports max_steps_reached and its |P_T grad R|
+)
 EVALS_PER_SOLVE = 13 * MAX_STEPS  # Dopri8's 13 stages: the cost bound for the solve cap
 SOLVED = ("cholesky", "cg")  # full solves: the dense default and matrix-free CG
 
@@ -112,18 +115,26 @@ def worker(m, d, n, path, solve_cap, dtype):
             lx.positive_semidefinite_tag,
         )
         solver = lx.CG(rtol=projectors["cg"].rtol, atol=1e-15, max_steps=10 * n)
-        sol = lx.linear_solve(operator, rhs, solver, options=dict(y0=guess), throw=False)
+        sol = lx.linear_solve(
+            operator, rhs, solver, options=dict(y0=guess), throw=False
+        )
         return sol.value, sol.stats["num_steps"]
 
     flow = mf.SharpnessFlow(manifold)
     velocity = eqx.filter_jit(lambda f, x: f(0.0, x, None))(flow, theta)
-    back = theta + 0.01 * velocity  # one small step back along the flow (dt = 0.01)
+    # A nearby point one small step (dt = 0.01) along the flow, not retracted: its
+    # multipliers stand in for those a solver has from its previous step.
+    near = theta + 0.01 * velocity
     zero = jnp.zeros(n, theta.dtype)
-    lam_back, _ = multipliers(manifold, back, zero, "cg")
+    lam_near, _ = multipliers(manifold, near, zero, "cg")
     solves = {}
-    for kind, guess in (("cholesky", zero), ("cg_cold", zero), ("cg_warm", lam_back)):
+    for kind, guess in (("cholesky", zero), ("cg_cold", zero), ("cg_warm", lam_near)):
         seconds, _ = timed(
-            multipliers, manifold, theta, guess, "cholesky" if kind == "cholesky" else "cg"
+            multipliers,
+            manifold,
+            theta,
+            guess,
+            "cholesky" if kind == "cholesky" else "cg",
         )
         iterations = int(multipliers(manifold, theta, guess, kind.split("_")[0])[1])
         solves[kind] = dict(seconds=seconds, iterations=iterations)
@@ -132,10 +143,14 @@ def worker(m, d, n, path, solve_cap, dtype):
     for name, projector in projectors.items():
         row = dict(projector=name)
         flow = mf.SharpnessFlow(manifold, projector)
-        single, _ = timed(eqx.filter_jit(lambda f, x: f(0.0, x, None)), flow, theta, repeats=1)
+        single, _ = timed(
+            eqx.filter_jit(lambda f, x: f(0.0, x, None)), flow, theta, repeats=1
+        )
         inner = int(min(20, max(1, 0.05 / max(single, 1e-6))))
         per, compile_s = timed(chained(inner), flow, theta, repeats=5)
-        row.update(eval_seconds=per / inner, eval_compile_seconds=compile_s, inner=inner)
+        row.update(
+            eval_seconds=per / inner, eval_compile_seconds=compile_s, inner=inner
+        )
         # The generic path materialises J (n x D); both form the n x n Gram matrix.
         row["gram_bytes"] = 8 * n * n
         row["jacobian_bytes"] = 8 * n * m * d if path == "generic" else 0
@@ -143,14 +158,19 @@ def worker(m, d, n, path, solve_cap, dtype):
         if name not in SOLVED:
             row["solve"] = dict(skipped="full solves only with " + ", ".join(SOLVED))
         elif estimate > solve_cap:
-            row["solve"] = dict(skipped=f"estimated {estimate:.0f} s > cap {solve_cap} s")
+            row["solve"] = dict(
+                skipped=f"estimated {estimate:.0f} s > cap {solve_cap} s"
+            )
         else:
             try:
                 walls = []
                 for _ in range(2):  # the second call is the run time (compiled)
                     start = time.perf_counter()
                     sol = mf.solve_flow(
-                        manifold, projector=projector, stationarity=1e-8, throw=False,
+                        manifold,
+                        projector=projector,
+                        stationarity=1e-8,
+                        throw=False,
                         max_steps=MAX_STEPS,
                     )
                     walls.append(time.perf_counter() - start)
@@ -207,7 +227,7 @@ def main():
         worker(int(m), int(d), int(n), path, args.solve_cap, args.dtype)
         return
     sys.path.insert(0, str(HERE))
-    from _common import machine, RESULTS, write_json
+    from _common import machine, RESULTS
 
     if args.refit:
         old = json.loads((RESULTS / f"scaling{args.tag}.json").read_text())
@@ -243,7 +263,9 @@ def main():
                         if line.startswith('{"projector"')
                     ]
                     caps.append(
-                        dict(key, skipped=f"over {args.timeout:.0f} s", partial_rows=rows)
+                        dict(
+                            key, skipped=f"over {args.timeout:.0f} s", partial_rows=rows
+                        )
                     )
                     print(f"   timed out after {len(rows)} projectors", flush=True)
                     continue
@@ -362,7 +384,9 @@ def plot(results, fits, path):
                 if (f := fits.get(f"{path_name}/{p}/{key}"))
             )
             axis.set(
-                xlabel="D = m d", ylabel="seconds", title=f"{path_name}: {label}\n{exponents}"
+                xlabel="D = m d",
+                ylabel="seconds",
+                title=f"{path_name}: {label}\n{exponents}",
             )
             axis.title.set_fontsize(7)
             axis.legend(fontsize=5, ncol=2)
@@ -387,7 +411,9 @@ def plot(results, fits, path):
             title=f"{path_name}: CG beats dense below 1",
         )
         axis.legend(fontsize=6)
-    figure.subplots_adjust(left=0.05, right=0.98, top=0.93, bottom=0.06, hspace=0.35, wspace=0.25)
+    figure.subplots_adjust(
+        left=0.05, right=0.98, top=0.93, bottom=0.06, hspace=0.35, wspace=0.25
+    )
     figure.savefig(path, dpi=100)
 
 

@@ -132,6 +132,28 @@ def sensing_problem(d=3, rank=1, n=4, depth=2, seed=0):
     return mf.ZeroLossManifold(model, A, y, loss=mf.HalfMeanSquaredLoss())
 
 
+class SmoothTwoLayer(eqx.Module):
+    """x -> sum_j a_j GELU(w_j^T x) with both layers trained (as in
+    `examples/smooth_two_layer_barron.py`)."""
+
+    W: jax.Array
+    a: jax.Array
+
+    def __call__(self, x):
+        return jnp.dot(self.a, jax.nn.gelu(self.W @ x, approximate=False))
+
+
+def smooth_two_layer_problem(h=3, d=3, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    model = SmoothTwoLayer(
+        jnp.asarray(rng.standard_normal((h, d))), jnp.asarray(rng.standard_normal(h))
+    )
+    y = np.asarray(jax.vmap(model)(jnp.asarray(X))) + 0.1 * rng.standard_normal(n)
+    return mf.ZeroLossManifold(model, X, y, loss=mf.HalfMeanSquaredLoss())
+
+
 @functools.cache
 def manifold_catalogue():
     """`(id, manifold)` for one manifold of every kind; the generic contract tests
@@ -147,6 +169,7 @@ def manifold_catalogue():
         ("sparse-recovery", sparse_recovery_problem()),
         ("matrix-sensing", sensing_problem(depth=2)),
         ("deep-matrix-sensing", sensing_problem(depth=3)),
+        ("smooth-two-layer", smooth_two_layer_problem()),
     )
 
 

@@ -300,7 +300,10 @@ def test_deep_linear_corollary_2_needs_a_small_initialisation(tmp_path):
         (["bench", "--problems", "foo"], "unknown foo"),
         (["bench", "--solvers", "rk4"], "unknown rk4"),
         (["sparse-recovery", "--k", "100"], "at most d non-zeros"),
-        (["sparse-recovery", "--n", "200"], "Gamma is generically empty"),
+        (["sparse-recovery", "--n", "60"], "rank at most d"),
+        (["bench", "--steps", "20"], "multiple of 16"),
+        (["bench", "--seed", "-1"], "--seed must be"),
+        (["matrix-sensing", "--n", "40"], "rank at most d^2"),
     ],
 )
 def test_bench_and_sparse_recovery_name_bad_options(argv, words, tmp_path, capsys):

@@ -123,10 +123,11 @@ class SparseRecoveryExperiment(AbstractExperiment):
             raise InputError(
                 f"--k {args.k} > --d {args.d}: w* has at most d non-zeros."
             )
-        if args.n > 2 * args.d:
+        if args.n > args.d:
             raise InputError(
-                f"--n {args.n} > 2 --d = {2 * args.d}: more equations than the 2d "
-                "parameters (u, v); Gamma is generically empty. Lower --n."
+                f"--n {args.n} > --d {args.d}: J = 2[Z diag(u), -Z diag(v)] has rank "
+                "at most d, so the n constraints are dependent and Gamma is not a "
+                "manifold of codimension n. Lower --n (compressed sensing has n < d)."
             )
         if not (args.init_scale > 0 and np.isfinite(args.init_scale)):
             raise InputError(f"--init-scale must be positive, got {args.init_scale}.")

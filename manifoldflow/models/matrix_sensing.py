@@ -79,4 +79,6 @@ def minimum_nuclear_norm(A: ArrayLike, y: ArrayLike, tol: float = 1e-8):
     constraints = [A.reshape(n, d * d) @ cp.vec(X, order="C") == y]
     problem = cp.Problem(cp.Minimize(cp.normNuc(X)), constraints)
     problem.solve(solver="CLARABEL", tol_gap_abs=tol, tol_gap_rel=tol, tol_feas=tol)
-    return np.asarray(X.value), float(problem.value), str(problem.status)
+    value = None if X.value is None else np.asarray(X.value)
+    optimum = None if problem.value is None else float(problem.value)
+    return value, optimum, str(problem.status)
