@@ -4,9 +4,11 @@ rtol=1e-11, atol=1e-13; `scipy_baseline.py`), from the same theta0.
 
 Reports (medians over `--repeats` runs):
 - solve time in-process, compilation excluded (manifoldflow's second solve);
-- the whole `manifoldflow two-layer` process (imports, compilation, report, files),
-  with a cold (empty) and with a warm persistent compilation cache, against the whole
-  SciPy script process;
+- the whole `manifoldflow two-layer` command as the console script runs it (imports,
+  compilation, report, files), against the whole SciPy script process: in its own
+  process with cold (empty) and with warm caches (`MANIFOLDFLOW_SERVER=0`), and
+  through a resident server (warm caches): the first command the server runs (it
+  loads the programs) and the commands after it;
 - in a fresh Python session with warm caches: the first `solve_flow`, and a second
   one with a new rtol and constant (which must compile nothing).
 
@@ -67,6 +69,14 @@ def run(cmd, env=None):
     return wall, out.stdout
 
 
+def _wait_for_server(launcher, env, timeout=120.0):
+    deadline = time.perf_counter() + timeout
+    while "commands served" not in run([*launcher, "server", "status"], env)[1]:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("no manifoldflow server came up")
+        time.sleep(0.2)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -78,6 +88,7 @@ def main():
         problems = problems[:1]
     rows = []
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="mf-bench-"))
+    runtime = pathlib.Path(tempfile.mkdtemp(prefix="mf"))  # the servers' sockets
     for m, d, n in problems:
         X, y, net = two_layer_data(m, d, n, seed=0)
         data = tmp / f"data_{m}_{d}_{n}.npz"
@@ -126,13 +137,18 @@ def main():
         )
         row["R_star"] = gatmiry.minimum_sharpness(manifold)
 
-        # The whole command, cold then warm compilation cache.
+        # The whole command as the console script runs it (the launcher), cold then
+        # warm caches; in its own process, and through a resident server.
         cache = tmp / f"cache_{m}_{d}_{n}"
-        env = dict(os.environ, MANIFOLDFLOW_CACHE_DIR=str(cache))
+        env = dict(
+            os.environ,
+            MANIFOLDFLOW_CACHE_DIR=str(cache),
+            MANIFOLDFLOW_SERVER="0",
+            XDG_RUNTIME_DIR=str(runtime),
+        )
+        launcher = [sys.executable, "-m", "_manifoldflow_launcher"]
         cmd = [
-            sys.executable,
-            "-m",
-            "manifoldflow.cli",
+            *launcher,
             "two-layer",
             "--m",
             str(m),
@@ -166,20 +182,34 @@ def main():
             json.loads(run([sys.executable, "-c", SESSION, str(data)], env)[1])
             for _ in range(args.repeats)
         ]
+        # Through a server: the first command starts one (after its own run), the
+        # next loads the programs into it, the ones after find them loaded.
+        served = dict(env, MANIFOLDFLOW_SERVER="1")
+        server_first, server_repeat = [], []
+        for _ in range(args.repeats):
+            run(cmd, served)
+            _wait_for_server(launcher, served)
+            server_first.append(run(cmd, served)[0])
+            server_repeat.extend(run(cmd, served)[0] for _ in range(args.repeats))
+            status = run([*launcher, "server", "stop"], served)[1]
+            assert f"{1 + args.repeats} commands served" in status, status
         row["cli_cold_process_s"] = float(np.median(cold))
         row["cli_warm_process_s"] = float(np.median(warm))
+        row["cli_server_first_s"] = float(np.median(server_first))
+        row["cli_server_repeat_s"] = float(np.median(server_repeat))
         row["session_first_solve_s"] = float(np.median([r["first"] for r in session]))
-        row["session_second_solve_s"] = float(
-            np.median([r["second"] for r in session])
-        )
+        row["session_second_solve_s"] = float(np.median([r["second"] for r in session]))
         row["cli_checks_passed"] = summary["checks_passed"]
         row["cli_solve_seconds_reported"] = summary["solve_seconds"]
 
         row["solve_ratio_manifoldflow_over_scipy"] = (
             row["manifoldflow_solve_s"] / row["scipy_solve_s"]
         )
-        row["process_ratio_cold"] = row["cli_cold_process_s"] / row["scipy_process_s"]
-        row["process_ratio_warm"] = row["cli_warm_process_s"] / row["scipy_process_s"]
+        scipy_process = row["scipy_process_s"]
+        row["process_ratio_cold"] = row["cli_cold_process_s"] / scipy_process
+        row["process_ratio_warm"] = row["cli_warm_process_s"] / scipy_process
+        row["process_ratio_server_first"] = row["cli_server_first_s"] / scipy_process
+        row["process_ratio_server_repeat"] = row["cli_server_repeat_s"] / scipy_process
         print(
             json.dumps({k: v for k, v in row.items() if k != "scipy"}, indent=1),
             flush=True,
@@ -193,13 +223,15 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     keys = [
         ("scipy_solve_s", "SciPy solve"),
         ("manifoldflow_solve_s", "mf solve"),
         ("scipy_process_s", "SciPy process"),
         ("cli_cold_process_s", "mf process cold"),
         ("cli_warm_process_s", "mf process warm"),
+        ("cli_server_first_s", "mf via server\n(1st, warm)"),
+        ("cli_server_repeat_s", "mf via server\n(repeat)"),
         ("session_first_solve_s", "mf 1st solve\n(session)"),
     ]
     width = 0.8 / len(rows)

@@ -1,6 +1,7 @@
 """How a flow solve ended: an enumeration that extends `diffrax.RESULTS`."""
 
 import diffrax
+import numpy as np
 
 
 class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
@@ -55,3 +56,13 @@ def result_name(result: RESULTS) -> str:
         if int(item._value) == value:
             return name
     raise ValueError(f"{result!r} is not a concrete manifoldflow.RESULTS item.")
+
+
+def is_result(result, item) -> bool:
+    """`result == item` for a concrete (not traced) result, compared on the host:
+    `==` on enumeration items is an eager JAX operation, staged and compiled once per
+    process."""
+    value = getattr(result, "_value", None)
+    if value is None or getattr(item, "_value", None) is None:
+        return bool(result == item)
+    return int(np.asarray(value)) == int(np.asarray(item._value))

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._manifold import AbstractManifold
-from ._results import result_name, RESULTS
+from ._results import is_result, result_name, RESULTS
 from ._retraction import RetractionSolution
 
 
@@ -61,7 +61,7 @@ class FlowSolution(eqx.Module):
     @property
     def stationary(self) -> bool:
         """Whether the solve ended at $\\|P_T\\nabla R\\| \\le$ `stationarity`."""
-        return bool(self.result == RESULTS.stationary)
+        return is_result(self.result, RESULTS.stationary)
 
     @property
     def message(self) -> str:

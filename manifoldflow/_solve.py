@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from diffrax._root_finder import use_stepsize_tol  # the tolerances diffeqsolve fills in
@@ -30,7 +31,7 @@ from ._progress import (
     TqdmProgressMeter,
 )
 from ._projection import AbstractProjector, CholeskyProjector, QRProjector
-from ._results import RESULTS
+from ._results import is_result, RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
 from ._solution import FlowSolution
 from ._solver import ProjectedSolver
@@ -202,7 +203,7 @@ def _setup(
     controller = stepsize_controller
     if controller is None:
         controller = diffrax.PIDController(
-            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
+            rtol=_on_device(rtol, dtype), atol=_on_device(atol, dtype)
         )
     if noise_floor is None:
         default = TightenTolerances if stepsize_controller is None else StopAtNoiseFloor
@@ -210,8 +211,8 @@ def _setup(
     if stop is None:  # the condition stop costs one Cholesky of J J^T per step
         forms_gram = isinstance(projector, (CholeskyProjector, QRProjector))
         stop = (ConditionStop(),) if forms_gram else ()
-    stops = (StationarityStop(jnp.asarray(stationarity, dtype)), *stop)
-    flow = SharpnessFlow(manifold, projector, jnp.asarray(constant, dtype))
+    stops = (StationarityStop(_on_device(stationarity, dtype)), *stop)
+    flow = SharpnessFlow(manifold, projector, _on_device(constant, dtype))
     psolver = ProjectedSolver(
         _with_stepsize_tolerances(solver, controller),
         manifold,
@@ -224,15 +225,20 @@ def _setup(
 
 def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
     start = manifold.initial_point()
-    theta0 = start if theta0 is None else jnp.asarray(theta0)
+    if theta0 is None:
+        theta0 = start
+    elif not isinstance(theta0, jax.Array):
+        theta0 = _on_device(theta0)
     # Coordinates in the precision of the manifold's own data, if that is wider.
-    theta0 = theta0.astype(jnp.promote_types(theta0.dtype, start.dtype))
+    dtype = jnp.promote_types(theta0.dtype, start.dtype)
+    if theta0.dtype != dtype:
+        theta0 = theta0.astype(dtype)
     if theta0.shape != (manifold.dimension,):
         raise InputError(
             f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
             f"coordinates: expected shape ({manifold.dimension},)."
         )
-    if not bool(jnp.all(jnp.isfinite(theta0))):
+    if not np.all(np.isfinite(np.asarray(theta0))):
         raise InputError("theta0 contains non-finite values (NaN or inf).")
     if theta0.dtype == jnp.float32 and min(rtol, atol, stationarity) < 1e-6:
         raise InputError(
@@ -350,9 +356,9 @@ def _initialise(integrator, retraction, theta0, t0, t1, dt0):
     retracted, state, diagnostics = integrator.initialise(
         retraction,
         theta0,
-        jnp.asarray(t0, dtype),
-        jnp.asarray(t1, dtype),
-        None if dt0 is None else jnp.asarray(dt0, dtype),
+        _on_device(t0, dtype),
+        _on_device(t1, dtype),
+        None if dt0 is None else _on_device(dt0, dtype),
     )
     if not bool(retracted.converged):
         raise InputError(_retraction_message(retracted, retraction))
@@ -429,7 +435,7 @@ class _Runner:
         self.state, self.meter_state = state, meter_state
         for target, save in segments:
             # Compared in the state's dtype: float32(0.7) < 0.7.
-            t_end = jnp.asarray(target, state.y.dtype)
+            t_end = _on_device(target, state.y.dtype)
             while _running(self.state) and float(self.state.t) < float(t_end):
                 self._window(t_end)
             if save and float(self.state.t) == float(t_end):
@@ -447,7 +453,7 @@ class _Runner:
             self.state = _with_result(state, RESULTS.max_steps_reached)
             return
         state, records = self.integrator.window(
-            state, t_end, jnp.asarray(budget), self.window
+            state, t_end, _on_device(budget), self.window
         )
         self.trajectory.add(records)
         self.state = state
@@ -479,12 +485,19 @@ class _Runner:
 
 
 def _running(state: LoopState) -> bool:
-    return bool(state.result == RESULTS.successful)
+    return is_result(state.result, RESULTS.successful)
+
+
+def _on_device(value, dtype=None) -> jax.Array:
+    """A host number or array as a JAX array, without staging a program (as
+    `jnp.asarray` of a Python scalar and `jnp.array` do, each compiled once per
+    process and shape)."""
+    return jax.device_put(np.asarray(value, dtype))
 
 
 def _final_result(state: LoopState) -> RESULTS:
     """Still `successful` after every segment: `t1` was reached."""
-    if bool(state.result == RESULTS.successful):
+    if is_result(state.result, RESULTS.successful):
         return RESULTS.t1_reached
     return state.result
 
@@ -533,9 +546,7 @@ def _failure_message(solution: FlowSolution, integrator: Integrator) -> str:
         solution.gradient_norm[-1],
         solution.constraint_violation[-1],
     )
-    gram = np.asarray(
-        _gram(integrator.flow.manifold, jnp.asarray(solution.theta_final))
-    )
+    gram = np.asarray(_gram(integrator.flow.manifold, _on_device(solution.theta_final)))
     eigenvalues = np.linalg.eigvalsh(gram)
     condition = eigenvalues[-1] / eigenvalues[0] if eigenvalues[0] > 0 else math.inf
     advice = _ADVICE.get(solution.result_name, "")

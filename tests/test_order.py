@@ -97,4 +97,7 @@ def test_dense_output_ends_on_the_manifold(problem, solver):
     dense = np.stack([np.asarray(solution.evaluate(t)) for t in ts[1:]])
     np.testing.assert_allclose(dense, np.asarray(solution.ys)[1:], atol=1e-13)
     middle = 0.5 * (ts[1] + ts[2])
-    assert np.max(np.abs(np.asarray(manifold.constraint(solution.evaluate(middle))))) < 1e-4
+    assert (
+        np.max(np.abs(np.asarray(manifold.constraint(solution.evaluate(middle)))))
+        < 1e-4
+    )

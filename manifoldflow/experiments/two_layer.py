@@ -11,6 +11,7 @@ import numpy as np
 
 from .._errors import InputError
 from .._manifold import check_data
+from .._programs import persistent_jit
 from ..theory import Report
 from ._options import (
     add_flow_options,
@@ -128,12 +129,12 @@ def _network(args, X, y, a):
     if not (args.init_scale >= 0 and math.isfinite(args.init_scale)):
         raise InputError(f"--init-scale must be >= 0, got {args.init_scale}.")
     activation = activation_from_name(args.activation, args.beta)
-    key = jax.random.PRNGKey(args.seed)
     m, d = a.size, X.shape[1]
     if np.all(a > 0):
         return initialise_on_manifold(
-            key, X, y, m, a=a, activation=activation, init_scale=args.init_scale
+            args.seed, X, y, m, a=a, activation=activation, init_scale=args.init_scale
         )
+    key = jax.random.PRNGKey(args.seed)
     theta = args.init_scale * np.asarray(jax.random.normal(key, (m, d))) / np.sqrt(d)
     return TwoLayerNet(theta, a, activation)
 
@@ -265,31 +266,41 @@ def _constraint_tolerance(problem: TwoLayerProblem, solution) -> float:
 
     retraction = mf.ChordRetraction()
     scale = max(1.0, float(np.max(np.abs(problem.y))))
-    net = solution.manifold.to_parameters(solution.theta_final)
-    a, Z = np.asarray(net.a), np.asarray(net.theta) @ problem.X.T
-    terms = np.abs(a[:, None] * np.asarray(net.activation(Z))).sum(0) + np.abs(
-        problem.y
-    )
+    structured = problem.structured
+    a = np.asarray(structured.a)
+    Z = _full_theta(problem, solution.theta_final) @ problem.X.T
+    values = np.asarray(_activation_values(structured.activation, Z))
+    terms = np.abs(a[:, None] * values).sum(0) + np.abs(problem.y)
     rounding = (a.size + 1) * _EPS * float(np.max(terms))
     return max(retraction.atol, retraction.rtol * scale) + rounding
 
 
+@persistent_jit
+def _activation_values(activation, Z):
+    return activation(Z)
+
+
+def _full_theta(problem: TwoLayerProblem, theta) -> np.ndarray:
+    """Theta (m, d) from the coordinates of either path, in NumPy."""
+    structured = problem.structured
+    theta = np.asarray(theta).reshape(problem.settings["m"], -1)
+    if problem.manifold is not structured:
+        return theta
+    return np.asarray(structured.theta_perp) + theta @ np.asarray(structured.basis).T
+
+
 def _summarise(problem: TwoLayerProblem, solution, report: Report) -> Outcome:
-    structured, figures = problem.structured, report.figures
-    m = problem.settings["m"]
-    perp, basis = np.asarray(structured.theta_perp), np.asarray(structured.basis)
-
-    def full(theta):  # Theta (m, d) from the coordinates of either path, in NumPy
-        theta = np.asarray(theta).reshape(m, -1)
-        return perp + theta @ basis.T if problem.manifold is structured else theta
-
+    figures = report.figures
     stride = max(1, len(solution.ts) // 400)
     index = np.unique(
         np.r_[np.arange(0, len(solution.ts), stride), len(solution.ts) - 1]
     )
-    features = np.stack([full(solution.ys[i]) @ problem.X.T for i in index])
+    features = np.stack(
+        [_full_theta(problem, solution.ys[i]) @ problem.X.T for i in index]
+    )
     singular_values = np.linalg.svd(features, compute_uv=False)
-    theta0, theta_final = full(solution.ys[0]), full(solution.theta_final)
+    theta0 = _full_theta(problem, solution.ys[0])
+    theta_final = _full_theta(problem, solution.theta_final)
     summary = dict(
         experiment="two-layer",
         **problem.settings,

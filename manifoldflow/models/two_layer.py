@@ -116,11 +116,12 @@ class TwoLayerManifold(AbstractManifold):
         X_np, theta = np.asarray(X), np.asarray(net.theta)
         basis, _ = np.linalg.qr(X_np.T)  # (d, k), X^T = Q R
         u0 = theta @ basis
-        self.basis = jnp.asarray(basis)
-        self.coefficients = jnp.asarray(X_np @ basis)  # L, (n, k)
-        self.data_gram = jnp.asarray(X_np @ X_np.T)
-        self.u0 = jnp.asarray(u0)
-        self.theta_perp = jnp.asarray(theta - u0 @ basis.T)
+        # (`device_put`: `jnp.array` and `jnp.asarray` may stage a program each.)
+        self.basis = jax.device_put(basis)
+        self.coefficients = jax.device_put(X_np @ basis)  # L, (n, k)
+        self.data_gram = jax.device_put(X_np @ X_np.T)
+        self.u0 = jax.device_put(u0)
+        self.theta_perp = jax.device_put(theta - u0 @ basis.T)
 
     @property
     def num_constraints(self) -> int:
@@ -131,7 +132,9 @@ class TwoLayerManifold(AbstractManifold):
         return self.u0.size
 
     def initial_point(self):
-        return self.u0.reshape(-1)
+        if isinstance(self.u0, jax.core.Tracer):
+            return self.u0.reshape(-1)
+        return jax.device_put(np.asarray(self.u0).reshape(-1))  # no staged reshape
 
     def constraint_scale(self):
         return jnp.maximum(1.0, jnp.max(jnp.abs(self.y)))
@@ -182,7 +185,9 @@ class TwoLayerManifold(AbstractManifold):
 @persistent_jit
 def _random_draws(key, m, n, d, init_scale):
     """The random shares (softmax over neurons) and off-span directions, in one
-    compiled call."""
+    compiled call; `key` may be an integer seed (made a key here, not eagerly)."""
+    if key.ndim == 0 and jnp.issubdtype(key.dtype, jnp.integer):
+        key = jax.random.PRNGKey(key)
     k_share, k_perp = jax.random.split(key)
     shares = jax.nn.softmax(init_scale * jax.random.normal(k_share, (m, n)), axis=0)
     return shares, jax.random.normal(k_perp, (m, d))
@@ -194,7 +199,7 @@ def _inverse(activation, u):
 
 
 def initialise_on_manifold(
-    key: jax.Array,
+    key: jax.Array | int,
     X: ArrayLike,
     y: ArrayLike,
     m: int,
@@ -213,8 +218,11 @@ def initialise_on_manifold(
     $\theta_j^\top x_i$ are those of $y_i/a_j$: the sign-consistent start that
     Theorem 3.3 needs for the `cube` activation. `init_scale = 0` gives the optimum
     of Theorem 3.3 (for equal $a$) plus nothing off the span. Needs `a > 0`
-    elementwise and linearly independent rows of `X`.
+    elementwise and linearly independent rows of `X`. `key` is a PRNG key or an
+    integer seed (the same draws as `jax.random.PRNGKey(seed)`).
     """
+    if isinstance(key, (int, np.integer)):
+        key = np.asarray(key, dtype=np.int64)
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n, d = X.shape

@@ -90,7 +90,7 @@ def _derivatives_jit(activation, z):
 def _derivatives(activation, z) -> tuple[np.ndarray, ...]:
     """The first three derivatives of the activation at `z`, as NumPy arrays, in one
     compiled call (eager calls would each be traced)."""
-    return tuple(np.asarray(x) for x in _derivatives_jit(activation, jnp.asarray(z)))
+    return tuple(np.asarray(x) for x in _derivatives_jit(activation, np.asarray(z)))
 
 
 @persistent_jit
@@ -167,7 +167,7 @@ def optimum_features(manifold: TwoLayerManifold) -> np.ndarray | None:
     if np.ptp(a) > 0 or a[0] == 0:
         return None
     return np.asarray(
-        _inverse(manifold.activation, jnp.asarray(manifold.y) / (a.size * a[0]))
+        _inverse(manifold.activation, np.asarray(manifold.y) / (a.size * a[0]))
     )
 
 
