@@ -24,7 +24,9 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -69,6 +71,13 @@ _ENVIRONMENT_PREFIXES = (
     "XDG_",
 )
 _ENVIRONMENT_NAMES = ("HOME", "PATH", "TMPDIR", "LANG", "LC_ALL")
+# Accelerator plugins of JAX: where one is installed, no server (see `may_serve_here`).
+_ACCELERATOR_PLUGINS = (
+    "jax_plugins",
+    "libtpu",
+    "jax_cuda12_plugin",
+    "jax_cuda13_plugin",
+)
 
 # Frames: one byte of kind, four of length, the payload.
 REQUEST = b"r"  # client -> server: the command (JSON), or a control word
@@ -89,15 +98,16 @@ def run() -> None:
         sys.exit(server_command(argv[1:]))
     then = None
     if server_enabled(argv):
-        # Before importing JAX, which sets environment variables of its own.
-        key = server_key()
+        # Before importing JAX, which sets environment variables of its own: the
+        # server gets this environment, and computes the same key from it.
+        key, environment = server_key(), dict(os.environ)
         code = send_to_server(argv, started, key)
         if code is not None:
             _exit(code)
-        then = lambda: start_server(key)  # after the command, for the next ones
-    from manifoldflow.cli import run as run_here
+        then = lambda: start_server(key, environment)  # for the next commands
+    from manifoldflow.cli import fast_exit, run as run_here
 
-    run_here(argv, started=started, then=then)
+    run_here(argv, started=started, then=then, exit=fast_exit)
 
 
 def server_enabled(argv: list[str]) -> bool:
@@ -108,6 +118,9 @@ def server_enabled(argv: list[str]) -> bool:
         return False
     if os.name != "posix" or not hasattr(socket, "AF_UNIX"):
         return False
+    for name in ("MANIFOLDFLOW_CACHE_DIR", "XDG_CACHE_HOME"):
+        if not os.path.isabs(os.environ.get(name) or "/"):  # depends on the folder
+            return False
     return server_directory() is not None
 
 
@@ -124,8 +137,10 @@ def server_directory() -> pathlib.Path | None:
         directory = pathlib.Path(temporary) / f"manifoldflow-{os.getuid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        status = directory.stat()
+        status = directory.lstat()  # not a symbolic link's target
     except OSError:
+        return None
+    if not stat.S_ISDIR(status.st_mode):
         return None
     if status.st_uid != os.getuid() or status.st_mode & 0o077:
         return None
@@ -150,7 +165,15 @@ def installed_files() -> str:
     """A digest of the installed packages' and the library's files, by path, time
     and size: a server whose files changed stops serving."""
     digest = hashlib.sha256()
-    for package in _PACKAGES:
+    launcher = pathlib.Path(__file__)
+    digest.update(f"{launcher} {launcher.stat().st_mtime_ns}\0".encode())
+    # Every installed distribution by name and version (an upgrade renames its
+    # folder), then the files of the packages a command loads.
+    for entry in sys.path:
+        if entry.endswith(("site-packages", "dist-packages")) and os.path.isdir(entry):
+            names = sorted(n for n in os.listdir(entry) if n.endswith(".dist-info"))
+            digest.update(f"{entry}: {' '.join(names)}\0".encode())
+    for package in (*_PACKAGES, *_ACCELERATOR_PLUGINS):
         spec = importlib.util.find_spec(package)
         origin = getattr(spec, "origin", None)
         digest.update(f"{package}={origin}\0".encode())
@@ -172,6 +195,18 @@ def socket_path(directory: pathlib.Path, key: str) -> pathlib.Path:
     return directory / f"{key}.sock"
 
 
+def may_serve_here() -> str | None:
+    """Why no server may run for this environment (`None`: one may). An idle server
+    holding a GPU's or TPU's memory would starve other processes, so a server runs
+    only where JAX can use nothing but the CPU."""
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return None
+    for plugin in _ACCELERATOR_PLUGINS:
+        if importlib.util.find_spec(plugin) is not None:
+            return f"an accelerator plugin of JAX is installed ({plugin})"
+    return None
+
+
 def send_to_server(argv: list[str], started: float, key: str) -> int | None:
     """Run the command in the server for `key` (see `server_key`); its exit code, or
     `None` when no server took it (then nothing ran)."""
@@ -181,6 +216,8 @@ def send_to_server(argv: list[str], started: float, key: str) -> int | None:
     path = socket_path(directory, key)
     if len(os.fsencode(path)) > 100:  # the limit on socket paths
         return None
+    if not path.exists() or _locked(directory / f"{key}.busy"):
+        return None  # no server, or a busy one: run here at once
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.settimeout(ACCEPT_TIMEOUT)
@@ -210,42 +247,49 @@ def send_to_server(argv: list[str], started: float, key: str) -> int | None:
 
 
 def _relay(connection: socket.socket) -> int:
-    """Write the server's output here until its exit code; Ctrl-C interrupts the
-    command in the server (which then writes what it has, as in a process)."""
-    interrupted = False
-    while True:
+    """Write the server's output here until its exit code. Ctrl-C interrupts the
+    command in the server, which then writes what it has, as in its own process; a
+    second one interrupts that too; a third gives up waiting."""
+    interrupts = 0
+
+    def interrupt(signum, frame) -> None:  # returns: the interrupted read resumes
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts >= 3:
+            _exit(130)
         try:
-            kind, payload = read_frame(connection)
-        except KeyboardInterrupt:
-            if interrupted:  # a second Ctrl-C: give up on the server
-                return 130
-            interrupted = True
-            try:
-                send_frame(connection, INTERRUPT)
-            except OSError:
-                return 130
-            continue
+            send_frame(connection, INTERRUPT)
         except OSError:
-            kind, payload = None, b""
-        if kind == STDOUT:
-            _write(sys.stdout, payload)
-        elif kind == STDERR:
-            _write(sys.stderr, payload)
-        elif kind == EXIT:
-            return int(payload.decode())
-        else:
-            print(
-                "manifoldflow: the server running this command stopped before it "
-                "finished; run it again with --no-server (the server's log is in "
-                f"{server_directory()}).",
-                file=sys.stderr,
-            )
-            return 1
+            _exit(130)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        while True:
+            try:
+                kind, payload = read_frame(connection)
+            except OSError:
+                kind, payload = None, b""
+            if kind == STDOUT:
+                _write(sys.stdout, payload)
+            elif kind == STDERR:
+                _write(sys.stderr, payload)
+            elif kind == EXIT:
+                return int(payload.decode())
+            else:
+                print(
+                    "manifoldflow: the server running this command stopped before it "
+                    "finished; run it again with --no-server (the server's log is in "
+                    f"{server_directory()}).",
+                    file=sys.stderr,
+                )
+                return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def start_server(key: str) -> None:
-    """Start a server for `key` in the background, unless one runs or is starting
-    (it holds the key's lock)."""
+def start_server(key: str, environment: dict[str, str]) -> None:
+    """Start a server for `key` in the background, with `environment`, unless one
+    runs or is starting (it holds the key's lock) or none may run here."""
     directory = server_directory()
     if directory is None:
         return
@@ -253,7 +297,11 @@ def start_server(key: str) -> None:
         directory, key
     ):
         return
-    if (directory / f"{key}.unserved").exists():  # e.g. a GPU: see the server
+    unserved = directory / f"{key}.unserved"
+    reason = may_serve_here()
+    if reason is not None or unserved.exists():
+        if reason is not None:
+            unserved.write_text(f"no server: {reason}\n")
         return
     try:
         log = open(directory / f"{key}.log", "ab")
@@ -261,21 +309,32 @@ def start_server(key: str) -> None:
         return
     with log:
         subprocess.Popen(
-            [sys.executable, "-m", "manifoldflow._server", key],
+            # -P: the server's imports come from where the command's came from (its
+            # key says so), never from its working folder.
+            [sys.executable, "-P", "-m", "_manifoldflow_launcher", "--serve", key],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            cwd=directory,
+            cwd="/",
+            env=environment,
             start_new_session=True,  # not stopped by the terminal's Ctrl-C
         )
 
 
 def server_alive(directory: pathlib.Path, key: str) -> bool:
     """Whether a server for `key` holds its lock (runs, or is starting)."""
+    return _locked(directory / f"{key}.lock")
+
+
+def _locked(path: pathlib.Path) -> bool:
+    """Whether a process holds an exclusive `flock` on `path` (`True` when that
+    cannot be told)."""
     import fcntl
 
+    if not path.exists():
+        return False
     try:
-        with open(directory / f"{key}.lock", "a") as lock:
+        with open(path, "a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -283,7 +342,7 @@ def server_alive(directory: pathlib.Path, key: str) -> bool:
             fcntl.flock(lock, fcntl.LOCK_UN)
             return False
     except OSError:
-        return True  # cannot tell: start none
+        return True
 
 
 def server_command(argv: list[str]) -> int:
@@ -300,6 +359,8 @@ def server_command(argv: list[str]) -> int:
     found = 0
     for path in sockets:
         reply = _control(path, argv[0])
+        if reply is None and _locked(path.with_suffix(".busy")):
+            reply = _busy(path, argv[0])
         if reply is None:
             continue
         found += 1
@@ -309,10 +370,25 @@ def server_command(argv: list[str]) -> int:
     return 0
 
 
+def _busy(path: pathlib.Path, command: str) -> str:
+    """A server busy with a command: its pid; `stop` ends it with SIGTERM."""
+    try:
+        pid = int(path.with_suffix(".pid").read_text())
+    except (OSError, ValueError):
+        return "busy with a command"
+    if command == "stop":
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            return f"pid {pid}, busy with a command (could not be stopped)"
+        return f"stopped: pid {pid}, which was busy with a command"
+    return f"pid {pid}, busy with a command"
+
+
 def _control(path: pathlib.Path, command: str) -> str | None:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.settimeout(ACCEPT_TIMEOUT)
+        connection.settimeout(0.3 if _locked(path.with_suffix(".busy")) else 5.0)
         connection.connect(os.fspath(path))
         send_frame(connection, REQUEST, json.dumps({"control": command}).encode())
         kind, payload = read_frame(connection)
@@ -366,5 +442,27 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def serve(key: str) -> None:
+    """Become the server for `key` (`python -P -m _manifoldflow_launcher --serve
+    KEY`), unless none may run here or this process finds other files or another
+    environment than the command's did: checked before importing manifoldflow, whose
+    import sets environment variables of JAX's."""
+    directory = server_directory()
+    if directory is None:
+        return
+    reason = may_serve_here()
+    if reason is None and server_key() != key:
+        reason = "a server would load other files than the command's own process"
+    if reason is not None:
+        (directory / f"{key}.unserved").write_text(f"no server: {reason}\n")
+        return
+    from manifoldflow._server import serve as serve_commands
+
+    serve_commands(key)
+
+
 if __name__ == "__main__":
-    run()
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2])
+    else:
+        run()

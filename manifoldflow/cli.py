@@ -30,6 +30,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser(experiments) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="manifoldflow",
+        allow_abbrev=False,  # the launcher reads --no-server and --no-cache whole
         description="Solve the Riemannian sharpness flow on a zero-loss manifold to "
         "high precision and check the theory's predictions.",
     )
@@ -40,6 +41,7 @@ def _parser(experiments) -> argparse.ArgumentParser:
             help=experiment.help,
             description=experiment.description,
             formatter_class=_Formatter,
+            allow_abbrev=False,
         )
         experiment.add_arguments(p)
         common = p.add_argument_group("output")
@@ -130,19 +132,17 @@ def main(argv=None, *, started: float | None = None) -> int:
     return 0 if passed else 1
 
 
-def run(argv=None, *, started: float | None = None, then=None) -> None:
+def run(argv=None, *, started: float | None = None, then=None, exit=sys.exit) -> None:
     """A command in this process: [`main`][manifoldflow.cli.main], then `then()`
-    (if given), then a fast exit.
-
-    Everything is written and closed when `main` returns. Tearing the interpreter
-    down after that (JAX's runtime and several hundred modules) takes about half a
-    second, so the command flushes its output, runs the `atexit` handlers and exits
-    without it. An unexpected exception still ends the usual way, with a traceback.
-    """
+    (if given; a failure there is reported, not raised), then `exit(code)`. The
+    console command passes [`fast_exit`][manifoldflow.cli.fast_exit]."""
     code = exit_code(main, argv, started=started)
     if then is not None:
-        then()
-    fast_exit(code)
+        try:
+            then()
+        except Exception as error:  # the command itself is done
+            print(f"manifoldflow: started no server ({error})", file=sys.stderr)
+    exit(code)
 
 
 def exit_code(main, argv, **kwargs) -> int:
@@ -159,7 +159,11 @@ def exit_code(main, argv, **kwargs) -> int:
 
 def fast_exit(code: int) -> None:
     """Flush, run the `atexit` handlers, and end the process without tearing the
-    interpreter down."""
+    interpreter down: everything is written and closed when a command returns, and
+    the teardown (JAX's runtime and several hundred modules) takes about half a
+    second. Under a profiler or tracer, a normal exit (they write at exit)."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

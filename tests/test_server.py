@@ -119,3 +119,19 @@ def test_a_command_through_the_server_is_the_command(tmp_path):
         time.sleep(0.2)
     assert "no manifoldflow server is running" in _status(env, tmp_path)
     shutil.rmtree(runtime)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="servers need Unix sockets")
+def test_a_server_that_would_load_other_files_refuses(tmp_path):
+    runtime = pathlib.Path(tempfile.mkdtemp(prefix="mf"))
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), JAX_PLATFORMS="cpu")
+    key = "0" * 24  # not what this environment gives
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "_manifoldflow_launcher", "--serve", key],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    marker = runtime / "manifoldflow" / f"{key}.unserved"
+    assert "other files" in marker.read_text()
+    assert not list((runtime / "manifoldflow").glob("*.sock"))
+    shutil.rmtree(runtime)
