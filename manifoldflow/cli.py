@@ -31,6 +31,9 @@ def _parser(experiments) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="manifoldflow",
         allow_abbrev=False,  # the launcher reads --no-server and --no-cache whole
+        epilog="`manifoldflow server status` lists the resident servers that keep "
+        "manifoldflow loaded between commands, `manifoldflow server stop` stops them "
+        "(see --no-server in an experiment's --help).",
         description="Solve the Riemannian sharpness flow on a zero-loss manifold to "
         "high precision and check the theory's predictions.",
     )
