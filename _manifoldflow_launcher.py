@@ -433,12 +433,17 @@ def _write(stream, payload: bytes) -> None:
         pass
 
 
-def _exit(code: int) -> None:
+def flush_streams() -> None:
+    """Flush stdout and stderr, ignoring a closed pipe (`| head`)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def _exit(code: int) -> None:
+    flush_streams()
     os._exit(code)
 
 

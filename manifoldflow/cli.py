@@ -165,19 +165,13 @@ def fast_exit(code: int) -> None:
     interpreter down: everything is written and closed when a command returns, and
     the teardown (JAX's runtime and several hundred modules) takes about half a
     second. Under a profiler or tracer, a normal exit (they write at exit)."""
+    from _manifoldflow_launcher import flush_streams
+
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`| head`)
-            pass
+    flush_streams()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_streams()
     os._exit(code)
 
 
