@@ -88,7 +88,8 @@ def main():
         problems = problems[:1]
     rows = []
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="mf-bench-"))
-    runtime = pathlib.Path(tempfile.mkdtemp(prefix="mf"))  # the servers' sockets
+    # The servers' sockets: a short path (a socket's is limited to about 100 bytes).
+    runtime = pathlib.Path(tempfile.mkdtemp(prefix="mf", dir="/tmp"))
     for m, d, n in problems:
         X, y, net = two_layer_data(m, d, n, seed=0)
         data = tmp / f"data_{m}_{d}_{n}.npz"

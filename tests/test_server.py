@@ -51,6 +51,12 @@ def test_a_shared_folder_gets_no_server(monkeypatch, tmp_path):
     assert launcher.server_directory() == tmp_path / f"manifoldflow-{os.getuid()}"
 
 
+def _short_folder() -> pathlib.Path:
+    """A new private folder with a short path (a socket's is limited to about 100
+    bytes; $TMPDIR may be long)."""
+    return pathlib.Path(tempfile.mkdtemp(prefix="mf", dir="/tmp"))
+
+
 def _command(*arguments, env, cwd):
     return subprocess.run(
         [sys.executable, "-m", "_manifoldflow_launcher", *arguments],
@@ -64,7 +70,7 @@ def _status(env, cwd) -> str:
 
 @pytest.mark.skipif(os.name != "posix", reason="servers need Unix sockets")
 def test_a_command_through_the_server_is_the_command(tmp_path):
-    runtime = pathlib.Path(tempfile.mkdtemp(prefix="mf"))  # short: a socket's path
+    runtime = _short_folder()
     env = dict(
         os.environ,
         MANIFOLDFLOW_SERVER="1",
@@ -123,7 +129,7 @@ def test_a_command_through_the_server_is_the_command(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="servers need Unix sockets")
 def test_a_server_that_would_load_other_files_refuses(tmp_path):
-    runtime = pathlib.Path(tempfile.mkdtemp(prefix="mf"))
+    runtime = _short_folder()
     env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), JAX_PLATFORMS="cpu")
     key = "0" * 24  # not what this environment gives
     done = subprocess.run(
