@@ -18,9 +18,8 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import equinox as eqx
 import lineax as lx
-import numpy as np
-
 import manifoldflow as mf
+import numpy as np
 from manifoldflow.models import TwoLayerManifold
 
 

@@ -13,8 +13,7 @@ from ._descent import (
 )
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
-from ._jax_config import cache_dir as cache_dir, enable_caches as enable_caches
-from ._loop import StepDiagnostics as StepDiagnostics
+from ._loop import FlowState as FlowState, StepDiagnostics as StepDiagnostics
 from ._loss import (
     AbstractLoss as AbstractLoss,
     HalfMeanSquaredLoss as HalfMeanSquaredLoss,
@@ -31,12 +30,6 @@ from ._noise_floor import (
     IgnoreNoiseFloor as IgnoreNoiseFloor,
     StopAtNoiseFloor as StopAtNoiseFloor,
     TightenTolerances as TightenTolerances,
-)
-from ._progress import (
-    AbstractProgressMeter as AbstractProgressMeter,
-    CallbackProgressMeter as CallbackProgressMeter,
-    NoProgressMeter as NoProgressMeter,
-    TqdmProgressMeter as TqdmProgressMeter,
 )
 from ._projection import (
     AbstractProjector as AbstractProjector,
@@ -64,7 +57,7 @@ from ._sharpness import (
     TraceEstimate as TraceEstimate,
 )
 from ._solution import FlowSolution as FlowSolution
-from ._solve import solve_flow as solve_flow
+from ._solve import flow_solve as flow_solve, solve_flow as solve_flow
 from ._solver import (
     ProjectedSolver as ProjectedSolver,
     ProjectedSolverState as ProjectedSolverState,

@@ -1,12 +1,24 @@
-"""Process-wide JAX settings for high-precision solves: float64, and the caches that
-let a second Python process skip what the first compiled and traced."""
+"""Process-wide JAX settings of the command line: float64, and JAX's persistent
+compilation cache (keyed by the compiled program itself) in a private folder.
+
+In Python, both are the user's choice:
+
+```python
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_compilation_cache_dir", "/path/to/a/private/folder")
+```
+"""
 
 import os
 import pathlib
+import stat
+import sys
+
+import jax
 
 
 def cache_dir() -> pathlib.Path:
-    """The default cache folder: `$MANIFOLDFLOW_CACHE_DIR`, else
+    """The command line's compilation cache folder: `$MANIFOLDFLOW_CACHE_DIR`, else
     `$XDG_CACHE_HOME/manifoldflow/jax`, else `~/.cache/manifoldflow/jax`."""
     if "MANIFOLDFLOW_CACHE_DIR" in os.environ:
         return pathlib.Path(os.environ["MANIFOLDFLOW_CACHE_DIR"])
@@ -14,49 +26,41 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "manifoldflow" / "jax"
 
 
-def enable_caches(
-    directory: str | os.PathLike | None = None, *, programs: bool = True
-) -> pathlib.Path:
-    """Keep what is compiled and traced across Python processes.
-
-    Turns on JAX's persistent compilation cache in `directory` and, with `programs`,
-    manifoldflow's cache of exported programs in `directory/programs`: the step loop
-    and the initialisation of [`manifoldflow.solve_flow`][] are then loaded rather
-    than traced in a new process (about half a second per solve set-up on a small
-    problem). Call it once at the start of a script; `manifoldflow` commands call it
-    unless given `--no-cache`.
-
-    Programs are keyed by shapes, dtypes, options, the versions of Python, JAX and
-    the packages involved, the source of manifoldflow and the source files of the
-    modules whose objects a solve is given (a user's model): a change in any of them
-    traces anew. An edit to a module that those objects only call into is not seen;
-    clear `directory/programs` after one, or pass `programs=False`.
-
-    **Arguments:**
-
-    - `directory`: the cache folder (created if missing); default
-      [`manifoldflow.cache_dir`][].
-    - `programs`: also keep traced programs (`False`: only compiled ones).
-
-    **Returns:** the cache folder.
-    """
-    import jax
-
-    from ._programs import set_program_directory
-
-    path = cache_dir() if directory is None else pathlib.Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    set_program_directory(path / "programs" if programs else None)
-    return path
+def private_folder(path: pathlib.Path) -> str | None:
+    """Create `path` (mode 0700) if missing; `None` if it is a folder owned by this
+    user that no one else can write to, else why it is not."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+    except OSError as error:
+        return f"cannot create or read it ({error.strerror or error})"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return "it belongs to another user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"others can write to it (mode {stat.S_IMODE(info.st_mode):o})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "it is not writable"
+    return None
 
 
 def configure_jax(*, cache: bool = True) -> None:
-    """Enable float64 and (with `cache`) [`manifoldflow.enable_caches`][]."""
-    import jax
-
+    """Enable float64 and, with `cache`, JAX's persistent compilation cache in
+    [`cache_dir`][manifoldflow._jax_config.cache_dir]. A folder that cannot be used is
+    a one-line warning, and the run goes on without the cache."""
     jax.config.update("jax_enable_x64", True)
-    if cache:
-        enable_caches()
+    if not cache:
+        return
+    path = cache_dir()
+    problem = private_folder(path)
+    if problem is not None:
+        print(
+            f"manifoldflow: warning: no compilation cache in {path}: {problem} "
+            "(set MANIFOLDFLOW_CACHE_DIR, or pass --no-cache)",
+            file=sys.stderr,
+        )
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

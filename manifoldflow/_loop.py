@@ -1,16 +1,25 @@
-r"""The jitted step loop of [`manifoldflow.solve_flow`][]: windows of steps that carry
-one state record, each accepted step evaluated once for its records and stops.
+r"""The step loop of a flow solve: a pure function over pytrees, run in one
+`while_loop` like `diffrax.diffeqsolve`.
 
 A step is the projected solver's step followed by the step size controller's
-decision (as in `diffrax.diffeqsolve`), with the step end clipped to the window's end
-time so that requested output times are step ends. The loop owns the step size
-between windows (no re-initialisation), counts every attempted step against the
-budget, and ends a window with a result when a step fails, a point is not finite, a
-stop condition holds, or the step size falls below the resolution of $t$.
+decision, with the step end clipped to the next output time so that output times are
+step ends. Each accepted step is evaluated once: the evaluation fills the step
+records (fixed-size buffers of `max_steps + 1` rows, row 0 the initial point), the
+stop conditions, the noise-floor policy (in-graph, over a ring of the last `patience`
+steps) and the progress meter. The loop counts every attempted step against
+`max_steps` and ends with a result when a step fails, a point is not finite, a stop
+condition holds, the noise-floor policy gives up, `t1` is reached, or the step size
+falls below the resolution of $t$.
+
+Because the whole loop is traced, [`manifoldflow.flow_solve`][] works under `jax.jit`,
+`jax.vmap` (each member with its own steps and its own ending) and `jax.grad`
+(through `diffrax.RecursiveCheckpointAdjoint`); [`manifoldflow.solve_flow`][] runs the
+same loop in windows, for Ctrl-C.
 """
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -19,11 +28,12 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from ._flow import FlowEvaluation, SharpnessFlow
-from ._programs import persistent_jit
+from ._noise_floor import AbstractNoiseFloorPolicy
 from ._results import RESULTS
 from ._retraction import AbstractRetraction, RetractionSolution
+from ._solution import FlowSolution
 from ._solver import ProjectedSolver
-from ._stop import AbstractStopCondition
+from ._stop import AbstractStopCondition, StationarityStop
 
 
 class StepDiagnostics(eqx.Module):
@@ -35,32 +45,61 @@ class StepDiagnostics(eqx.Module):
     projection_result: lx.RESULTS
 
 
-class LoopState(eqx.Module):
-    """Everything carried from one step (and one window) to the next. `dt` is the
-    controller's proposed size of the next step before any clipping to an output time,
-    so that reaching an output time does not shrink the steps after it."""
+class FlowState(eqx.Module):
+    """Everything carried from one step to the next.
+
+    `dt` is the controller's proposed size of the next step before any clipping to an
+    output time, so that reaching an output time does not shrink the steps after it.
+    `tolerances` is the array part of the step size controller (the noise-floor
+    policy may tighten it). The step records and the outputs are write-only buffers;
+    the noise-floor policy reads its own ring of the last `patience + 1` steps.
+    """
 
     t: Scalar
     dt: Scalar
     y: Float[Array, " D"]
     solver_state: PyTree
     controller_state: PyTree
+    tolerances: PyTree
     made_jump: Bool[Array, ""]
     result: RESULTS
     num_accepted: Int[Array, ""]
     num_rejected: Int[Array, ""]
+    t0: Scalar
+    t1: Scalar
+    # Step records: row 0 is the initial point, row k the k-th accepted step.
+    step_ts: Float[Array, " N"]
+    sharpness: Float[Array, " N"]
+    gradient_norm: Float[Array, " N"]
+    constraint_violation: Float[Array, " N"]
+    # Outputs at the requested times.
+    save_times: Float[Array, " S"]
+    save_count: Int[Array, ""]
+    saved_ys: Float[Array, "S D"]
+    saved_index: Int[Array, " S"]
+    # The noise floor.
+    recent_gradient_norm: Float[Array, " P"]
+    recent_sharpness: Float[Array, " P"]
+    history_start: Int[Array, ""]
+    older_minimum: Scalar
+    num_tightened: Int[Array, ""]
+    tightened: Float[Array, "K 3"]
+    # Progress.
+    meter_state: PyTree
+    progress: Scalar
+    initial_gradient_norm: Scalar
 
 
-class StepRecords(eqx.Module):
-    """The accepted steps of one window: the first `count` rows are filled."""
-
-    ts: Float[Array, " W"]
-    ys: Float[Array, "W D"]
-    sharpness: Float[Array, " W"]
-    gradient_norm: Float[Array, " W"]
-    constraint_violation: Float[Array, " W"]
-    correction: Float[Array, " W"]
-    count: Int[Array, ""]
+def _buffers(state: FlowState):
+    return (
+        state.step_ts,
+        state.sharpness,
+        state.gradient_norm,
+        state.constraint_violation,
+        state.saved_ys,
+        state.saved_index,
+        state.tightened,
+    )
 
 
 def _diagnose(flow: SharpnessFlow, theta) -> tuple[FlowEvaluation, StepDiagnostics]:
@@ -96,46 +135,240 @@ def _clip(tnext, t_end):
     return jnp.where(tnext > floor, t_end, tnext)
 
 
+def _record(state: FlowState, pred, diagnostics: StepDiagnostics) -> FlowState:
+    """Write the point of `state` (the `num_accepted`-th) into the step records."""
+    i = state.num_accepted
+    put = lambda buffer, value: eqxi.buffer_at_set(buffer, i, value, pred=pred)
+    return eqx.tree_at(
+        lambda s: (s.step_ts, s.sharpness, s.gradient_norm, s.constraint_violation),
+        state,
+        (
+            put(state.step_ts, state.t),
+            put(state.sharpness, diagnostics.sharpness),
+            put(state.gradient_norm, diagnostics.gradient_norm),
+            put(state.constraint_violation, diagnostics.constraint_violation),
+        ),
+    )
+
+
+def _save(state: FlowState, pred) -> FlowState:
+    """Keep the point as the next output if it is at the next output time."""
+    num_saves = state.save_times.shape[0]
+    if num_saves == 0:
+        return state
+    index = jnp.minimum(state.save_count, num_saves - 1)
+    due = pred & (state.save_count < num_saves) & (state.t == state.save_times[index])
+    return eqx.tree_at(
+        lambda s: (s.saved_ys, s.saved_index, s.save_count),
+        state,
+        (
+            eqxi.buffer_at_set(state.saved_ys, index, state.y, pred=due),
+            eqxi.buffer_at_set(state.saved_index, index, state.num_accepted, pred=due),
+            state.save_count + due,
+        ),
+    )
+
+
 class Integrator(eqx.Module):
-    """The flow, the projected solver, the step size controller and the stop
-    conditions of one solve: the static part of every jitted call."""
+    """One solve's configuration: the flow, the projected solver, the step size
+    controller, the stop conditions, the noise-floor policy, the initial retraction,
+    the progress meter and `max_steps`. Its methods are pure: `init` retracts the
+    initial point and builds the [`FlowState`][manifoldflow._loop.FlowState], `run`
+    steps it, `solve` does both and returns a [`manifoldflow.FlowSolution`][]."""
 
     flow: SharpnessFlow
     solver: ProjectedSolver
     controller: diffrax.AbstractStepSizeController
     stops: tuple[AbstractStopCondition, ...]
+    noise_floor: AbstractNoiseFloorPolicy
+    initial_retraction: AbstractRetraction
+    progress_meter: diffrax.AbstractProgressMeter
+    max_steps: int = eqx.field(static=True)
 
-    @persistent_jit
-    def initialise(
-        self, retraction: AbstractRetraction, theta0, t0, t_end, dt0
-    ) -> tuple[RetractionSolution, LoopState, StepDiagnostics]:
-        """Retract `theta0`, initialise the solver and controller, evaluate there."""
-        retracted = retraction(self.flow.manifold, self.flow.projector, theta0)
+    def _controller(self, tolerances) -> diffrax.AbstractStepSizeController:
+        _, static = eqx.partition(self.controller, eqx.is_array)
+        return eqx.combine(tolerances, static)
+
+    def init(
+        self, theta0, t0, t1, dt0, save_times
+    ) -> tuple[RetractionSolution, FlowState]:
+        """Retract `theta0`, initialise the solver, the controller, the records and
+        the meter, and evaluate the flow there (the initial point may already meet a
+        stop condition). An initial retraction that does not converge ends the solve
+        at once (`initial_retraction_failed`)."""
+        retracted = self.initial_retraction(
+            self.flow.manifold, self.flow.projector, theta0
+        )
         theta = retracted.theta
+        dtype = theta.dtype
         term = diffrax.ODETerm(self.flow)
-        error_order = self.solver.error_order(term)
         tnext, controller_state = self.controller.init(
-            term, t0, t_end, theta, dt0, None, self.solver.func, error_order
+            term,
+            t0,
+            t1,
+            theta,
+            dt0,
+            None,
+            self.solver.func,
+            self.solver.error_order(term),
         )
-        dt = jnp.asarray(tnext, t0.dtype) - t0
-        # One structure from the first window on (PID's state starts with a bool).
+        dt = jnp.asarray(tnext, dtype) - t0
+        # One structure for the whole loop (PID's state starts with a bool).
         controller_state = jtu.tree_map(jnp.asarray, controller_state)
-        solver_state = self.solver.init(
-            term, t0, jnp.minimum(t0 + dt, t_end), theta, None
-        )
+        solver_state = self.solver.init(term, t0, jnp.minimum(t0 + dt, t1), theta, None)
         evaluation, diagnostics = _diagnose(self.flow, theta)
-        state = LoopState(
+        result = _point_result(self.stops, evaluation, diagnostics, theta)
+        result = RESULTS.where(
+            retracted.converged, result, RESULTS.initial_retraction_failed
+        )
+        size = self.max_steps + 1
+        nan = lambda shape: jnp.full(shape, jnp.nan, dtype)
+        patience = self.noise_floor.patience
+        num_saves = save_times.shape[0]
+        state = FlowState(
             t=t0,
             dt=dt,
             y=theta,
             solver_state=solver_state,
             controller_state=controller_state,
+            tolerances=eqx.filter(self.controller, eqx.is_array),
             made_jump=jnp.array(False),
-            result=_point_result(self.stops, evaluation, diagnostics, theta),
+            result=result,
             num_accepted=jnp.array(0),
             num_rejected=jnp.array(0),
+            t0=t0,
+            t1=t1,
+            step_ts=jnp.full(size, jnp.inf, dtype),
+            sharpness=nan(size),
+            gradient_norm=nan(size),
+            constraint_violation=nan(size),
+            save_times=save_times.astype(dtype),
+            save_count=jnp.array(0),
+            saved_ys=nan((num_saves,) + theta.shape),
+            saved_index=jnp.full(num_saves, -1),
+            recent_gradient_norm=nan(patience + 1),
+            recent_sharpness=nan(patience + 1),
+            history_start=jnp.array(0),
+            older_minimum=jnp.array(jnp.inf, dtype),
+            num_tightened=jnp.array(0),
+            tightened=nan((self.noise_floor.max_responses, 3)),
+            meter_state=self.progress_meter.init(),
+            progress=jnp.zeros((), dtype),
+            initial_gradient_norm=diagnostics.gradient_norm,
         )
-        return retracted, state, diagnostics
+        state = self._accepted(state, jnp.array(True), diagnostics)
+        return retracted, _save(state, jnp.array(True))
+
+    def _accepted(self, state: FlowState, pred, diagnostics) -> FlowState:
+        """Book-keeping at an accepted point (where `pred`): records, the ring of the
+        noise floor, progress."""
+        state = _record(state, pred, diagnostics)
+        g, R = diagnostics.gradient_norm, diagnostics.sharpness
+        patience = self.noise_floor.patience
+        ring = state.num_accepted % (patience + 1)
+        recent_g = state.recent_gradient_norm.at[ring].set(
+            jnp.where(pred, g, state.recent_gradient_norm[ring])
+        )
+        recent_R = state.recent_sharpness.at[ring].set(
+            jnp.where(pred, R, state.recent_sharpness[ring])
+        )
+        # The point `patience` before this one joins the older part of the history.
+        leaving = state.num_accepted - patience
+        oldest = recent_g[(ring + 1) % (patience + 1)]
+        joins = pred & (leaving >= state.history_start) & (patience > 0)
+        older = jnp.where(
+            joins, jnp.minimum(state.older_minimum, oldest), state.older_minimum
+        )
+        progress = jnp.where(
+            pred, self._progress(state, state.initial_gradient_norm, g), state.progress
+        )
+        return eqx.tree_at(
+            lambda s: (
+                s.recent_gradient_norm,
+                s.recent_sharpness,
+                s.older_minimum,
+                s.progress,
+            ),
+            state,
+            (recent_g, recent_R, older, jnp.maximum(state.progress, progress)),
+        )
+
+    def _progress(self, state: FlowState, g0, g):
+        """How far along the solve is, in [0, 1]: the larger of the fraction of
+        $[t_0, t_1]$ covered (finite `t1`) and of the decades of
+        $\\|P_T\\nabla R\\|$ descended towards the stationarity threshold."""
+        dtype = state.t.dtype
+        time = jnp.where(
+            jnp.isfinite(state.t1), (state.t - state.t0) / (state.t1 - state.t0), 0.0
+        )
+        thresholds = [
+            s.threshold for s in self.stops if isinstance(s, StationarityStop)
+        ]
+        if thresholds:
+            threshold = jnp.asarray(thresholds[0], dtype)
+            decades = jnp.log(g0 / g) / jnp.log(g0 / threshold)
+            decades = jnp.where(jnp.isfinite(decades) & (g0 > threshold), decades, 0.0)
+            time = jnp.maximum(time, decades)
+        return jnp.clip(time, 0.0, 1.0).astype(dtype)
+
+    def _noise_floor(self, state: FlowState, pred) -> FlowState:
+        """At an accepted point: if the last `patience` steps show the noise floor,
+        the policy's response (tighter tolerances from here on, or `stagnated`)."""
+        patience = self.noise_floor.patience
+        if patience == 0:
+            return state
+        order = (state.num_accepted + 1 + jnp.arange(patience + 1)) % (patience + 1)
+        enough = state.num_accepted - state.history_start >= patience
+        floor = (
+            pred
+            & enough
+            & (state.result == RESULTS.successful)
+            & self.noise_floor.detect(
+                state.recent_gradient_norm[order],
+                state.recent_sharpness[order],
+                state.older_minimum,
+            )
+        )
+        controller, go_on = self.noise_floor.respond(
+            self._controller(state.tolerances), state.num_tightened
+        )
+        tighten = floor & go_on
+        tolerances = jtu.tree_map(
+            lambda new, old: jnp.where(tighten, new, old),
+            eqx.filter(controller, eqx.is_array),
+            state.tolerances,
+        )
+        record = jnp.stack(
+            [
+                state.t,
+                jnp.asarray(getattr(controller, "rtol", jnp.nan), state.t.dtype),
+                jnp.asarray(getattr(controller, "atol", jnp.nan), state.t.dtype),
+            ]
+        )
+        tightened = state.tightened
+        if tightened.shape[0] > 0:
+            index = jnp.minimum(state.num_tightened, tightened.shape[0] - 1)
+            tightened = eqxi.buffer_at_set(tightened, index, record, pred=tighten)
+        result = RESULTS.where(floor & ~go_on, RESULTS.stagnated, state.result)
+        return eqx.tree_at(
+            lambda s: (
+                s.tolerances,
+                s.tightened,
+                s.num_tightened,
+                s.history_start,
+                s.older_minimum,
+                s.result,
+            ),
+            state,
+            (
+                tolerances,
+                tightened,
+                state.num_tightened + tighten,
+                jnp.where(tighten, state.num_accepted + 1, state.history_start),
+                jnp.where(tighten, jnp.inf, state.older_minimum),
+                result,
+            ),
+        )
 
     def _evaluate_accepted(self, keep, y1) -> tuple[StepDiagnostics, RESULTS]:
         """Diagnostics and stop/failure result at an accepted end point (NaN and
@@ -178,23 +411,31 @@ class Integrator(eqx.Module):
         cause = lax.cond(nonfinite, cause_at_start, lambda _: cause, None)
         return RESULTS.where(failed, cause, RESULTS.successful)
 
-    def _attempt(self, state: LoopState, t_end):
-        """One attempted step: `(new state, accepted?, diagnostics, correction)`."""
+    def _t_end(self, state: FlowState):
+        """Where the next step must end at the latest: the next output time, or t1."""
+        num_saves = state.save_times.shape[0]
+        if num_saves == 0:
+            return state.t1
+        index = jnp.minimum(state.save_count, num_saves - 1)
+        return jnp.where(
+            state.save_count < num_saves,
+            jnp.minimum(state.save_times[index], state.t1),
+            state.t1,
+        )
+
+    def _attempt(self, state: FlowState) -> tuple[FlowState, Bool[Array, ""]]:
+        """One attempted step and its book-keeping: `(new state, committed?)`."""
         term = diffrax.ODETerm(self.flow)
+        controller = self._controller(state.tolerances)
+        t_end = self._t_end(state)
         t1 = _clip(state.t + state.dt, t_end)
         y1, y_error, _, solver_state, step_result = self.solver.step(
-            term,
-            state.t,
-            t1,
-            state.y,
-            None,
-            state.solver_state,
-            state.made_jump,
+            term, state.t, t1, state.y, None, state.solver_state, state.made_jump
         )
         if y_error is not None:
             y_error = jnp.where(jnp.isnan(y_error), jnp.inf, y_error)
         keep, t, tnext, made_jump, controller_state, controller_result = (
-            self.controller.adapt_step_size(
+            controller.adapt_step_size(
                 state.t,
                 t1,
                 state.y,
@@ -227,21 +468,44 @@ class Integrator(eqx.Module):
             RESULTS.step_size_collapsed,
             result,
         )
-        select = lambda new, old: jnp.where(commit, new, old)
-        new_state = LoopState(
-            t=t,
-            dt=dt,
-            y=select(y1, state.y),
-            solver_state=jtu.tree_map(select, solver_state, state.solver_state),
-            controller_state=controller_state,
-            made_jump=select(made_jump, state.made_jump),
-            result=result,
-            num_accepted=state.num_accepted + commit,
-            num_rejected=state.num_rejected + (~commit),
+        result = RESULTS.where(
+            (result == RESULTS.successful) & commit & (t >= state.t1),
+            RESULTS.t1_reached,
+            result,
         )
-        return new_state, commit, diagnostics, solver_state.correction
+        select = lambda new, old: jnp.where(commit, new, old)
+        state = eqx.tree_at(
+            lambda s: (
+                s.t,
+                s.dt,
+                s.y,
+                s.solver_state,
+                s.controller_state,
+                s.made_jump,
+                s.result,
+                s.num_accepted,
+                s.num_rejected,
+            ),
+            state,
+            (
+                t,
+                dt,
+                select(y1, state.y),
+                jtu.tree_map(select, solver_state, state.solver_state),
+                controller_state,
+                select(made_jump, state.made_jump),
+                result,
+                state.num_accepted + commit,
+                state.num_rejected + (~commit),
+            ),
+        )
+        state = self._accepted(state, commit, diagnostics)
+        state = _save(state, commit)
+        state = self._noise_floor(state, commit)
+        meter_state = self.progress_meter.step(state.meter_state, state.progress)
+        return eqx.tree_at(lambda s: s.meter_state, state, meter_state), commit
 
-    def _next_step_size(self, state: LoopState, t1, t, tnext):
+    def _next_step_size(self, state: FlowState, t1, t, tnext):
         """The size of the next step before clipping. Adaptive: the controller's
         proposal; after a step shortened to end at an output time, the longer size
         from before it, scaled down if the controller asked for a smaller step.
@@ -257,50 +521,121 @@ class Integrator(eqx.Module):
             proposal,
         )
 
-    @persistent_jit
-    def window(
-        self, state: LoopState, t_end, max_attempts, size: int
-    ) -> tuple[LoopState, StepRecords]:
-        """At most `max_attempts` (<= `size`) attempted steps towards `t_end`, stopping
-        early at a result other than `successful` or on reaching `t_end`."""
-        dtype = state.y.dtype
-        full = lambda shape: jnp.full(shape, jnp.nan, dtype)
-        records = StepRecords(
-            ts=full(size),
-            ys=full((size,) + state.y.shape),
-            sharpness=full(size),
-            gradient_norm=full(size),
-            constraint_violation=full(size),
-            correction=full(size),
-            count=jnp.array(0),
-        )
+    def run(
+        self,
+        state: FlowState,
+        max_attempts,
+        *,
+        window: int = 0,
+        kind: str = "lax",
+        checkpoints: int | None = None,
+    ) -> tuple[FlowState, Float[Array, "W D"], Int[Array, ""]]:
+        """At most `max_attempts` attempted steps, stopping early at a result other
+        than `successful`; `max_steps_reached` once `max_steps` steps have been
+        attempted in all. With `window > 0` (and `max_attempts <= window`), also the
+        states of the accepted steps, in a `(window, D)` buffer, and their count.
+        `kind`, `checkpoints`: as `equinox.internal.while_loop`."""
+        ys = jnp.full((window,) + state.y.shape, jnp.nan, state.y.dtype)
+
+        def used(state):
+            return state.num_accepted + state.num_rejected
 
         def cond(carry):
-            state, _, attempts = carry
+            state, _, _, attempts = carry
             return (
                 (attempts < max_attempts)
                 & (state.result == RESULTS.successful)
-                & (state.t < t_end)
+                & (used(state) < self.max_steps)
             )
 
         def body(carry):
-            state, records, attempts = carry
-            state, keep, diagnostics, correction = self._attempt(state, t_end)
-            # Rejected steps write out of bounds, which `mode="drop"` discards.
-            i = jnp.where(keep, records.count, size)
-            put = lambda array, value: array.at[i].set(value, mode="drop")
-            records = StepRecords(
-                ts=put(records.ts, state.t),
-                ys=put(records.ys, state.y),
-                sharpness=put(records.sharpness, diagnostics.sharpness),
-                gradient_norm=put(records.gradient_norm, diagnostics.gradient_norm),
-                constraint_violation=put(
-                    records.constraint_violation, diagnostics.constraint_violation
-                ),
-                correction=put(records.correction, correction),
-                count=records.count + keep,
-            )
-            return state, records, attempts + 1
+            state, ys, count, attempts = carry
+            state, commit = self._attempt(state)
+            if window > 0:
+                ys = eqxi.buffer_at_set(ys, count, state.y, pred=commit)
+                count = count + commit
+            return state, ys, count, attempts + 1
 
-        state, records, _ = lax.while_loop(cond, body, (state, records, jnp.array(0)))
-        return state, records
+        state, ys, count, _ = eqxi.while_loop(
+            cond,
+            body,
+            (state, ys, jnp.array(0), jnp.array(0)),
+            max_steps=None if kind == "lax" else self.max_steps,
+            buffers=lambda carry: (*_buffers(carry[0]), carry[1]),
+            kind=kind,  # pyright: ignore
+            checkpoints=checkpoints,
+        )
+        exhausted = (state.result == RESULTS.successful) & (
+            used(state) >= self.max_steps
+        )
+        result = RESULTS.where(exhausted, RESULTS.max_steps_reached, state.result)
+        return eqx.tree_at(lambda s: s.result, state, result), ys, count
+
+    def solve(
+        self,
+        theta0,
+        t0,
+        t1,
+        dt0,
+        save_times,
+        *,
+        adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
+    ) -> FlowSolution:
+        """`init`, then `run` to the end, in one traced function; the progress meter
+        is closed at the end. `adjoint`: `diffrax.RecursiveCheckpointAdjoint`
+        (reverse-mode differentiable, its `checkpoints`) or `diffrax.DirectAdjoint`
+        (forward and reverse mode, slower)."""
+        retracted, state = self.init(theta0, t0, t1, dt0, save_times)
+        if isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint):
+            kind, checkpoints = "checkpointed", adjoint.checkpoints
+        elif isinstance(adjoint, diffrax.DirectAdjoint):
+            kind, checkpoints = "bounded", None
+        else:
+            raise ValueError(
+                f"flow_solve supports RecursiveCheckpointAdjoint and DirectAdjoint, "
+                f"got {type(adjoint).__name__}."
+            )
+        state, _, _ = self.run(
+            state, self.max_steps, kind=kind, checkpoints=checkpoints
+        )
+        self.progress_meter.close(state.meter_state)
+        return solution(state, retracted, self.flow.constant, self.stops)
+
+
+def solution(
+    state: FlowState, retracted: RetractionSolution, constant, stops
+) -> FlowSolution:
+    """The [`manifoldflow.FlowSolution`][] of a final state, with padded buffers:
+    rows of `step_ts` (and friends) after `num_steps` hold `inf` (NaN), outputs not
+    reached hold `inf` times (NaN states)."""
+    thresholds = [s.threshold for s in stops if isinstance(s, StationarityStop)]
+    stationarity = thresholds[0] if thresholds else 0.0
+    dtype = state.y.dtype
+    if state.save_times.shape[0] == 0:
+        # Without output times: the initial and the final point.
+        ts = jnp.stack([state.step_ts[0], state.t])
+        ys = jnp.stack([retracted.theta, state.y])
+        saved_index = jnp.stack([jnp.array(0), state.num_accepted])
+    else:
+        reached = jnp.arange(state.save_times.shape[0]) < state.save_count
+        ts = jnp.where(reached, state.save_times, jnp.inf)
+        ys, saved_index = state.saved_ys, state.saved_index
+    return FlowSolution(
+        ts=ts,
+        ys=ys,
+        step_ts=state.step_ts,
+        sharpness=state.sharpness,
+        gradient_norm=state.gradient_norm,
+        constraint_violation=state.constraint_violation,
+        saved_index=saved_index,
+        theta_final=state.y,
+        t_final=state.t,
+        num_steps=state.num_accepted,
+        num_rejected_steps=state.num_rejected,
+        result=state.result,
+        tightened=state.tightened,
+        num_tightened=state.num_tightened,
+        constant=jnp.asarray(constant, dtype),
+        stationarity=jnp.asarray(stationarity, dtype),
+        retraction=retracted,
+    )

@@ -25,95 +25,108 @@ import abc
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
+from jaxtyping import Array, Bool, Float, Int, Scalar
 
 
 def at_noise_floor(
-    gradient_norm: np.ndarray, sharpness: np.ndarray, patience: int
-) -> bool:
-    """Whether the last `patience` values of `gradient_norm` and `sharpness` (host
-    arrays over accepted steps, oldest first) show the noise floor (module
-    docstring)."""
-    g = np.asarray(gradient_norm)
-    R = np.asarray(sharpness)
-    if g.size <= patience or not np.all(np.isfinite(R[-patience - 1 :])):
-        return False
-    if np.min(g[-patience:]) <= 0.5 * np.min(g[:-patience]):
-        return False
-    if np.mean(np.diff(g[-patience - 1 :]) > 0) < 0.25:
-        return False
-    recent = R[-patience - 1 :]
-    increases = np.diff(recent)
-    noise = max(
-        float(np.max(increases, initial=0.0)),
-        64 * np.finfo(R.dtype).eps * float(np.max(np.abs(recent))),
+    recent_gradient_norm: Float[Array, " P"],
+    recent_sharpness: Float[Array, " P"],
+    older_minimum: Scalar,
+) -> Bool[Array, ""]:
+    """Whether the last `patience + 1` values of $\|P_T\nabla R\|$ and $R$ (oldest
+    first) show the noise floor (module docstring); `older_minimum` is the smallest
+    $\|P_T\nabla R\|$ before them since the last response. Traced."""
+    g, R = recent_gradient_norm, recent_sharpness
+    not_halved = jnp.min(g[1:]) > 0.5 * older_minimum
+    fluctuates = jnp.mean(jnp.diff(g) > 0) >= 0.25
+    noise = jnp.maximum(
+        jnp.max(jnp.diff(R), initial=0.0),
+        64 * jnp.finfo(R.dtype).eps * jnp.max(jnp.abs(R)),
     )
-    return bool(recent[0] - recent[-1] <= 10 * noise)
+    flat = R[0] - R[-1] <= 10 * noise
+    return jnp.all(jnp.isfinite(R)) & not_halved & fluctuates & flat
 
 
 class AbstractNoiseFloorPolicy(eqx.Module):
     """Detects the noise floor (`patience` accepted steps of evidence, see the module
-    docstring) and says what to do there: `respond(controller)` returns the step size
-    controller to continue with, or `None` to end the solve as `stagnated`."""
+    docstring) and says what to do there: `respond(controller, times_responded)`
+    returns the step size controller to go on with and whether to go on (else the
+    solve ends as `stagnated`). Both are traced; `max_responses` (static) bounds how
+    often it goes on."""
 
     patience: eqx.AbstractVar[int]
 
-    def detect(self, gradient_norm: np.ndarray, sharpness: np.ndarray) -> bool:
-        return at_noise_floor(gradient_norm, sharpness, self.patience)
+    @property
+    def max_responses(self) -> int:
+        return 0
+
+    def detect(
+        self,
+        recent_gradient_norm: Float[Array, " P"],
+        recent_sharpness: Float[Array, " P"],
+        older_minimum: Scalar,
+    ) -> Bool[Array, ""]:
+        return at_noise_floor(recent_gradient_norm, recent_sharpness, older_minimum)
 
     @abc.abstractmethod
     def respond(
-        self, controller: diffrax.AbstractStepSizeController, times_responded: int
-    ) -> diffrax.AbstractStepSizeController | None:
+        self,
+        controller: diffrax.AbstractStepSizeController,
+        times_responded: Int[Array, ""],
+    ) -> tuple[diffrax.AbstractStepSizeController, Bool[Array, ""]]:
         """The controller to go on with after the `times_responded + 1`-th detection,
-        or `None` to stop."""
+        and whether to go on."""
 
 
 class TightenTolerances(AbstractNoiseFloorPolicy):
     """Divides the `rtol` and `atol` of a `diffrax.PIDController` by `factor` (at most
     `max_times` times, never below `min_rtol`, `min_atol`) and goes on from where the
-    solve is; stops as `stagnated` after that, or for other controllers. The default
-    when `solve_flow` builds the controller itself."""
+    solve is; stops as `stagnated` after that, or for other controllers (the
+    default)."""
 
-    patience: int = 200
+    patience: int = eqx.field(static=True, default=200)
     factor: float = 100.0
-    max_times: int = 2
+    max_times: int = eqx.field(static=True, default=2)
     min_rtol: float = 1e-14
     min_atol: float = 1e-16
 
+    @property
+    def max_responses(self) -> int:
+        return self.max_times
+
     def respond(self, controller, times_responded):
         if not isinstance(controller, diffrax.PIDController):
-            return None
-        rtol = float(controller.rtol)
-        if times_responded >= self.max_times or rtol <= self.min_rtol:
-            return None
-        new_rtol = max(rtol / self.factor, self.min_rtol)
-        new_atol = max(float(controller.atol) / self.factor, self.min_atol)
-        dtype = jnp.result_type(controller.rtol)
-        return eqx.tree_at(
+            return controller, jnp.array(False)
+        rtol = jnp.asarray(controller.rtol)
+        atol = jnp.asarray(controller.atol)
+        go_on = (times_responded < self.max_times) & (rtol > self.min_rtol)
+        tighter = eqx.tree_at(
             lambda c: (c.rtol, c.atol),
             controller,
-            (jnp.asarray(new_rtol, dtype), jnp.asarray(new_atol, dtype)),
+            (
+                jnp.maximum(rtol / self.factor, self.min_rtol).astype(rtol.dtype),
+                jnp.maximum(atol / self.factor, self.min_atol).astype(atol.dtype),
+            ),
         )
+        return tighter, go_on
 
 
 class StopAtNoiseFloor(AbstractNoiseFloorPolicy):
-    """Ends the solve as `stagnated` at the noise floor (the default with a
-    user-supplied step size controller, which is never changed)."""
+    """Ends the solve as `stagnated` at the noise floor."""
 
-    patience: int = 200
+    patience: int = eqx.field(static=True, default=200)
 
     def respond(self, controller, times_responded):
-        return None
+        return controller, jnp.array(False)
 
 
 class IgnoreNoiseFloor(AbstractNoiseFloorPolicy):
     """Never detects a noise floor: the solve runs on to its other stops."""
 
-    patience: int = 0
+    patience: int = eqx.field(static=True, default=0)
 
-    def detect(self, gradient_norm, sharpness):
-        return False
+    def detect(self, recent_gradient_norm, recent_sharpness, older_minimum):
+        return jnp.array(False)
 
     def respond(self, controller, times_responded):
-        return None
+        return controller, jnp.array(False)

@@ -32,6 +32,9 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "ill-conditioned: the Gram matrix J J^T became numerically singular (the "
         "manifold is close to a singular point, or constraints became dependent)"
     )
+    initial_retraction_failed = (
+        "the initial point could not be retracted onto the manifold"
+    )
     retraction_failed = (
         "the retraction onto the manifold did not converge after a step (with a "
         "constant step size the step cannot be retried smaller)"

@@ -5,15 +5,28 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, Float, Int, Shaped
 
 from ._manifold import AbstractManifold
 from ._results import is_result, result_name, RESULTS
 from ._retraction import RetractionSolution
 
 
+# Host (NumPy, trimmed) or traced (JAX, padded) values.
+_Real = Float[Array, ""] | Float[np.ndarray, ""] | float
+_Count = Int[Array, ""] | Int[np.ndarray, ""] | int
+_Vector = Shaped[Array, " _"] | Shaped[np.ndarray, " _"]
+_Matrix = Float[Array, "_ _"] | Float[np.ndarray, "_ _"]
+
+
 class FlowSolution(eqx.Module):
     r"""The computed trajectory of a flow solve, on the manifold at every saved point.
+
+    [`manifoldflow.solve_flow`][] returns it with NumPy arrays holding just the steps
+    taken; [`manifoldflow.flow_solve`][] (jittable, vmappable) with JAX arrays of
+    fixed size: rows of `step_ts` after `num_steps` hold `inf` (the diagnostics NaN),
+    output times not reached `inf`, and rows of `tightened` after `num_tightened`
+    NaN.
 
     **Fields:**
 
@@ -30,33 +43,36 @@ class FlowSolution(eqx.Module):
     - `theta_final`, `t_final`: the last point and its time.
     - `num_steps`, `num_rejected_steps`: accepted and rejected solver steps.
     - `result`: a [`manifoldflow.RESULTS`][] item; `message` is its text.
-    - `tightened`: `(t, rtol, atol)` for each time the noise-floor policy tightened the
-      tolerances.
+    - `tightened`: rows `(t, rtol, atol)`, one for each time the noise-floor policy
+      tightened the tolerances (`num_tightened` of them).
     - `constant`, `stationarity`: the flow constant $c$ and the threshold used.
-    - `wall_seconds`: time spent in `solve_flow` (compilation included).
-    - `manifold`: the manifold, for `manifold.to_parameters(theta)`.
+    - `wall_seconds`: time spent in `solve_flow` (compilation included; `None` from
+      `flow_solve`).
+    - `manifold`: the manifold, for `manifold.to_parameters(theta)` (`None` from
+      `flow_solve`, which does not return its input).
     - `retraction`: how $\theta_0$ was brought onto $\Gamma$ (a
       [`manifoldflow.RetractionSolution`][]; its `theta` is the first point).
     """
 
-    ts: np.ndarray
-    ys: np.ndarray
-    step_ts: np.ndarray
-    sharpness: np.ndarray
-    gradient_norm: np.ndarray
-    constraint_violation: np.ndarray
-    saved_index: np.ndarray
-    theta_final: Array
-    t_final: float
-    num_steps: int
-    num_rejected_steps: int
+    ts: _Vector
+    ys: _Matrix
+    step_ts: _Vector
+    sharpness: _Vector
+    gradient_norm: _Vector
+    constraint_violation: _Vector
+    saved_index: _Vector
+    theta_final: _Vector
+    t_final: _Real
+    num_steps: _Count
+    num_rejected_steps: _Count
     result: RESULTS
-    tightened: list
-    constant: float
-    stationarity: float
-    wall_seconds: float
-    manifold: AbstractManifold
+    tightened: _Matrix
+    num_tightened: _Count
+    constant: _Real
+    stationarity: _Real
     retraction: RetractionSolution | None = None
+    wall_seconds: float | None = None
+    manifold: AbstractManifold | None = None
 
     @property
     def stationary(self) -> bool:
@@ -87,4 +103,27 @@ class FlowSolution(eqx.Module):
 
     def parameters(self, index: int = -1) -> Any:
         """The model parameters at saved point `index` (default: the last)."""
+        if self.manifold is None:
+            raise ValueError(
+                "This solution does not hold its manifold (flow_solve does not return "
+                "its input): use manifold.to_parameters(solution.ys[index])."
+            )
         return self.manifold.to_parameters(jnp.asarray(self.ys[index]))
+
+    def summary(self) -> dict[str, Any]:
+        """The scalars every report starts with: `result`, `result_message`,
+        `t_final`, `num_steps`, `num_rejected_steps`, `R_initial`, `R_final`,
+        `grad_norm_final`, `constraint_violation_max`, `solve_seconds` (host
+        solutions)."""
+        return dict(
+            result=self.result_name,
+            result_message=self.message,
+            t_final=float(self.t_final),
+            num_steps=int(self.num_steps),
+            num_rejected_steps=int(self.num_rejected_steps),
+            R_initial=float(self.sharpness[0]),
+            R_final=float(self.sharpness[-1]),
+            grad_norm_final=float(self.gradient_norm[-1]),
+            constraint_violation_max=float(np.max(self.constraint_violation)),
+            solve_seconds=self.wall_seconds,
+        )

@@ -1,45 +1,126 @@
-"""`solve_flow`: integrate the sharpness flow on a manifold, like `diffrax.diffeqsolve`.
+"""`solve_flow` and `flow_solve`: integrate the sharpness flow on a manifold, like
+`diffrax.diffeqsolve`.
 
-The driver validates its input, builds the projected solver and the policies, then runs
-jitted windows of steps (`_loop.py`) towards each output time, asking the noise-floor
-policy and the progress meter between windows, and assembles a `FlowSolution`.
+`flow_solve` is the pure function: one traced loop (`_loop.py`), under `jax.jit`,
+`jax.vmap` and `jax.grad`. `solve_flow` is its host wrapper: it validates the input
+with messages that name the fix, runs the same loop in jitted windows (Ctrl-C
+returns what was computed), keeps every accepted state if asked, and returns a
+trimmed NumPy `FlowSolution` (or raises with advice).
 """
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from diffrax._root_finder import use_stepsize_tol  # the tolerances diffeqsolve fills in
+import optimistix as optx
 from jaxtyping import ArrayLike, Float
 
 from ._errors import InputError
 from ._flow import SharpnessFlow
-from ._loop import Integrator, LoopState
+from ._loop import FlowState, Integrator, solution as _solution
 from ._manifold import AbstractManifold
-from ._noise_floor import AbstractNoiseFloorPolicy, StopAtNoiseFloor, TightenTolerances
-from ._programs import persistent_jit
-from ._progress import (
-    AbstractProgressMeter,
-    CallbackProgressMeter,
-    NoProgressMeter,
-    ProgressMeters,
-    TqdmProgressMeter,
-)
+from ._noise_floor import AbstractNoiseFloorPolicy, TightenTolerances
 from ._projection import AbstractProjector, CholeskyProjector, QRProjector
 from ._results import is_result, RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
 from ._solution import FlowSolution
 from ._solver import ProjectedSolver
 from ._stop import AbstractStopCondition, ConditionStop, StationarityStop
-from ._trajectory import Trajectory
 
 
 _ENDINGS = (RESULTS.stationary, RESULTS.t1_reached, RESULTS.interrupted)
+# The marker of root-finder tolerances to be taken from the step size controller.
+_USE_STEPSIZE_TOL = diffrax.with_stepsize_controller_tols(optx.Newton)().rtol
+
+
+def flow_solve(
+    manifold: AbstractManifold,
+    theta0: Float[ArrayLike, " D"] | None = None,
+    *,
+    solver: diffrax.AbstractSolver = diffrax.Dopri8(),
+    projector: AbstractProjector = CholeskyProjector(),
+    retraction: AbstractRetraction = ChordRetraction(),
+    initial_retraction: AbstractRetraction = GaussNewtonRetraction(),
+    constant: Float[ArrayLike, ""] = 1.0,
+    t0: Float[ArrayLike, ""] = 0.0,
+    t1: Float[ArrayLike, ""] = math.inf,
+    dt0: Float[ArrayLike, ""] | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController = diffrax.PIDController(
+        rtol=1e-10, atol=1e-12
+    ),
+    stationarity: Float[ArrayLike, ""] = 1e-10,
+    stop: Sequence[AbstractStopCondition] | None = None,
+    saveat: Float[ArrayLike, " S"] | None = None,
+    noise_floor: AbstractNoiseFloorPolicy = TightenTolerances(),
+    max_steps: int = 100_000,
+    retract_every: int = 1,
+    progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
+    adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
+) -> FlowSolution:
+    r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`,
+    as one pure function: it works under `jax.jit`, `jax.vmap` (over starting
+    points, data or constants: each member takes its own adaptive steps and ends on
+    its own condition) and `jax.grad` (through `adjoint`).
+
+    The arguments are those of [`manifoldflow.solve_flow`][] (numbers may be traced
+    arrays), without its host-side ones (`window`, `save_every`, `throw`), plus
+    `adjoint`: `diffrax.RecursiveCheckpointAdjoint()` (reverse mode, the default) or
+    `diffrax.DirectAdjoint()`. Nothing is validated on the host: inspect
+    `solution.result` (e.g. `initial_retraction_failed`, `max_steps_reached`).
+
+    **Returns:** a [`manifoldflow.FlowSolution`][] of JAX arrays of fixed size (the
+    records padded after `num_steps`); `ts`, `ys` hold the states at `saveat`, or
+    without it the initial and the final state.
+
+    ```python
+    solve = jax.jit(jax.vmap(lambda theta: mf.flow_solve(manifold, theta)))
+    solutions = solve(starts)  # starts: (batch, D); solutions.result: (batch,)
+    ```
+    """
+    if theta0 is None:
+        theta0 = manifold.initial_point()
+    theta0 = jnp.asarray(theta0)
+    dtype = jnp.promote_types(theta0.dtype, manifold.initial_point().dtype)
+    theta0 = theta0.astype(dtype)
+    if theta0.shape != (manifold.dimension,):
+        raise InputError(
+            f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
+            f"coordinates: expected shape ({manifold.dimension},)."
+        )
+    save_times = jnp.zeros(0, dtype) if saveat is None else jnp.asarray(saveat, dtype)
+    if saveat is not None and isinstance(t1, float) and math.isinf(t1):
+        t1 = save_times.reshape(-1)[-1]
+    integrator = _integrator(
+        manifold,
+        dtype,
+        solver=solver,
+        projector=projector,
+        retraction=retraction,
+        initial_retraction=initial_retraction,
+        constant=constant,
+        stepsize_controller=stepsize_controller,
+        stationarity=stationarity,
+        stop=stop,
+        noise_floor=noise_floor,
+        max_steps=max_steps,
+        retract_every=retract_every,
+        progress_meter=progress_meter,
+    )
+    if dt0 is not None:
+        dt0 = jnp.asarray(dt0, dtype)
+    return integrator.solve(
+        theta0,
+        jnp.asarray(t0, dtype),
+        jnp.asarray(t1, dtype),
+        dt0,
+        save_times.reshape(-1),
+        adjoint=adjoint,
+    )
 
 
 def solve_flow(
@@ -54,20 +135,18 @@ def solve_flow(
     t0: float = 0.0,
     t1: float = math.inf,
     dt0: float | None = None,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
-    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController = diffrax.PIDController(
+        rtol=1e-10, atol=1e-12
+    ),
     stationarity: float = 1e-10,
     stop: Sequence[AbstractStopCondition] | None = None,
     saveat: Sequence[float] | None = None,
-    noise_floor: AbstractNoiseFloorPolicy | None = None,
+    noise_floor: AbstractNoiseFloorPolicy = TightenTolerances(),
     max_steps: int = 100_000,
-    patience: int = 200,
     window: int | None = None,
     save_every: int = 1,
     retract_every: int = 1,
-    progress: bool | AbstractProgressMeter = False,
-    callback: Callable[[dict], None] | None = None,
+    progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
     throw: bool = True,
 ) -> FlowSolution:
     r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`.
@@ -75,8 +154,9 @@ def solve_flow(
     Retracts $\theta_0$ onto $\Gamma$, then steps with `ProjectedSolver(solver)` until
     a stop condition holds (by default $\|P_T\nabla R\| \le$ `stationarity`, and
     the Gram matrix $JJ^\top$ turning numerically singular), `t1`, the noise floor, a
-    failure, or `max_steps`. Steps run in jitted windows of `window` steps; between
-    windows the progress meter runs and Ctrl-C returns what was computed so far.
+    failure, or `max_steps`. The loop is that of [`manifoldflow.flow_solve`][], run
+    here in jitted windows of `window` steps: Ctrl-C between two windows returns what
+    was computed so far.
 
     **Arguments:**
 
@@ -91,128 +171,184 @@ def solve_flow(
     - `constant`: $c$ (see [`manifoldflow.SharpnessFlow`][]).
     - `t0`, `t1`, `dt0`: time interval and initial step (`None`: chosen by the
       controller; a constant step size needs it).
-    - `rtol`, `atol`: tolerances of the default `PIDController`.
-    - `stepsize_controller`: replaces the PID controller (it is never modified).
+    - `stepsize_controller`: default `diffrax.PIDController(rtol=1e-10,
+      atol=1e-12)`. Its tolerances enter the compiled loop as arrays: new values
+      compile nothing.
     - `stationarity`: $\varepsilon$ of the stationarity stop.
     - `stop`: stop conditions ([`manifoldflow.AbstractStopCondition`][]) in addition to
-      stationarity; default `(ConditionStop(),)`, none with `SVDProjector`.
+      stationarity; default `(ConditionStop(),)`, none with `SVDProjector` and
+      `CGProjector` (which form no Gram matrix).
     - `saveat`: output times: the solve steps exactly to each of them, and `ts`, `ys`
       hold just those (the ones reached before a stop). `t1` defaults to the last.
     - `noise_floor`: what to do at the integrator's noise floor; default
-      `TightenTolerances(patience)` with the default controller, else
-      `StopAtNoiseFloor(patience)`. A slow flow whose $R$ still decreases is never
+      [`manifoldflow.TightenTolerances`][] (its `patience`: accepted steps of
+      evidence), which tightens a PID controller's tolerances; `StopAtNoiseFloor()`
+      never changes the controller. A slow flow whose $R$ still decreases is never
       taken for a noise floor.
     - `max_steps`: the most steps attempted (accepted and rejected); never exceeded.
-    - `patience`: accepted steps of evidence before a noise floor is declared.
-    - `window`: steps per jitted window (default from memory: states of all steps of a
-      window are kept).
+    - `window`: steps per jitted window (default from memory: the states of a window's
+      steps are kept).
     - `save_every`: keep every k-th accepted state in `ys` (diagnostics keep all).
     - `retract_every`: retract after every k-th step.
-    - `progress`: `True` for a tqdm bar (t, steps, R, $\|P_T\nabla R\|$), or a
-      [`manifoldflow.AbstractProgressMeter`][].
-    - `callback`: called with a dict (t, num_steps, sharpness, gradient_norm) after
-      every window.
+    - `progress_meter`: a diffrax progress meter, e.g. `diffrax.TqdmProgressMeter()`;
+      its progress is the larger of the fraction of $[t_0, t_1]$ covered and of the
+      decades of $\|P_T\nabla R\|$ descended towards `stationarity`.
     - `throw`: raise `RuntimeError` if the solve fails (any result but `stationary`,
       `t1_reached`, `interrupted`); with `throw=False` inspect `solution.result`.
 
-    **Returns:** a [`manifoldflow.FlowSolution`][].
+    **Returns:** a [`manifoldflow.FlowSolution`][] of NumPy arrays.
     """
     start = time.perf_counter()
+    rtol, atol = _tolerances(stepsize_controller)
     theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
     _check_float32(theta0, (retraction, initial_retraction))
-    _check_counts(window=window, patience=patience, save_every=save_every, dt0=dt0)
+    _check_counts(window=window, save_every=save_every, dt0=dt0)
     if saveat is not None and save_every != 1:
         raise InputError("save_every thins the default output; with saveat leave it 1.")
     targets, t1 = _output_times(saveat, t0, t1)
-    integrator, noise_floor = _setup(
+    dtype = theta0.dtype
+    if dt0 is None and not isinstance(
+        stepsize_controller, diffrax.AbstractAdaptiveStepSizeController
+    ):
+        raise InputError("A constant step size needs dt0 (the step), got dt0=None.")
+    integrator = _integrator(
         manifold,
-        theta0,
+        dtype,
         solver=solver,
         projector=projector,
         retraction=retraction,
+        initial_retraction=initial_retraction,
         constant=constant,
-        rtol=rtol,
-        atol=atol,
         stepsize_controller=stepsize_controller,
         stationarity=stationarity,
         stop=stop,
         noise_floor=noise_floor,
-        patience=patience,
+        max_steps=max_steps,
         retract_every=retract_every,
+        progress_meter=progress_meter,
     )
     _check_rank(manifold, integrator.stops, theta0)
-    retracted, state, diagnostics = _initialise(
-        integrator, initial_retraction, theta0, t0, t1, dt0
+    retracted, state = _init(
+        integrator,
+        theta0,
+        _on_device(t0, dtype),
+        _on_device(t1, dtype),
+        None if dt0 is None else _on_device(dt0, dtype),
+        _on_device(targets or [], dtype),
     )
+    if not bool(retracted.converged):
+        progress_meter.close(state.meter_state)
+        raise InputError(_retraction_message(retracted, initial_retraction))
     if window is None:
         window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
-    trajectory = Trajectory(t0, state.y, diagnostics, keep_all=targets is None)
-    meter = _progress_meter(progress, callback)
-    meter_state = meter.init(
-        t0,
-        0,
-        float(diagnostics.sharpness),
-        float(diagnostics.gradient_norm),
-        stationarity,
-    )
-    runner = _Runner(integrator, noise_floor, window, max_steps, trajectory, meter)
+    keep_all = targets is None
+    states = [np.asarray(state.y)[None]]
+    # The first windows are short (4, 8, 16, ... attempts, one compiled program):
+    # Ctrl-C acts early also when steps are slow.
+    attempts = min(4, window)
     try:
-        state = runner.run(state, _segments(targets, t1), meter_state)
+        while is_result(state.result, RESULTS.successful):
+            state, ys, count = _run(
+                integrator, state, _on_device(attempts), window if keep_all else 0
+            )
+            if keep_all:
+                states.append(np.asarray(ys)[: int(count)])
+            attempts = min(2 * attempts, window)
     except KeyboardInterrupt:
-        state = _with_result(runner.state, RESULTS.interrupted)
+        state = eqx.tree_at(lambda s: s.result, state, RESULTS.interrupted)
     finally:
-        meter.close(runner.meter_state)
-    result = _final_result(state)
-    solution = trajectory.solution(
-        state=state,
-        result=result,
-        save_every=save_every,
-        targets=targets,
-        tightened=runner.tightened,
-        constant=constant,
-        stationarity=stationarity,
+        progress_meter.close(state.meter_state)
+    solution = _host_solution(
+        _solution(state, retracted, integrator.flow.constant, integrator.stops),
+        np.concatenate(states) if keep_all else None,
+        save_every,
         wall_seconds=time.perf_counter() - start,
         manifold=manifold,
-        retraction=retracted,
     )
-    if throw and not any(bool(result == r) for r in _ENDINGS):
-        raise RuntimeError(_failure_message(solution, runner.integrator))
+    if throw and not any(is_result(solution.result, r) for r in _ENDINGS):
+        raise RuntimeError(_failure_message(solution, integrator))
     return solution
 
 
-def _setup(
+@eqx.filter_jit
+def _init(integrator: Integrator, theta0, t0, t1, dt0, save_times):
+    return integrator.init(theta0, t0, t1, dt0, save_times)
+
+
+@eqx.filter_jit
+def _run(integrator: Integrator, state: FlowState, attempts, window: int):
+    return integrator.run(state, attempts, window=window)
+
+
+def _host_solution(
+    solution: FlowSolution, all_states, save_every, **fields
+) -> FlowSolution:
+    """The solution in NumPy, trimmed to the steps taken; with `all_states`, every
+    accepted state (every `save_every`-th, and the last) as `ys`."""
+    n = int(solution.num_steps) + 1
+    step_ts = np.asarray(solution.step_ts)[:n]
+    if all_states is not None:
+        saved_index = np.arange(n)
+        if save_every > 1:
+            keep = np.zeros(n, bool)
+            keep[::save_every] = True
+            keep[-1] = True
+            saved_index = saved_index[keep]
+        ts, ys = step_ts[saved_index], all_states[saved_index]
+    else:
+        saved_index = np.asarray(solution.saved_index)
+        reached = saved_index >= 0
+        saved_index = saved_index[reached]
+        ts = step_ts[saved_index]
+        ys = np.asarray(solution.ys)[reached]
+    k = int(solution.num_tightened)
+    return FlowSolution(
+        ts=ts,
+        ys=ys,
+        step_ts=step_ts,
+        sharpness=np.asarray(solution.sharpness)[:n],
+        gradient_norm=np.asarray(solution.gradient_norm)[:n],
+        constraint_violation=np.asarray(solution.constraint_violation)[:n],
+        saved_index=saved_index,
+        theta_final=solution.theta_final,
+        t_final=float(step_ts[-1]),
+        num_steps=int(solution.num_steps),
+        num_rejected_steps=int(solution.num_rejected_steps),
+        result=solution.result,
+        tightened=np.asarray(solution.tightened)[:k],
+        num_tightened=k,
+        constant=float(solution.constant),
+        stationarity=float(solution.stationarity),
+        retraction=solution.retraction,
+        **fields,
+    )
+
+
+def _integrator(
     manifold,
-    theta0,
+    dtype,
     *,
     solver,
     projector,
     retraction,
+    initial_retraction,
     constant,
-    rtol,
-    atol,
     stepsize_controller,
     stationarity,
     stop,
     noise_floor,
-    patience,
+    max_steps,
     retract_every,
-) -> tuple[Integrator, AbstractNoiseFloorPolicy]:
-    """The integrator (flow, projected solver, controller, stops) and the noise-floor
-    policy, with the defaults of `solve_flow`. Numbers enter as arrays."""
-    dtype = theta0.dtype
-    controller = stepsize_controller
-    if controller is None:
-        controller = diffrax.PIDController(
-            rtol=_on_device(rtol, dtype), atol=_on_device(atol, dtype)
-        )
-    if noise_floor is None:
-        default = TightenTolerances if stepsize_controller is None else StopAtNoiseFloor
-        noise_floor = default(patience=patience)
+    progress_meter,
+) -> Integrator:
+    """The flow, the projected solver and the policies of one solve, with the
+    defaults of `solve_flow`. Numbers enter as arrays."""
+    controller = _with_array_tolerances(stepsize_controller, dtype)
     if stop is None:  # the condition stop costs one Cholesky of J J^T per step
         forms_gram = isinstance(projector, (CholeskyProjector, QRProjector))
         stop = (ConditionStop(),) if forms_gram else ()
-    stops = (StationarityStop(_on_device(stationarity, dtype)), *stop)
-    flow = SharpnessFlow(manifold, projector, _on_device(constant, dtype))
+    stops = (StationarityStop(_as_array(stationarity, dtype)), *stop)
+    flow = SharpnessFlow(manifold, projector, _as_array(constant, dtype))
     psolver = ProjectedSolver(
         _with_stepsize_tolerances(solver, controller),
         manifold,
@@ -220,7 +356,69 @@ def _setup(
         retraction,
         retract_every,
     )
-    return Integrator(flow, psolver, controller, stops), noise_floor
+    return Integrator(
+        flow,
+        psolver,
+        controller,
+        stops,
+        noise_floor,
+        initial_retraction,
+        progress_meter,
+        max_steps,
+    )
+
+
+def _as_array(value, dtype):
+    """A number as an array of `dtype`: without staging a program for a host value,
+    unchanged (but cast) for a traced one."""
+    if isinstance(value, jax.Array):
+        return value.astype(dtype)
+    return _on_device(value, dtype)
+
+
+def _with_array_tolerances(controller, dtype):
+    """A PID controller's `rtol` and `atol` as arrays: new values compile nothing, and
+    the noise-floor policy can tighten them inside the loop."""
+    if not isinstance(controller, diffrax.PIDController):
+        return controller
+    return eqx.tree_at(
+        lambda c: (c.rtol, c.atol),
+        controller,
+        (_as_array(controller.rtol, dtype), _as_array(controller.atol, dtype)),
+    )
+
+
+def _tolerances(controller) -> tuple[float, float]:
+    """`(rtol, atol)` of a concrete PID controller, else `(inf, inf)`."""
+    if isinstance(controller, diffrax.PIDController):
+        return float(controller.rtol), float(controller.atol)
+    return math.inf, math.inf
+
+
+def _with_stepsize_tolerances(solver, controller):
+    """Give an implicit solver's root finder the controller's tolerances where it asks
+    for them (`diffrax.with_stepsize_controller_tols`), as `diffeqsolve` does."""
+    if not isinstance(solver, diffrax.AbstractImplicitSolver):
+        return solver
+    names = [
+        a
+        for a in ("rtol", "atol", "norm")
+        if getattr(solver.root_finder, a) is _USE_STEPSIZE_TOL
+    ]
+    if not names:
+        return solver
+    if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+        raise InputError(
+            f"{type(solver).__name__} with a constant step size needs explicit root "
+            f"finder tolerances, e.g. {type(solver).__name__}(root_finder="
+            "optimistix.Newton(rtol=1e-10, atol=1e-12)); or use an adaptive "
+            "stepsize_controller."
+        )
+    return eqx.tree_at(
+        lambda s: tuple(getattr(s.root_finder, a) for a in names),
+        solver,
+        tuple(getattr(controller, a) for a in names),
+    )
 
 
 def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
@@ -266,10 +464,9 @@ def _check_float32(theta0, retractions) -> None:
             )
 
 
-def _check_counts(*, window, patience, save_every, dt0) -> None:
-    for name, value in (("patience", patience), ("save_every", save_every)):
-        if value < 1:
-            raise InputError(f"{name} must be at least 1, got {value}.")
+def _check_counts(*, window, save_every, dt0) -> None:
+    if save_every < 1:
+        raise InputError(f"save_every must be at least 1, got {save_every}.")
     if window is not None and window < 1:
         raise InputError(f"window must be at least 1, got {window}.")
     if dt0 is not None and not dt0 > 0:
@@ -298,32 +495,6 @@ def _output_times(saveat, t0, t1) -> tuple[list[float] | None, float]:
     return [float(t) for t in times], t1
 
 
-def _with_stepsize_tolerances(solver, controller):
-    """Give an implicit solver's root finder the controller's tolerances where it asks
-    for them, as `diffrax.diffeqsolve` does."""
-    if not isinstance(solver, diffrax.AbstractImplicitSolver):
-        return solver
-    names = [
-        a
-        for a in ("rtol", "atol", "norm")
-        if getattr(solver.root_finder, a) is use_stepsize_tol
-    ]
-    if not names:
-        return solver
-    if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
-        raise InputError(
-            f"{type(solver).__name__} with a constant step size needs explicit root "
-            f"finder tolerances, e.g. {type(solver).__name__}(root_finder="
-            "optimistix.Newton(rtol=1e-10, atol=1e-12)); or use an adaptive "
-            "stepsize_controller."
-        )
-    return eqx.tree_at(
-        lambda s: tuple(getattr(s.root_finder, a) for a in names),
-        solver,
-        tuple(getattr(controller, a) for a in names),
-    )
-
-
 def _check_rank(manifold, stops, theta0) -> None:
     """Refuse an initial point where a `ConditionStop` would stop at once."""
     bounds = [stop.max_condition for stop in stops if isinstance(stop, ConditionStop)]
@@ -342,27 +513,9 @@ def _check_rank(manifold, stops, theta0) -> None:
         )
 
 
-@persistent_jit
+@eqx.filter_jit
 def _gram(manifold, theta):
     return manifold.linearise(theta).gram
-
-
-def _initialise(integrator, retraction, theta0, t0, t1, dt0):
-    dtype = theta0.dtype
-    if dt0 is None and not isinstance(
-        integrator.controller, diffrax.AbstractAdaptiveStepSizeController
-    ):
-        raise InputError("A constant step size needs dt0 (the step), got dt0=None.")
-    retracted, state, diagnostics = integrator.initialise(
-        retraction,
-        theta0,
-        _on_device(t0, dtype),
-        _on_device(t1, dtype),
-        None if dt0 is None else _on_device(dt0, dtype),
-    )
-    if not bool(retracted.converged):
-        raise InputError(_retraction_message(retracted, retraction))
-    return retracted, state, diagnostics
 
 
 def _retraction_message(retracted, retraction) -> str:
@@ -386,120 +539,6 @@ def _retraction_message(retracted, retraction) -> str:
         "the manifold is empty (e.g. identical inputs with different labels: no "
         "model fits both). Start from a point with F(theta0) close to 0."
     )
-
-
-def _progress_meter(progress, callback) -> AbstractProgressMeter:
-    meters = []
-    if isinstance(progress, AbstractProgressMeter):
-        meters.append(progress)
-    elif progress:
-        meters.append(TqdmProgressMeter())
-    if callback is not None:
-        meters.append(CallbackProgressMeter(callback))
-    if not meters:
-        return NoProgressMeter()
-    return meters[0] if len(meters) == 1 else ProgressMeters(tuple(meters))
-
-
-def _segments(targets: list[float] | None, t1: float) -> list[tuple[float, bool]]:
-    """`(end time, save the point there)`: each output time, then on to `t1`."""
-    segments = [(t, True) for t in targets or []]
-    if not segments or t1 > segments[-1][0]:
-        segments.append((t1, False))
-    return segments
-
-
-def _with_result(state: LoopState, result) -> LoopState:
-    return eqx.tree_at(lambda s: s.result, state, result)
-
-
-class _Runner:
-    """Runs windows towards each output time; between windows: the step budget, the
-    noise-floor policy, the progress meter. Keeps the latest state, so that an
-    interrupt returns everything computed so far."""
-
-    def __init__(self, integrator, policy, window, max_steps, trajectory, meter):
-        self.integrator, self.policy = integrator, policy
-        self.window, self.max_steps = window, max_steps
-        self.trajectory, self.meter = trajectory, meter
-        self.tightened: list[tuple[float, float, float]] = []
-        self.state: LoopState | None = None
-        self.meter_state = None
-        # The first windows are short (4, 8, 16, ... attempts, with one compiled
-        # program): progress shows and Ctrl-C acts early also when steps are slow.
-        self.attempts = min(4, window)
-
-    def run(self, state: LoopState, segments, meter_state) -> LoopState:
-        """Step to the end time of each `(time, save)` segment in turn; mark the point
-        reached as an output when `save`."""
-        self.state, self.meter_state = state, meter_state
-        for target, save in segments:
-            # Compared in the state's dtype: float32(0.7) < 0.7.
-            t_end = _on_device(target, state.y.dtype)
-            while _running(self.state) and float(self.state.t) < float(t_end):
-                self._window(t_end)
-            if save and float(self.state.t) == float(t_end):
-                self.trajectory.mark_saved()
-            if not _running(self.state):
-                break
-        return self.state
-
-    def _window(self, t_end) -> None:
-        state = self.state
-        used = int(state.num_accepted) + int(state.num_rejected)
-        budget = min(self.attempts, self.max_steps - used)
-        self.attempts = min(2 * self.attempts, self.window)
-        if budget <= 0:
-            self.state = _with_result(state, RESULTS.max_steps_reached)
-            return
-        state, records = self.integrator.window(
-            state, t_end, _on_device(budget), self.window
-        )
-        self.trajectory.add(records)
-        self.state = state
-        R, g, _ = self.trajectory.last
-        self.meter_state = self.meter.step(
-            self.meter_state,
-            float(state.t),
-            int(state.num_accepted),
-            float(R),
-            float(g),
-        )
-        if _running(state) and self.policy.detect(*self.trajectory.history()):
-            self._at_noise_floor()
-
-    def _at_noise_floor(self) -> None:
-        controller = self.policy.respond(
-            self.integrator.controller, len(self.tightened)
-        )
-        if controller is None:
-            self.state = _with_result(self.state, RESULTS.stagnated)
-            return
-        self.integrator = eqx.tree_at(
-            lambda i: i.controller, self.integrator, controller
-        )
-        self.tightened.append(
-            (float(self.state.t), float(controller.rtol), float(controller.atol))
-        )
-        self.trajectory.reset_history()
-
-
-def _running(state: LoopState) -> bool:
-    return is_result(state.result, RESULTS.successful)
-
-
-def _on_device(value, dtype=None) -> jax.Array:
-    """A host number or array as a JAX array, without staging a program (as
-    `jnp.asarray` of a Python scalar and `jnp.array` do, each compiled once per
-    process and shape)."""
-    return jax.device_put(np.asarray(value, dtype))
-
-
-def _final_result(state: LoopState) -> RESULTS:
-    """Still `successful` after every segment: `t1` was reached."""
-    if is_result(state.result, RESULTS.successful):
-        return RESULTS.t1_reached
-    return state.result
 
 
 _ADVICE = {
@@ -538,6 +577,12 @@ _ADVICE = {
         "or dt0 was not positive."
     ),
 }
+
+
+def _on_device(value, dtype=None) -> jax.Array:
+    """A host number or array as a JAX array, without staging a program (as
+    `jnp.asarray` of a Python scalar does, compiled once per process and shape)."""
+    return jax.device_put(np.asarray(value, dtype))
 
 
 def _failure_message(solution: FlowSolution, integrator: Integrator) -> str:

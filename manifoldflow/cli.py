@@ -2,13 +2,16 @@
 write the results. Bad input: a one-line message and exit code 2."""
 
 import argparse
-import atexit
-import os
 import pathlib
 import sys
 import time
 
 import manifoldflow
+
+from ._errors import InputError
+from ._jax_config import configure_jax
+from .experiments import EXPERIMENTS
+from .experiments._output import write_outcome
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,10 +33,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser(experiments) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="manifoldflow",
-        allow_abbrev=False,  # the launcher reads --no-server and --no-cache whole
-        epilog="`manifoldflow server status` lists the resident servers that keep "
-        "manifoldflow loaded between commands, `manifoldflow server stop` stops them "
-        "(see --no-server in an experiment's --help).",
+        allow_abbrev=False,
         description="Solve the Riemannian sharpness flow on a zero-loss manifold to "
         "high precision and check the theory's predictions.",
     )
@@ -63,15 +63,8 @@ def _parser(experiments) -> argparse.ArgumentParser:
         common.add_argument(
             "--no-cache",
             action="store_true",
-            help="keep no compiled or traced programs across runs (they are kept in "
-            "~/.cache/manifoldflow/jax or $MANIFOLDFLOW_CACHE_DIR)",
-        )
-        common.add_argument(
-            "--no-server",
-            action="store_true",
-            help="run in this process and start no resident server (a server keeps "
-            "manifoldflow loaded between commands, so that the next one starts fast; "
-            "it exits after 10 idle minutes; `manifoldflow server stop` stops it)",
+            help="keep no compiled programs across runs (JAX's compilation cache, "
+            "in ~/.cache/manifoldflow/jax or $MANIFOLDFLOW_CACHE_DIR)",
         )
         common.add_argument(
             "--debug", action="store_true", help="show tracebacks of input errors"
@@ -79,17 +72,11 @@ def _parser(experiments) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None, *, started: float | None = None) -> int:
+def main(argv=None) -> int:
     """Run one command; its exit code (0: all checks passed, 1: a check failed or the
-    solve did not finish, 2: bad input, 130: interrupted). `started`: when the
-    command began, as `time.time()` (default: when manifoldflow was imported), for
-    the wall times it reports (`wall_seconds` in the summary: up to the results;
-    the printed one: up to the files written)."""
-    from ._errors import InputError
-    from ._jax_config import configure_jax
-    from .experiments import EXPERIMENTS
-    from .experiments._output import write_outcome
-
+    solve did not finish, 2: bad input, 130: interrupted). The wall times it reports
+    count from the import of manifoldflow (`wall_seconds` in the summary: up to the
+    results; the printed one: up to the files written)."""
     args = _parser(EXPERIMENTS).parse_args(argv)
     configure_jax(cache=not args.no_cache)
     experiment = EXPERIMENTS[args.experiment]
@@ -109,9 +96,7 @@ def main(argv=None, *, started: float | None = None) -> int:
     summary = dict(outcome.summary, checks=[c.to_dict() for c in report.checks])
 
     def elapsed() -> float:
-        if started is None:
-            return time.perf_counter() - manifoldflow._IMPORT_STARTED
-        return time.time() - started
+        return time.perf_counter() - manifoldflow._IMPORT_STARTED
 
     # Up to the results; the text below also counts writing the files.
     summary.update(checks_passed=passed, wall_seconds=elapsed())
@@ -135,45 +120,5 @@ def main(argv=None, *, started: float | None = None) -> int:
     return 0 if passed else 1
 
 
-def run(argv=None, *, started: float | None = None, then=None, exit=sys.exit) -> None:
-    """A command in this process: [`main`][manifoldflow.cli.main], then `then()`
-    (if given; a failure there is reported, not raised), then `exit(code)`. The
-    console command passes [`fast_exit`][manifoldflow.cli.fast_exit]."""
-    code = exit_code(main, argv, started=started)
-    if then is not None:
-        try:
-            then()
-        except Exception as error:  # the command itself is done
-            print(f"manifoldflow: started no server ({error})", file=sys.stderr)
-    exit(code)
-
-
-def exit_code(main, argv, **kwargs) -> int:
-    """`main(argv, **kwargs)`, with `SystemExit` (`--help`, usage errors) turned into
-    its exit code."""
-    try:
-        return main(argv, **kwargs)
-    except SystemExit as stop:
-        if stop.code is None or isinstance(stop.code, int):
-            return stop.code or 0
-        print(stop.code, file=sys.stderr)
-        return 1
-
-
-def fast_exit(code: int) -> None:
-    """Flush, run the `atexit` handlers, and end the process without tearing the
-    interpreter down: everything is written and closed when a command returns, and
-    the teardown (JAX's runtime and several hundred modules) takes about half a
-    second. Under a profiler or tracer, a normal exit (they write at exit)."""
-    from _manifoldflow_launcher import flush_streams
-
-    if sys.getprofile() is not None or sys.gettrace() is not None:
-        sys.exit(code)
-    flush_streams()
-    atexit._run_exitfuncs()
-    flush_streams()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -80,11 +80,17 @@ def flow_options(args: argparse.Namespace) -> dict:
         solver=getattr(diffrax, SOLVERS[args.solver])(),
         projector=getattr(mf, PROJECTORS[args.projector])(),
         t1=args.t1,
-        rtol=args.rtol,
-        atol=args.atol,
+        stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
         stationarity=args.stationarity,
         max_steps=args.max_steps,
     )
+
+
+def progress_meter(progress: bool):
+    """The command line's progress bar (`diffrax.TqdmProgressMeter`), or none."""
+    import diffrax
+
+    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
 
 
 def positive_sizes(**sizes: int) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..theory import Check, Report
-from ._options import check_seed, positive_sizes
+from ._options import check_seed, positive_sizes, progress_meter
 from .base import AbstractExperiment, Outcome
 
 
@@ -227,7 +227,10 @@ class DeepLinearExperiment(AbstractExperiment):
         net = problem.net
         manifold = minimiser_manifold(start, net.p, problem.X, problem.y)
         solution = mf.solve_flow(
-            manifold, progress=progress, throw=False, max_steps=50_000
+            manifold,
+            progress_meter=progress_meter(progress),
+            throw=False,
+            max_steps=50_000,
         )
         weights = [np.asarray(W) for W in manifold.to_parameters(solution.theta_final)]
         S = hessian_max_eigenvalue(problem.loss, weights, rtol=1e-12)

@@ -20,7 +20,13 @@ import numpy as np
 
 from .._errors import InputError
 from ..theory import Check, Report
-from ._options import add_flow_options, check_seed, flow_options, positive_sizes
+from ._options import (
+    add_flow_options,
+    check_seed,
+    flow_options,
+    positive_sizes,
+    progress_meter,
+)
 from .base import AbstractExperiment, Outcome
 
 
@@ -114,7 +120,7 @@ class _SensingExperiment(AbstractExperiment):
         solution = mf.solve_flow(
             problem.manifold,
             problem.theta0,
-            progress=progress,
+            progress_meter=progress_meter(progress),
             throw=False,
             **problem.options,
         )

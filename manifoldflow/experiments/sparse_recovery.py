@@ -25,7 +25,13 @@ import numpy as np
 
 from .._errors import InputError
 from ..theory import Check, Report
-from ._options import add_flow_options, check_seed, flow_options, positive_sizes
+from ._options import (
+    add_flow_options,
+    check_seed,
+    flow_options,
+    positive_sizes,
+    progress_meter,
+)
 from .base import AbstractExperiment, Outcome
 
 
@@ -166,7 +172,7 @@ class SparseRecoveryExperiment(AbstractExperiment):
             solution = mf.solve_flow(
                 problem.manifold,
                 theta0,
-                progress=progress,
+                progress_meter=progress_meter(progress),
                 throw=False,
                 **problem.options,
             )

@@ -11,7 +11,6 @@ import numpy as np
 
 from .._errors import InputError
 from .._manifold import check_data
-from .._programs import persistent_jit
 from ..theory import Report
 from ._options import (
     add_flow_options,
@@ -20,6 +19,7 @@ from ._options import (
     flow_options,
     load_arrays,
     positive_sizes,
+    progress_meter,
 )
 from .base import AbstractExperiment, Outcome
 
@@ -237,7 +237,10 @@ class TwoLayerExperiment(AbstractExperiment):
 
         try:
             return mf.solve_flow(
-                problem.manifold, **problem.options, progress=progress, throw=False
+                problem.manifold,
+                **problem.options,
+                progress_meter=progress_meter(progress),
+                throw=False,
             )
         except InputError as error:
             raise InputError(command_line_words(str(error))) from None
@@ -275,7 +278,7 @@ def _constraint_tolerance(problem: TwoLayerProblem, solution) -> float:
     return max(retraction.atol, retraction.rtol * scale) + rounding
 
 
-@persistent_jit
+@eqx.filter_jit
 def _activation_values(activation, Z):
     return activation(Z)
 

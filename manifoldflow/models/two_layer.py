@@ -11,7 +11,6 @@ from jaxtyping import Array, ArrayLike, Float
 from .._errors import InputError
 from .._loss import AbstractLoss, MeanSquaredLoss
 from .._manifold import AbstractManifold, check_data, Linearisation
-from .._programs import persistent_jit
 from .activations import AbstractActivation, CubicLinear
 
 
@@ -182,7 +181,7 @@ class TwoLayerManifold(AbstractManifold):
         )
 
 
-@persistent_jit
+@eqx.filter_jit
 def _random_draws(key, m, n, d, init_scale):
     """The random shares (softmax over neurons) and off-span directions, in one
     compiled call; `key` may be an integer seed (made a key here, not eagerly)."""
@@ -193,7 +192,7 @@ def _random_draws(key, m, n, d, init_scale):
     return shares, jax.random.normal(k_perp, (m, d))
 
 
-@persistent_jit
+@eqx.filter_jit
 def _inverse(activation, u):
     return activation.inverse(u)
 

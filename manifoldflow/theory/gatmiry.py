@@ -27,7 +27,6 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._programs import persistent_jit
 from .._solution import FlowSolution
 from ..models.activations import AbstractActivation, Cube
 from ..models.two_layer import _inverse, TwoLayerManifold
@@ -78,7 +77,7 @@ class _Point(eqx.Module):
         )
 
 
-@persistent_jit
+@eqx.filter_jit
 def _derivatives_jit(activation, z):
     return (
         activation.derivative(z),
@@ -93,12 +92,12 @@ def _derivatives(activation, z) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(x) for x in _derivatives_jit(activation, np.asarray(z)))
 
 
-@persistent_jit
+@eqx.filter_jit
 def _sharpness(manifold, u):
     return manifold.linearise(u).sharpness
 
 
-@persistent_jit
+@eqx.filter_jit
 def _point_arrays(manifold: TwoLayerManifold, u):
     act = manifold.activation
     Z = manifold.features(u)
