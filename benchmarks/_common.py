@@ -12,16 +12,25 @@ import numpy as np
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def time_call(fn, *args, repeats=7):
-    """(compile+first-run seconds, median run seconds, min run seconds) of a jitted call."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
+def seconds(fn, repeats):
+    """Wall times of `repeats` calls of `fn()`, each until its result is ready."""
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(fn())
         runs.append(time.perf_counter() - start)
+    return runs
+
+
+def median_seconds(fn, repeats=3) -> float:
+    """The median wall time of `repeats` calls of `fn()` (results made ready)."""
+    return float(np.median(seconds(fn, repeats)))
+
+
+def time_call(fn, *args, repeats=7):
+    """(compile + first-run seconds, median, minimum run seconds) of a jitted call."""
+    first = seconds(lambda: fn(*args), 1)[0]
+    runs = seconds(lambda: fn(*args), repeats)
     return first, float(np.median(runs)), float(np.min(runs))
 
 

@@ -10,7 +10,6 @@ Writes benchmarks/results/cg_warm_start.json.
 """
 
 import argparse
-import sys
 
 import jax
 
@@ -20,11 +19,8 @@ import equinox as eqx
 import lineax as lx
 import manifoldflow as mf
 import numpy as np
+from _common import machine, time_call, two_layer_data, write_json
 from manifoldflow.models import TwoLayerManifold
-
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from _common import machine, time_call, two_layer_data, write_json  # noqa: E402
 
 
 @eqx.filter_jit

@@ -34,7 +34,6 @@ Writes benchmarks/results/flow_vs_sgd.json and .png.
 import argparse
 import math
 import pathlib
-import sys
 import time
 
 import jax
@@ -50,8 +49,7 @@ from manifoldflow.theory import gatmiry
 
 
 HERE = pathlib.Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from _common import machine, RESULTS, write_json  # noqa: E402
+from _common import machine, RESULTS, write_json
 
 
 EPSILONS = (1e-2, 1e-4, 1e-6, 1e-8)

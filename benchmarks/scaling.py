@@ -226,7 +226,6 @@ def main():
         m, d, n, path = args.worker
         worker(int(m), int(d), int(n), path, args.solve_cap, args.dtype)
         return
-    sys.path.insert(0, str(HERE))
     from _common import machine, RESULTS
 
     if args.refit:
@@ -288,7 +287,6 @@ def main():
 
 def finish(args, machine_info, results, caps):
     """Fits, crossovers, JSON and figure from the measured rows."""
-    sys.path.insert(0, str(HERE))
     from _common import RESULTS, write_json
 
     fits = {}

@@ -3,9 +3,12 @@ NumPy closed form on the full theta (m x d), integrated with SciPy's DOP853 unti
 |P_T grad R| <= eps (no retraction). Standalone: NumPy and SciPy only.
 
 Profiled: two (m, n, d) matrix products per evaluation (grad R = C X, and J grad R
-through the n x n data Gram), Cholesky without finiteness scans, and a stop event
-that re-uses the step end's (FSAL) evaluation: 13.9 ms per evaluation at m=256,
-d=1024, n=128, against 52.7 ms for the first version (four products).
+through the n x n data Gram), and a stop event that re-uses the step end's (FSAL)
+evaluation. The n x n system is solved with NumPy (`numpy.linalg.solve`), not
+`scipy.linalg.cho_factor`: NumPy and SciPy each bring their own OpenBLAS, and
+alternating between the two thread pools (NumPy's matrix products, SciPy's Cholesky)
+made each 128 x 128 Cholesky take 33 ms on a 2-core CPU (the profile: 14.7 s of a
+30.6 s solve), where the whole solve takes a few ms.
 
     python benchmarks/scipy_baseline.py DATA.npz [--stationarity 1e-8]
 
@@ -22,7 +25,6 @@ import json
 
 import numpy as np
 import scipy.integrate
-import scipy.linalg
 
 
 def main():
@@ -47,8 +49,7 @@ def main():
         B = a[:, None] * (1 + Z**2)  # a_j phi'(z_ji)
         C = (4 * diag) * B * a[:, None] * Z  # 2 w_i |x_i|^2 a_j phi' a_j phi''
         rhs = np.einsum("ji,ji->i", B, C @ G)
-        factor = scipy.linalg.cho_factor((B.T @ B) * G, check_finite=False)
-        lam = scipy.linalg.cho_solve(factor, rhs, check_finite=False)
+        lam = np.linalg.solve((B.T @ B) * G, rhs)
         return (C - B * lam) @ X
 
     def vector_field(t, theta):

@@ -3,14 +3,15 @@ hand-written baseline (NumPy closed form + scipy.integrate.solve_ivp DOP853,
 rtol=1e-11, atol=1e-13; `scipy_baseline.py`), from the same theta0.
 
 Reports (medians over `--repeats` runs):
+- `python -c "import manifoldflow"` (and which heavy modules it imports: none of
+  matplotlib, scipy, cvxpy may be among them);
 - solve time in-process, compilation excluded (manifoldflow's second solve);
-- the whole `manifoldflow two-layer` command as the console script runs it (imports,
-  compilation, report, files), against the whole SciPy script process: in its own
-  process with cold (empty) and with warm caches (`MANIFOLDFLOW_SERVER=0`), and
-  through a resident server (warm caches): the first command the server runs (it
-  loads the programs) and the commands after it;
-- in a fresh Python session with warm caches: the first `solve_flow`, and a second
-  one with a new rtol and constant (which must compile nothing).
+- the whole `manifoldflow two-layer` command as its console script runs it (imports,
+  compilation, report, files), against the whole SciPy script process, cold (an empty
+  compilation cache) and warm (JAX's compilation cache filled); after each command,
+  no process of it may be left;
+- in a fresh Python session with a warm compilation cache: the first `solve_flow`,
+  and a second one with a new rtol and constant (which must compile nothing).
 
     python benchmarks/time_to_stationarity.py [--quick]
 
@@ -37,13 +38,12 @@ from manifoldflow.theory import gatmiry
 
 
 HERE = pathlib.Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from _common import machine, RESULTS, two_layer_data, write_json  # noqa: E402
+from _common import machine, RESULTS, two_layer_data, write_json
 
 
 SESSION = """
 import json, sys, time
-import jax
+import diffrax, jax
 from manifoldflow._jax_config import configure_jax
 configure_jax(cache=True)
 import numpy as np, manifoldflow as mf
@@ -55,7 +55,9 @@ start = time.perf_counter()
 mf.solve_flow(manifold, stationarity=1e-8)
 first = time.perf_counter() - start
 start = time.perf_counter()
-mf.solve_flow(manifold, stationarity=1e-8, rtol=3e-10, constant=0.5, throw=False)
+pid = diffrax.PIDController(rtol=3e-10, atol=1e-12)
+mf.solve_flow(manifold, stationarity=1e-8, stepsize_controller=pid, constant=0.5,
+              throw=False)
 print(json.dumps(dict(first=first, second=time.perf_counter() - start)))
 """
 
@@ -69,18 +71,50 @@ def run(cmd, env=None):
     return wall, out.stdout
 
 
-def _wait_for_server(launcher, env, timeout=120.0):
-    deadline = time.perf_counter() + timeout
-    while "commands served" not in run([*launcher, "server", "status"], env)[1]:
-        if time.perf_counter() > deadline:
-            raise RuntimeError("no manifoldflow server came up")
-        time.sleep(0.2)
+IMPORT = """
+import sys, time
+start = time.perf_counter()
+import manifoldflow
+seconds = time.perf_counter() - start
+heavy = sorted(m for m in ("matplotlib", "scipy", "cvxpy") if m in sys.modules)
+print(seconds, ",".join(heavy))
+"""
+
+
+def _leftover_processes(marker: str) -> list[str]:
+    """Command lines of running processes that mention `marker`."""
+    found = []
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in line and str(os.getpid()) != proc.name:
+            found.append(line)
+    return found
+
+
+def time_import(repeats):
+    """Median seconds of `import manifoldflow` in a fresh interpreter, the whole
+    interpreter process, and the heavy modules the import brought in."""
+    inner, outer, heavy = [], [], set()
+    for _ in range(repeats):
+        wall, out = run([sys.executable, "-c", IMPORT])
+        seconds, modules = out.split()[0], (out.split() + [""])[1]
+        inner.append(float(seconds))
+        outer.append(wall)
+        heavy.update(filter(None, modules.split(",")))
+    return dict(
+        import_s=float(np.median(inner)),
+        import_process_s=float(np.median(outer)),
+        import_heavy_modules=sorted(heavy),
+    )
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stationarity", type=float, default=1e-8)
     args = parser.parse_args()
     problems = [(32, 128, 32), (256, 1024, 128)]
@@ -88,8 +122,8 @@ def main():
         problems = problems[:1]
     rows = []
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="mf-bench-"))
-    # The servers' sockets: a short path (a socket's is limited to about 100 bytes).
-    runtime = pathlib.Path(tempfile.mkdtemp(prefix="mf", dir="/tmp"))
+    imported = time_import(args.repeats)
+    print(json.dumps(imported), flush=True)
     for m, d, n in problems:
         X, y, net = two_layer_data(m, d, n, seed=0)
         data = tmp / f"data_{m}_{d}_{n}.npz"
@@ -138,18 +172,12 @@ def main():
         )
         row["R_star"] = gatmiry.minimum_sharpness(manifold)
 
-        # The whole command as the console script runs it (the launcher), cold then
-        # warm caches; in its own process, and through a resident server.
+        # The whole command as the console script runs it, cold then warm cache.
         cache = tmp / f"cache_{m}_{d}_{n}"
-        env = dict(
-            os.environ,
-            MANIFOLDFLOW_CACHE_DIR=str(cache),
-            MANIFOLDFLOW_SERVER="0",
-            XDG_RUNTIME_DIR=str(runtime),
-        )
-        launcher = [sys.executable, "-m", "_manifoldflow_launcher"]
+        env = dict(os.environ, MANIFOLDFLOW_CACHE_DIR=str(cache))
+        console = pathlib.Path(sys.executable).parent / "manifoldflow"
         cmd = [
-            *launcher,
+            str(console),
             "two-layer",
             "--m",
             str(m),
@@ -183,21 +211,11 @@ def main():
             json.loads(run([sys.executable, "-c", SESSION, str(data)], env)[1])
             for _ in range(args.repeats)
         ]
-        # Through a server: the first command starts one (after its own run), the
-        # next loads the programs into it, the ones after find them loaded.
-        served = dict(env, MANIFOLDFLOW_SERVER="1")
-        server_first, server_repeat = [], []
-        for _ in range(args.repeats):
-            run(cmd, served)
-            _wait_for_server(launcher, served)
-            server_first.append(run(cmd, served)[0])
-            server_repeat.extend(run(cmd, served)[0] for _ in range(args.repeats))
-            status = run([*launcher, "server", "stop"], served)[1]
-            assert f"{1 + args.repeats} commands served" in status, status
+        leftover = _leftover_processes(str(tmp))
+        assert not leftover, f"processes left after the commands: {leftover}"
+        row["cli_leftover_processes"] = len(leftover)
         row["cli_cold_process_s"] = float(np.median(cold))
         row["cli_warm_process_s"] = float(np.median(warm))
-        row["cli_server_first_s"] = float(np.median(server_first))
-        row["cli_server_repeat_s"] = float(np.median(server_repeat))
         row["session_first_solve_s"] = float(np.median([r["first"] for r in session]))
         row["session_second_solve_s"] = float(np.median([r["second"] for r in session]))
         row["cli_checks_passed"] = summary["checks_passed"]
@@ -209,8 +227,6 @@ def main():
         scipy_process = row["scipy_process_s"]
         row["process_ratio_cold"] = row["cli_cold_process_s"] / scipy_process
         row["process_ratio_warm"] = row["cli_warm_process_s"] / scipy_process
-        row["process_ratio_server_first"] = row["cli_server_first_s"] / scipy_process
-        row["process_ratio_server_repeat"] = row["cli_server_repeat_s"] / scipy_process
         print(
             json.dumps({k: v for k, v in row.items() if k != "scipy"}, indent=1),
             flush=True,
@@ -218,7 +234,7 @@ def main():
         rows.append(row)
 
     name = "time_to_stationarity_quick" if args.quick else "time_to_stationarity"
-    path = write_json(name, dict(machine=machine(), rows=rows))
+    path = write_json(name, dict(machine=machine(), **imported, rows=rows))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,8 +247,6 @@ def main():
         ("scipy_process_s", "SciPy process"),
         ("cli_cold_process_s", "mf process cold"),
         ("cli_warm_process_s", "mf process warm"),
-        ("cli_server_first_s", "mf via server\n(1st, warm)"),
-        ("cli_server_repeat_s", "mf via server\n(repeat)"),
         ("session_first_solve_s", "mf 1st solve\n(session)"),
     ]
     width = 0.8 / len(rows)

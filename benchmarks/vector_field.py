@@ -12,7 +12,6 @@ Writes benchmarks/results/vector_field.json and .png.
 """
 
 import argparse
-import sys
 
 import jax
 
@@ -22,11 +21,8 @@ import equinox as eqx
 import jax.numpy as jnp
 import manifoldflow as mf
 import numpy as np
+from _common import machine, RESULTS, time_call, two_layer_data, write_json
 from manifoldflow.models import TwoLayerManifold
-
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from _common import machine, RESULTS, time_call, two_layer_data, write_json  # noqa: E402
 
 
 def plain_closed_form(theta, a, X, y_weights, gram_data):

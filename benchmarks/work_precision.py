@@ -11,7 +11,6 @@ work_precision.png.
 import argparse
 import json
 import pathlib
-import sys
 
 import jax
 
@@ -21,8 +20,7 @@ from manifoldflow import bench
 
 
 HERE = pathlib.Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from _common import machine, RESULTS, write_json  # noqa: E402
+from _common import machine, RESULTS, write_json
 
 
 def main():

@@ -72,13 +72,7 @@ def main():
         last = manifold.to_parameters(solution.theta_final)
         run = dict(
             start=start,
-            result=solution.result_name,
-            num_steps=int(solution.num_steps),
-            t_final=float(solution.t_final),
-            R_initial=float(solution.sharpness[0]),
-            R_final=float(solution.sharpness[-1]),
-            grad_norm_final=float(solution.gradient_norm[-1]),
-            constraint_violation_max=float(np.max(solution.constraint_violation)),
+            **solution.summary(),
             barron_initial=barron(first),
             barron_final=barron(last),
             heuristic_initial=heuristic(first, args.d),

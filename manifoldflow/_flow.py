@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float, Scalar
 
+from ._custom_types import RealScalarLike
 from ._manifold import AbstractManifold, Linearisation
 from ._projection import AbstractProjector, CholeskyProjector
 
@@ -47,7 +48,7 @@ class SharpnessFlow(eqx.Module):
 
     manifold: AbstractManifold
     projector: AbstractProjector = CholeskyProjector()
-    constant: float = 1.0
+    constant: RealScalarLike = 1.0
 
     def evaluate(self, theta: Float[Array, " D"]) -> FlowEvaluation:
         """$P_T \\nabla R$, its multipliers and the linearisation at `theta`."""

@@ -503,7 +503,10 @@ class Integrator(eqx.Module):
         state = _save(state, commit)
         state = self._noise_floor(state, commit)
         meter_state = self.progress_meter.step(state.meter_state, state.progress)
-        return eqx.tree_at(lambda s: s.meter_state, state, meter_state), commit
+        state = eqx.tree_at(
+            lambda s: s.meter_state, state, meter_state, is_leaf=lambda x: x is None
+        )
+        return state, commit
 
     def _next_step_size(self, state: FlowState, t1, t, tnext):
         """The size of the next step before clipping. Adaptive: the controller's

@@ -1,7 +1,7 @@
 r"""Constraint manifolds $\Gamma = \{\theta : F(\theta) = 0\}$ and their sharpness."""
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -76,7 +76,7 @@ class AbstractManifold(eqx.Module):
         """$R(\\theta)$."""
         return self.linearise(theta).sharpness
 
-    def to_parameters(self, theta: Float[Array, " D"]) -> PyTree:
+    def to_parameters(self, theta: Float[ArrayLike, " D"]) -> PyTree:
         """The parameters (or model) at coordinates `theta`."""
         return theta
 
@@ -114,8 +114,18 @@ def check_data(X: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
     """Validate a data set `(X, y)`: matching lengths, finite values, float dtype, and
     no identical inputs with different labels (an empty zero-loss manifold).
 
-    Raises [`manifoldflow.InputError`][] naming what is wrong and the fix.
+    Raises [`manifoldflow.InputError`][] naming what is wrong and the fix. Traced
+    data (under `jax.vmap`, `jax.grad`) are checked for their shapes only.
     """
+    dtype = jnp.result_type(float)
+    if isinstance(X, jax.core.Tracer) or isinstance(y, jax.core.Tracer):
+        X, y = jnp.asarray(X, dtype), jnp.asarray(y, dtype)
+        if y.ndim != 1 or X.ndim < 1 or X.shape[0] != y.shape[0]:
+            raise InputError(
+                f"X has shape {X.shape} and y has shape {y.shape}: y must be a vector "
+                "of n labels and X must have one row per label."
+            )
+        return X, y
     X_np = np.asarray(X)
     y_np = np.asarray(y)
     if y_np.ndim != 1:
@@ -135,7 +145,6 @@ def check_data(X: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
     _check_finite("X", X_np)
     _check_finite("y", y_np)
     _check_consistent_labels(X_np, y_np)
-    dtype = jnp.result_type(float)
     return jnp.asarray(X_np, dtype=dtype), jnp.asarray(y_np, dtype=dtype)
 
 
@@ -179,7 +188,7 @@ class _AbstractPytreeManifold(AbstractManifold):
     def initial_point(self) -> Float[Array, " D"]:
         return jfu.ravel_pytree(self.parameters)[0]
 
-    def to_parameters(self, theta: Float[Array, " D"]) -> PyTree:
+    def to_parameters(self, theta: Float[ArrayLike, " D"]) -> PyTree:
         """The pytree with its coordinate leaves set to `theta`."""
         unravel = jfu.ravel_pytree(self.parameters)[1]
         return eqx.combine(unravel(theta), self.static)
@@ -328,7 +337,7 @@ class ConstraintManifold(_AbstractPytreeManifold):
         params: PyTree,
         args: PyTree = None,
         *,
-        weights: ArrayLike | None = None,
+        weights: ArrayLike | Sequence[float] | None = None,
         filter_spec: PyTree[bool | Callable[[Any], bool]] = eqx.is_inexact_array,
     ):
         self.parameters, self.static = _partition_coordinates(params, filter_spec)

@@ -33,7 +33,7 @@ def at_noise_floor(
     recent_sharpness: Float[Array, " P"],
     older_minimum: Scalar,
 ) -> Bool[Array, ""]:
-    """Whether the last `patience + 1` values of $\|P_T\nabla R\|$ and $R$ (oldest
+    r"""Whether the last `patience + 1` values of $\|P_T\nabla R\|$ and $R$ (oldest
     first) show the noise floor (module docstring); `older_minimum` is the smallest
     $\|P_T\nabla R\|$ before them since the last response. Traced."""
     g, R = recent_gradient_norm, recent_sharpness

@@ -4,10 +4,14 @@ r"""Retractions onto $\Gamma$ in multiplier form: $\theta = \tilde\theta + J(\ti
 The correction is normal at $\tilde\theta$, so for a tangent step $v$ the retraction
 $R(\theta, v) = \theta + v + J^\top\lambda$ agrees with $\theta + v$ to second order.
 
-The iteration is written out with `lax.while_loop` (no optimistix root find): the
-initial guess $\lambda = 0$ is independent of $\tilde\theta$, which keeps the
-map $\tilde\theta \mapsto \theta$ free of the silent zero-derivative trap of passing
-$\tilde\theta$ as a root finder's initial guess.
+The iteration is written out with `lax.while_loop` (no optimistix root find), and
+its derivative comes from the implicit function theorem at the solution (a custom
+JVP, so forward and reverse mode both work, also when the loop took no step): with
+$g(\tilde\theta, \text{data}, \lambda) = F(\tilde\theta + J(\tilde\theta)^\top\lambda)$,
+$d\lambda = -(\partial_\lambda g)^{-1}(\partial_{\tilde\theta} g\, d\tilde\theta +
+\partial_{\text{data}} g\, d\,\text{data})$. This avoids the silent zero-derivative
+trap of passing $\tilde\theta$ as a root finder's initial guess, and costs nothing
+when no derivative is taken.
 """
 
 import abc
@@ -16,6 +20,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, Scalar
@@ -161,6 +166,15 @@ class AbstractMultiplierRetraction(AbstractRetraction):
         projector: AbstractProjector,
         theta_tilde: Float[Array, " D"],
     ) -> RetractionSolution:
+        return _multiplier_retraction(self, manifold, projector, theta_tilde)
+
+    def iterate(
+        self,
+        manifold: AbstractManifold,
+        projector: AbstractProjector,
+        theta_tilde: Float[Array, " D"],
+    ) -> RetractionSolution:
+        """The iteration itself (its derivative is that of the loop, if any)."""
         base = manifold.linearise(theta_tilde)
         normal = base.jacobian.transpose().mv
         tolerance = jnp.maximum(self.atol, self.rtol * manifold.constraint_scale())
@@ -249,6 +263,10 @@ class GaussNewtonRetraction(AbstractRetraction):
     max_steps: int = 200
 
     def __call__(self, manifold, projector, theta_tilde):
+        return _gauss_newton_retraction(self, manifold, projector, theta_tilde)
+
+    def iterate(self, manifold, projector, theta_tilde):
+        """The iteration itself (its derivative is that of the loop, if any)."""
         tolerance = jnp.maximum(self.atol, self.rtol * manifold.constraint_scale())
 
         def direction(theta, F):
@@ -268,3 +286,86 @@ class GaussNewtonRetraction(AbstractRetraction):
             tolerance=tolerance,
             result=result,
         )
+
+
+def _tangents(primal, tangent):
+    """The tangent of the floating-point arrays of `primal`: `(arrays, static,
+    tangents)`, with zeros where `tangent` has none."""
+    dynamic, static = eqx.partition(primal, eqx.is_inexact_array)
+    if tangent is None:
+        return dynamic, static, jtu.tree_map(jnp.zeros_like, dynamic)
+    tangent = jtu.tree_map(
+        lambda p, t: jnp.zeros_like(p) if t is None else t,
+        dynamic,
+        tangent,
+        is_leaf=lambda x: x is None,
+    )
+    return dynamic, static, tangent
+
+
+def _no_tangent(solution: RetractionSolution, theta, multipliers):
+    """The tangent of a `RetractionSolution`: `theta`, `multipliers`, no others."""
+    nones = jtu.tree_map(lambda _: None, solution)
+    return eqx.tree_at(
+        lambda s: (s.theta, s.multipliers),
+        nones,
+        (theta, multipliers),
+        is_leaf=lambda x: x is None,
+    )
+
+
+@eqx.filter_custom_jvp
+def _multiplier_retraction(retraction, manifold, projector, theta_tilde):
+    return retraction.iterate(manifold, projector, theta_tilde)
+
+
+@_multiplier_retraction.def_jvp
+def _multiplier_retraction_jvp(primals, tangents):
+    r"""Implicit function theorem at the solution $\lambda$ of
+    $g(\tilde\theta, m, \lambda) = F_m(\tilde\theta + J_m(\tilde\theta)^\top\lambda) = 0$
+    ($m$: the manifold's arrays, its data)."""
+    retraction, manifold, projector, theta_tilde = primals
+    solution = _multiplier_retraction(retraction, manifold, projector, theta_tilde)
+    m, static, dm = _tangents(manifold, tangents[1])
+    dtheta_tilde = jnp.zeros_like(theta_tilde) if tangents[3] is None else tangents[3]
+    lam = solution.multipliers
+
+    def point(theta_tilde, m, lam):
+        jacobian = eqx.combine(m, static).linearise(theta_tilde).jacobian
+        return theta_tilde + jacobian.transpose().mv(lam)
+
+    def g(theta_tilde, m, lam):
+        return eqx.combine(m, static).constraint(point(theta_tilde, m, lam))
+
+    _, dg = jax.jvp(lambda t, m: g(t, m, lam), (theta_tilde, m), (dtheta_tilde, dm))
+    dg_dlam = jax.jacfwd(lambda lam: g(theta_tilde, m, lam))(lam)
+    dlam = -jnp.linalg.solve(dg_dlam, dg)
+    _, dtheta = jax.jvp(point, (theta_tilde, m, lam), (dtheta_tilde, dm, dlam))
+    return solution, _no_tangent(solution, dtheta, dlam)
+
+
+@eqx.filter_custom_jvp
+def _gauss_newton_retraction(retraction, manifold, projector, theta_tilde):
+    return retraction.iterate(manifold, projector, theta_tilde)
+
+
+@_gauss_newton_retraction.def_jvp
+def _gauss_newton_retraction_jvp(primals, tangents):
+    r"""The derivative of the closest-point map at the limit $\theta$:
+    $d\theta = d\tilde\theta - J^\top (JJ^\top)^{-1}(J\, d\tilde\theta +
+    \partial_m F\, dm)$, the tangential part of $d\tilde\theta$ moved so that
+    $F = 0$ keeps holding (exact for a start on or near $\Gamma$)."""
+    retraction, manifold, projector, theta_tilde = primals
+    solution = _gauss_newton_retraction(retraction, manifold, projector, theta_tilde)
+    m, static, dm = _tangents(manifold, tangents[1])
+    dtheta_tilde = jnp.zeros_like(theta_tilde) if tangents[3] is None else tangents[3]
+    theta = solution.theta
+    _, dF = jax.jvp(
+        lambda m, t: eqx.combine(m, static).constraint(t),
+        (m, theta),
+        (dm, dtheta_tilde),
+    )
+    jacobian = manifold.linearise(theta).jacobian.as_matrix()
+    lam = jnp.linalg.solve(jacobian @ jacobian.T, dF)
+    dtheta = dtheta_tilde - jacobian.T @ lam
+    return solution, _no_tangent(solution, dtheta, jnp.zeros_like(lam))

@@ -234,11 +234,11 @@ def solve_flow(
         _on_device(t0, dtype),
         _on_device(t1, dtype),
         None if dt0 is None else _on_device(dt0, dtype),
-        _on_device(targets or [], dtype),
+        _on_device(_padded(targets), dtype),
     )
     if not bool(retracted.converged):
         progress_meter.close(state.meter_state)
-        raise InputError(_retraction_message(retracted, initial_retraction))
+        raise _retraction_error(retracted, initial_retraction)
     if window is None:
         window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
     keep_all = targets is None
@@ -268,6 +268,15 @@ def solve_flow(
     if throw and not any(is_result(solution.result, r) for r in _ENDINGS):
         raise RuntimeError(_failure_message(solution, integrator))
     return solution
+
+
+def _padded(targets: list[float] | None) -> list[float]:
+    """Output times padded with `inf` to a power of two (at least 8), so that a new
+    number of output times rarely compiles a new program."""
+    if not targets:
+        return []
+    size = max(8, 1 << (len(targets) - 1).bit_length())
+    return targets + [math.inf] * (size - len(targets))
 
 
 @eqx.filter_jit
@@ -507,9 +516,11 @@ def _check_rank(manifold, stops, theta0) -> None:
             f"initial point (eigenvalues from {eigenvalues[0]:.3e} to "
             f"{eigenvalues[-1]:.3e}; condition bound {min(bounds):.1e}): repeated or "
             "linearly dependent constraints (e.g. duplicated data points), a singular "
-            "point of the manifold, or an activation whose derivative vanishes there. "
-            "Remove the dependent constraints, use projector=manifoldflow.SVDProjector(), "
-            "or raise the bound with stop=[manifoldflow.ConditionStop(max_condition=...)]."
+            "point of the manifold, or an activation whose derivative vanishes there.",
+            fix="Remove the dependent constraints, use "
+            "projector=manifoldflow.SVDProjector(), or raise the bound with "
+            "stop=[manifoldflow.ConditionStop(max_condition=...)].",
+            parameter="projector",
         )
 
 
@@ -518,26 +529,29 @@ def _gram(manifold, theta):
     return manifold.linearise(theta).gram
 
 
-def _retraction_message(retracted, retraction) -> str:
+def _retraction_error(retracted, retraction) -> InputError:
     failure_message = getattr(retraction, "failure_message", None)
     if failure_message is not None:
-        return failure_message(retracted)
+        return InputError(failure_message(retracted), parameter="initial_retraction")
     steps, residual = int(retracted.num_steps), float(retracted.residual)
     where = (
         f"max|F| = {residual:.3e} after {steps} steps of {type(retraction).__name__} "
         f"(tolerance {float(retracted.tolerance):.1e})"
     )
     if steps >= retraction.max_steps:
-        return (
-            f"The retraction of theta0 onto the manifold ran out of steps: {where}. "
-            f"Raise initial_retraction={type(retraction).__name__}(max_steps=...) "
-            f"(now {retraction.max_steps}), or start closer to the manifold."
+        return InputError(
+            f"The retraction of theta0 onto the manifold ran out of steps: {where}.",
+            fix=f"Raise initial_retraction={type(retraction).__name__}(max_steps=...) "
+            f"(now {retraction.max_steps}), or start closer to the manifold.",
+            parameter="initial_retraction",
         )
-    return (
+    return InputError(
         f"The retraction of theta0 onto the manifold stopped: {where}, and no damped "
         "step decreases max|F| further. No point of the manifold is near theta0, or "
         "the manifold is empty (e.g. identical inputs with different labels: no "
-        "model fits both). Start from a point with F(theta0) close to 0."
+        "model fits both).",
+        fix="Start from a point with F(theta0) close to 0.",
+        parameter="theta0",
     )
 
 

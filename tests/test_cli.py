@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import manifoldflow as mf
 import numpy as np
 import pytest
 from manifoldflow import cli
@@ -179,6 +180,41 @@ def test_command_line_process_cache_and_clean_errors(tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert "Traceback" in debug.stderr and "InputError" in debug.stderr
+    # The compilation cache folder is private; one that cannot be used is a warning.
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    unusable = subprocess.run(
+        [*command, "--data", str(tmp_path / "absent.npz")],
+        capture_output=True, text=True, timeout=600,
+        env=dict(env, MANIFOLDFLOW_CACHE_DIR="/dev/null/cache"),
+    )  # fmt: skip
+    assert unusable.returncode == 2 and "Traceback" not in unusable.stderr
+    warnings = [line for line in unusable.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "no compilation cache" in warnings[0]
+
+
+def test_a_shared_cache_folder_is_not_used(tmp_path):
+    from manifoldflow._jax_config import private_folder
+
+    assert private_folder(tmp_path / "new" / "cache") is None
+    assert (tmp_path / "new" / "cache").stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert "others can write" in private_folder(shared)
+    (tmp_path / "file").write_text("")
+    assert private_folder(tmp_path / "file") is not None
+
+
+def test_import_brings_in_no_plotting_or_solver_packages():
+    """`import manifoldflow` stays light: matplotlib, scipy and cvxpy are imported by
+    the commands that use them."""
+    code = (
+        "import sys, manifoldflow; "
+        "print(sorted(m for m in ('matplotlib', 'scipy', 'cvxpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_sgd_vs_flow_reports_the_distance_to_the_optimum(tmp_path):
@@ -310,3 +346,24 @@ def test_bench_and_sparse_recovery_name_bad_options(argv, words, tmp_path, capsy
     code = cli.main([*argv, *QUIET, "--out", str(tmp_path)])
     assert code == 2
     assert words in capsys.readouterr().err
+
+
+def test_library_errors_carry_their_parameter_and_the_command_says_its_own_fix():
+    """The command line rewrites no English: it replaces the fix of an error whose
+    `parameter` it knows by its own options."""
+    from manifoldflow.experiments._options import command_line_error
+
+    from .helpers import two_layer_problem
+
+    manifold = two_layer_problem(m=4, n=3, d=5, seed=2)[-1]
+    far = 100.0 * np.asarray(manifold.initial_point())
+    with pytest.raises(mf.InputError) as caught:
+        mf.solve_flow(
+            manifold, far, initial_retraction=mf.GaussNewtonRetraction(max_steps=2)
+        )
+    error = caught.value
+    assert error.parameter == "initial_retraction"
+    assert "ran out of steps" in error.problem and "max_steps" in error.fix
+    said = str(command_line_error(error))
+    assert said.startswith(error.problem) and "--init-scale" in said
+    assert "max_steps" not in said

@@ -45,7 +45,11 @@ def test_new_tolerances_constants_and_times_compile_nothing():
     mf.solve_flow(manifold, saveat=[0.1, 0.2], stationarity=0.0)
     mf.solve_flow(manifold, dt0=0.01, t1=0.05, **heun)
     repeats = [
-        lambda: mf.solve_flow(manifold, rtol=1e-9, atol=1e-11, stationarity=1e-8),
+        lambda: mf.solve_flow(
+            manifold,
+            stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-11),
+            stationarity=1e-8,
+        ),
         lambda: mf.solve_flow(manifold, constant=0.25, t1=2.0, throw=False),
         lambda: mf.solve_flow(manifold, saveat=[0.3, 0.5, 0.7], stationarity=0.0),
         lambda: mf.solve_flow(manifold, dt0=0.02, t1=0.1, **heun),

@@ -27,7 +27,11 @@ CASES = [
 def problem():
     _, _, _, _, manifold = two_layer_problem(m=4, n=3, d=6)
     reference = mf.solve_flow(
-        manifold, saveat=[T], rtol=1e-14, atol=1e-15, stationarity=0.0
+        manifold,
+        saveat=[T],
+        stepsize_controller=diffrax.PIDController(rtol=1e-14, atol=1e-15),
+        stationarity=0.0,
+    
     ).ys[-1]
     return manifold, reference
 

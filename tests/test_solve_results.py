@@ -41,13 +41,15 @@ def test_slow_flow_is_not_a_noise_floor():
     model = eqx.nn.MLP(4, "scalar", 12, 2, activation=jnp.tanh, key=k1)
     X, y = jax.random.normal(k2, (8, 4)), jax.random.normal(k3, (8,))
     manifold = mf.ZeroLossManifold(model, X, y)
-    sol = mf.solve_flow(manifold, t1=12.0, patience=50)
+    sol = mf.solve_flow(
+        manifold, t1=12.0, noise_floor=mf.TightenTolerances(patience=50)
+    )
     g = sol.gradient_norm
     # The plateau: some 50-step stretch on which |P_T grad R| does not halve.
     windows = np.lib.stride_tricks.sliding_window_view(g, 51)
     assert np.any(windows[:, -1] > 0.5 * windows[:, 0])
     assert sol.result == mf.RESULTS.t1_reached and sol.t_final == 12.0
-    assert sol.tightened == []
+    assert sol.num_tightened == 0 and sol.tightened.shape == (0, 3)
     assert np.all(np.diff(sol.sharpness) <= 1e-12 * sol.sharpness[0])
 
 
@@ -123,20 +125,25 @@ def test_nan_with_adaptive_steps_ends_instead_of_looping():
     assert 1.2 < a < 1.21
 
 
-def test_interrupt_returns_what_was_computed():
+def test_interrupt_returns_what_was_computed(monkeypatch):
+    """Ctrl-C between two windows returns the steps of the windows before it."""
+    from manifoldflow import _solve
+
     calls = []
+    run = _solve._run
 
-    def interrupt_on_second_window(info):
-        calls.append(info)
-        if len(calls) == 3:  # init, first window, second window
+    def interrupt_on_third_window(*args):
+        calls.append(run(*args))
+        if len(calls) == 3:
             raise KeyboardInterrupt
+        return calls[-1]
 
-    sol = mf.solve_flow(
-        _small_manifold(), window=4, callback=interrupt_on_second_window
-    )
+    monkeypatch.setattr(_solve, "_run", interrupt_on_third_window)
+    sol = mf.solve_flow(_small_manifold(), window=4)
     assert sol.result == mf.RESULTS.interrupted
-    assert sol.num_steps >= 4
-    assert sol.t_final == calls[-1]["t"]
+    state = calls[1][0]  # the last state returned before the interrupt
+    assert sol.num_steps == int(state.num_accepted) >= 4
+    assert sol.t_final == float(state.t)
     assert len(sol.ts) == sol.num_steps + 1
 
 
@@ -181,7 +188,7 @@ def test_sparse_recovery_stops_ill_conditioned_near_basis_pursuit():
     manifold = mf.ZeroLossManifold(start, Z, y)
     sol = mf.solve_flow(manifold, stationarity=1e-8, throw=False)
     assert sol.result in (mf.RESULTS.stationary, mf.RESULTS.ill_conditioned)
-    assert sol.tightened == []
+    assert sol.num_tightened == 0 and sol.tightened.shape == (0, 3)
     lp = scipy.optimize.linprog(
         np.ones(2 * d), A_eq=np.hstack([Z, -Z]), b_eq=y, bounds=(0, None)
     )
@@ -205,8 +212,7 @@ def test_retract_every_k_steps_with_and_without_output_times():
             retract_every=3,
             t1=0.6,
             saveat=saveat,
-            rtol=1e-6,
-            atol=1e-8,
+            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-8),
             stationarity=0.0,
         )
         assert sol.result == mf.RESULTS.t1_reached
@@ -248,17 +254,19 @@ def test_constant_steps_stay_constant_across_output_times():
 
 
 _FLOAT32_SCRIPT = """
-import jax, jax.numpy as jnp, manifoldflow as mf
+import diffrax, jax, jax.numpy as jnp, manifoldflow as mf
 from tests.helpers import two_layer_problem
 manifold = two_layer_problem(m=4, n=3, d=5, seed=2)[-1]
 assert manifold.initial_point().dtype == jnp.float32
 loose = dict(atol=1e-5, rtol=1e-6)
-sol = mf.solve_flow(manifold, t1=0.7, rtol=1e-5, atol=1e-6, stationarity=1e-5,
+sol = mf.solve_flow(manifold, t1=0.7, stationarity=1e-5,
+    stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-6),
     retraction=mf.ChordRetraction(**loose),
     initial_retraction=mf.GaussNewtonRetraction(**loose), max_steps=500)
 print(sol.result_name, sol.num_steps, sol.theta_final.dtype)
 try:
-    mf.solve_flow(manifold, stationarity=1e-5, rtol=1e-5, atol=1e-6)
+    mf.solve_flow(manifold, stationarity=1e-5,
+        stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-6))
 except mf.InputError as error:
     assert "float32" in str(error) and "atol=1e-5" in str(error), error
 else:

@@ -3,7 +3,6 @@ researcher writes for `scipy.integrate.solve_ivp` (the peer the harness compares
 against)."""
 
 import numpy as np
-import scipy.linalg
 
 
 class NumpyTwoLayerFlow:
@@ -11,7 +10,7 @@ class NumpyTwoLayerFlow:
     ($m\times d$, flattened), $L = (1/n)\sum_i (f_i - y_i)^2$, in closed form:
     with $Z = \theta X^\top$, $B = a(1 + Z^2)$ (the Jacobian is
     $J_i = \sum_j B_{ji} e_j \otimes x_i$), $C = 4\,\mathrm{diag}(w_i G_{ii})\,aBZ$
-    and the Gram matrix $(B^\top B)\odot G$, one Cholesky solve per evaluation.
+    and the Gram matrix $(B^\top B)\odot G$, one linear solve per evaluation.
     `project` is a Gauss--Newton projection onto $\Gamma$; `reduced` maps to the
     manifold's reduced coordinates (so errors are measured in the same norm)."""
 
@@ -31,8 +30,10 @@ class NumpyTwoLayerFlow:
         B = a[:, None] * (1 + Z**2)
         C = (4 * self.diag) * B * a[:, None] * Z
         rhs = np.einsum("ji,ji->i", B, C @ G)
-        factor = scipy.linalg.cho_factor((B.T @ B) * G, check_finite=False)
-        lam = scipy.linalg.cho_solve(factor, rhs, check_finite=False)
+        # NumPy's solve, not SciPy's Cholesky: NumPy and SciPy each bring their own
+        # OpenBLAS, and alternating between the two thread pools made each small
+        # Cholesky 10-30 ms on a 2-core CPU.
+        lam = np.linalg.solve((B.T @ B) * G, rhs)
         return -((C - B * lam) @ X).ravel()
 
     def project(self, theta, tol=1e-14, max_steps=20):

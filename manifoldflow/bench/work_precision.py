@@ -122,9 +122,8 @@ def deep_linear_problem() -> BenchProblem:
     """The trace flow on the minimisers of a deep linear net (L = 3, d = 3, n = 20),
     from the minimiser that gradient flow reaches from a Gaussian start (scale 0.6)."""
     from .._training import gradient_flow
-    from ..experiments.deep_linear import DeepLinearRisk
     from ..models import deep_linear_data, gaussian_init
-    from ..models.deep_linear import minimiser_manifold
+    from ..models.deep_linear import DeepLinearRisk, minimiser_manifold
 
     X, y, _ = deep_linear_data(20, 3, 0)
     net = gaussian_init(jax.random.PRNGKey(1), (3, 3, 3, 1), 0.6)

@@ -139,24 +139,23 @@ def check_seed(seed: int) -> None:
         raise InputError(f"--seed must be in [0, 2**32), got {seed}.")
 
 
-_COMMAND_LINE_WORDS = (
-    ("`max_steps`", "--max-steps"),
-    ("projector=manifoldflow.SVDProjector()", "--projector svd"),
-    (
-        "Raise initial_retraction=GaussNewtonRetraction(max_steps=...) (now 200), "
-        "or start closer to the manifold.",
-        "Start closer to the manifold (a smaller --init-scale), or another --seed.",
-    ),
-    (
-        "Start from a point with F(theta0) close to 0.",
-        "Change --a, --init-scale or --seed.",
-    ),
-)
+# The command line's own fix for a library error, by the parameter at fault.
+_COMMAND_LINE_FIXES = {
+    "initial_retraction": "Start closer to the manifold (a smaller --init-scale), "
+    "or another --seed.",
+    "theta0": "Change --a, --init-scale or --seed.",
+    "projector": "Remove the dependent data points, or use --projector svd.",
+}
 
 
-def command_line_words(text: str) -> str:
-    """A library message with its Python spellings replaced by the options of the
-    command line that do the same."""
-    for python, option in _COMMAND_LINE_WORDS:
-        text = text.replace(python, option)
-    return text
+def command_line_error(error: InputError) -> InputError:
+    """A library `InputError` with its fix said in the command line's options."""
+    fix = _COMMAND_LINE_FIXES.get(error.parameter or "", error.fix)
+    return InputError(error.problem, fix=fix, parameter=error.parameter)
+
+
+def result_text(solution) -> str:
+    """How a solve ended, in the command line's words."""
+    if solution.result_name == "max_steps_reached":
+        return "reached --max-steps before stationarity"
+    return solution.message

@@ -3,12 +3,14 @@ regression (Marion & Chizat 2024), with the sharpness of the minimiser reached c
 against the paper's bounds, and balancedness and rank-one structure measured."""
 
 import argparse
+import dataclasses
 from typing import Any
 
 import equinox as eqx
 import numpy as np
 
 from .._errors import InputError
+from ..models.deep_linear import DeepLinearRisk
 from ..theory import Check, Report
 from ._options import check_seed, positive_sizes, progress_meter
 from .base import AbstractExperiment, Outcome
@@ -20,18 +22,29 @@ from .base import AbstractExperiment, Outcome
 SMALL_SCALE = 0.4
 
 
-class DeepLinearRisk(eqx.Module):
-    r"""$W \mapsto \frac1n\|y - X w_{\rm prod}(W)\|^2$ for fixed `p`, `X`, `y` (a
-    module, so that the compiled gradient and Hessian products are reused)."""
+@dataclasses.dataclass(frozen=True)
+class TraceFlowRun:
+    """The trace flow on the minimisers from the point descent reached."""
 
-    p: Any
-    X: Any
-    y: Any
+    solution: Any  # a manifoldflow.FlowSolution
+    weights: list
+    S: Any  # an EigenEstimate of lambda_max at its end
 
-    def __call__(self, weights):
-        from ..models.deep_linear import risk
 
-        return risk(weights, self.p, self.X, self.y)
+@dataclasses.dataclass(frozen=True)
+class DeepLinearRun:
+    """What `run` computed: the descent path, lambda_max along it, whether it
+    converged (and how it ended), the data constants, the balancedness drift and the
+    optional trace flow."""
+
+    path: Any  # a TrainingPath
+    sharpness: np.ndarray
+    final: Any  # an EigenEstimate, None after divergence
+    trace_flow: TraceFlowRun | None
+    converged: bool
+    how: str
+    constants: Any  # marion_chizat.DataConstants
+    drift: float
 
 
 class DeepLinearProblem(eqx.Module):
@@ -179,10 +192,10 @@ class DeepLinearExperiment(AbstractExperiment):
             net, loss, X, y, args.lr, steps, args.init, args.trace_flow, settings
         )
 
-    def run(self, problem: DeepLinearProblem, *, progress: bool) -> dict:
+    def run(self, problem: DeepLinearProblem, *, progress: bool) -> DeepLinearRun:
         from .._sharpness import hessian_max_eigenvalue
         from .._training import gradient_descent, gradient_flow
-        from ..theory.marion_chizat import data_constants
+        from ..theory.marion_chizat import balancedness_drift, data_constants
 
         net, loss = problem.net, problem.loss
         constants = data_constants(problem.X, problem.y)
@@ -209,16 +222,18 @@ class DeepLinearExperiment(AbstractExperiment):
         flow = None
         if problem.trace_flow and converged and constants.full_rank:
             flow = self._trace_flow(problem, path.final, progress)
-        return dict(
+        return DeepLinearRun(
             path=path,
             sharpness=sharpness,
             final=final,
             trace_flow=flow,
             converged=converged,
             how=how,
+            constants=constants,
+            drift=float(np.max(balancedness_drift(path.params))),
         )
 
-    def _trace_flow(self, problem, start, progress) -> dict:
+    def _trace_flow(self, problem, start, progress) -> TraceFlowRun:
         import manifoldflow as mf
 
         from .._sharpness import hessian_max_eigenvalue
@@ -234,7 +249,7 @@ class DeepLinearExperiment(AbstractExperiment):
         )
         weights = [np.asarray(W) for W in manifold.to_parameters(solution.theta_final)]
         S = hessian_max_eigenvalue(problem.loss, weights, rtol=1e-12)
-        return dict(solution=solution, weights=weights, S=S)
+        return TraceFlowRun(solution=solution, weights=weights, S=S)
 
     def _converged(self, problem, path, constants) -> tuple[bool, str]:
         """Converged only at a minimiser: gradient descent by the explicit test of
@@ -261,17 +276,17 @@ class DeepLinearExperiment(AbstractExperiment):
             )
         return True, path.message
 
-    def checks(self, problem: DeepLinearProblem, result: dict) -> Report:
+    def checks(self, problem: DeepLinearProblem, result: DeepLinearRun) -> Report:
         from ..theory import marion_chizat as mc
 
-        c = mc.data_constants(problem.X, problem.y)
+        c = result.constants
         net = problem.net
         depth = net.depth
-        path = result["path"]
-        converged = result["converged"]
-        drift = float(np.max(mc.balancedness_drift(path.params)))
+        path = result.path
+        converged = result.converged
+        drift = result.drift
         final_weights = [np.asarray(W) for W in path.final]
-        final = result["final"]
+        final = result.final
         p = np.asarray(net.p)
         checks = [
             mc.lemma_1_balancedness(drift, gradient_flow=problem.lr is None),
@@ -316,9 +331,9 @@ class DeepLinearExperiment(AbstractExperiment):
                 ),
                 mc.edge_of_stability(S, problem.lr, converged),
             ]
-        flow = result["trace_flow"]
+        flow = result.trace_flow
         if flow is not None:
-            solution = flow["solution"]
+            solution = flow.solution
             checks += [
                 Check.compare(
                     "trace_flow_stationary",
@@ -334,21 +349,21 @@ class DeepLinearExperiment(AbstractExperiment):
                     float(solution.sharpness[-1]),
                     upper=float(solution.sharpness[0]),
                 ),
-                mc.theorem_1_lower_bound(c, p, depth, flow["S"].value, flow["S"].error),
+                mc.theorem_1_lower_bound(c, p, depth, flow.S.value, flow.S.error),
             ]
         return Report(
             tuple(checks),
-            dict(constants=c, converged=converged, drift=drift),
+            {},
         )
 
     def summarise(self, problem, result, report: Report) -> Outcome:
         from ..theory import marion_chizat as mc
 
-        c = report.figures["constants"]
-        net, path, final = problem.net, result["path"], result["final"]
+        c = result.constants
+        net, path, final = problem.net, result.path, result.final
         depth = net.depth
         p = np.asarray(net.p)
-        converged, how = result["converged"], result["how"]
+        converged, how = result.converged, result.how
         weights_final = [np.asarray(W) for W in path.final]
         S_final = None if final is None else final.value
         full_rank = c.full_rank
@@ -387,7 +402,7 @@ class DeepLinearExperiment(AbstractExperiment):
             S_corollary2=mc.corollary_2_bound(c, depth) if small else None,
             eta_crit=mc.critical_learning_rate(c, p, depth) if full_rank else None,
             assumption_failed=mc.full_rank_note(c) or None,
-            balancedness_drift=report.figures["drift"],
+            balancedness_drift=result.drift,
             rank_one_ratios=mc.rank_one_ratios(weights_final),
             alignments=mc.alignments(weights_final),
             layer_norms_final=layer_norms[-1],
@@ -397,23 +412,23 @@ class DeepLinearExperiment(AbstractExperiment):
             num_steps=path.num_steps,
             diverged=bool(path.diverged),
         )
-        flow = result["trace_flow"]
+        flow = result.trace_flow
         if flow is not None:
-            solution = flow["solution"]
+            solution = flow.solution
             summary.update(
                 trace_flow_result=solution.result_name,
                 trace_flow_t_final=solution.t_final,
                 trace_flow_steps=solution.num_steps,
                 trace_initial=float(solution.sharpness[0]),
                 trace_final=float(solution.sharpness[-1]),
-                S_trace_flow=flow["S"].value,
-                weights_trace_flow=flow["weights"],
-                rank_one_ratios_trace_flow=mc.rank_one_ratios(flow["weights"]),
+                S_trace_flow=flow.S.value,
+                weights_trace_flow=flow.weights,
+                rank_one_ratios_trace_flow=mc.rank_one_ratios(flow.weights),
                 layer_norms_trace_flow=[
-                    float(mc.spectral_norms(W)) for W in flow["weights"]
+                    float(mc.spectral_norms(W)) for W in flow.weights
                 ],
                 balancedness_trace_flow_start=mc.balancedness_size(weights_final),
-                balancedness_trace_flow_end=mc.balancedness_size(flow["weights"]),
+                balancedness_trace_flow_end=mc.balancedness_size(flow.weights),
             )
         headline = (
             f"{problem.settings['method']} on a depth-{depth} linear network "
@@ -453,7 +468,7 @@ class DeepLinearExperiment(AbstractExperiment):
             times=path.times,
             risk=path.loss,
             gradient_norm=path.gradient_norm,
-            sharpness=result["sharpness"],
+            sharpness=result.sharpness,
             layer_norms=layer_norms,
             balancedness_drift=mc.balancedness_drift(path.params),
         )

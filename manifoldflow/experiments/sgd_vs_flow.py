@@ -11,7 +11,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..theory import Check, Report
-from ._options import check_seed, positive_sizes, progress_meter
+from ._options import check_seed, positive_sizes
 from .base import AbstractExperiment, Outcome
 
 
@@ -154,7 +154,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                 eta=eta,
                 num_steps=round(tau / eta**2),
                 seeds=problem.seeds,
-                progress_meter=progress_meter(progress),
+                progress=progress,
             )
             finite = ~result.diverged
             retracted = retract(jnp.asarray(np.where(finite[:, None], result.final, 0)))

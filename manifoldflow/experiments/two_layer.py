@@ -15,11 +15,12 @@ from ..theory import Report
 from ._options import (
     add_flow_options,
     check_seed,
-    command_line_words,
+    command_line_error,
     flow_options,
     load_arrays,
     positive_sizes,
     progress_meter,
+    result_text,
 )
 from .base import AbstractExperiment, Outcome
 
@@ -243,7 +244,7 @@ class TwoLayerExperiment(AbstractExperiment):
                 throw=False,
             )
         except InputError as error:
-            raise InputError(command_line_words(str(error))) from None
+            raise command_line_error(error) from None
 
     def checks(self, problem: TwoLayerProblem, result) -> Report:
         from ..theory import gatmiry
@@ -309,16 +310,7 @@ def _summarise(problem: TwoLayerProblem, solution, report: Report) -> Outcome:
         **problem.settings,
         loss="mean squared: L = (1/n) sum_i (f_i - y_i)^2",
         flow_constant=solution.constant,
-        result=solution.result_name,
-        result_message=solution.message,
-        t_final=solution.t_final,
-        num_steps=solution.num_steps,
-        num_rejected_steps=solution.num_rejected_steps,
-        solve_seconds=solution.wall_seconds,
-        R_initial=float(solution.sharpness[0]),
-        grad_norm_final=float(solution.gradient_norm[-1]),
-        constraint_violation_max=float(np.max(solution.constraint_violation)),
-        **figures,
+        **{**solution.summary(), **figures},
         X=problem.X,
         y=problem.y,
         theta0=theta0,
@@ -338,7 +330,7 @@ def _summarise(problem: TwoLayerProblem, solution, report: Report) -> Outcome:
     headline = (
         f"two-layer: m={s['m']} d={s['d']} n={s['n']} activation={s['activation']} "
         f"path={s['path']} solver={s['solver']}\n"
-        f"{command_line_words(solution.message).rstrip('.')}: "
+        f"{result_text(solution).rstrip('.')}: "
         f"t={solution.t_final:.6g}, {solution.num_steps} steps "
         f"({solution.num_rejected_steps} rejected), solve {solution.wall_seconds:.2f} s\n"
         f"R: {summary['R_initial']:.12g} -> {figures['R_final']:.12g}"

@@ -10,6 +10,7 @@ from .activations import (
 from .deep_linear import (
     deep_linear_data as deep_linear_data,
     DeepLinearNet as DeepLinearNet,
+    DeepLinearRisk as DeepLinearRisk,
     end_to_end as end_to_end,
     gaussian_init as gaussian_init,
     residual_init as residual_init,

@@ -195,3 +195,15 @@ def minimiser_manifold(weights, p, X, y):
         args,
         weights=2.0 * np.ones(X.shape[1]),
     )
+
+
+class DeepLinearRisk(eqx.Module):
+    r"""$W \mapsto \frac1n\|y - X w_{\rm prod}(W)\|^2$ for fixed `p`, `X`, `y` (a
+    module, so that the compiled gradient and Hessian products are reused)."""
+
+    p: Float[Array, " dL"]
+    X: Float[Array, "n d"]
+    y: Float[Array, " n"]
+
+    def __call__(self, weights):
+        return risk(weights, self.p, self.X, self.y)

@@ -111,16 +111,22 @@ class TwoLayerManifold(AbstractManifold):
         self.X, self.y = X, y
         self.a, self.activation = net.a, net.activation
         self.weights = loss.curvature_weights(y)
-        # Host-side set-up in NumPy: eager jnp calls would each be traced.
-        X_np, theta = np.asarray(X), np.asarray(net.theta)
-        basis, _ = np.linalg.qr(X_np.T)  # (d, k), X^T = Q R
+        # Host-side set-up in NumPy (eager jnp calls would each be traced), in jnp
+        # for traced data (under jax.vmap or jax.grad).
+        traced = isinstance(X, jax.core.Tracer) or isinstance(
+            net.theta, jax.core.Tracer
+        )
+        xp = jnp if traced else np
+        X_np, theta = xp.asarray(X), xp.asarray(net.theta)
+        basis, _ = xp.linalg.qr(X_np.T)  # (d, k), X^T = Q R
         u0 = theta @ basis
         # (`device_put`: `jnp.array` and `jnp.asarray` may stage a program each.)
-        self.basis = jax.device_put(basis)
-        self.coefficients = jax.device_put(X_np @ basis)  # L, (n, k)
-        self.data_gram = jax.device_put(X_np @ X_np.T)
-        self.u0 = jax.device_put(u0)
-        self.theta_perp = jax.device_put(theta - u0 @ basis.T)
+        put = (lambda a: a) if traced else jax.device_put
+        self.basis = put(basis)
+        self.coefficients = put(X_np @ basis)  # L, (n, k)
+        self.data_gram = put(X_np @ X_np.T)
+        self.u0 = put(u0)
+        self.theta_perp = put(theta - u0 @ basis.T)
 
     @property
     def num_constraints(self) -> int:
@@ -149,7 +155,7 @@ class TwoLayerManifold(AbstractManifold):
     def to_parameters(self, u):
         return TwoLayerNet(self.full_theta(u), self.a, self.activation)
 
-    def features(self, u: Float[Array, " D"]) -> Float[Array, "m n"]:
+    def features(self, u: Float[ArrayLike, " D"]) -> Float[Array, "m n"]:
         r"""The feature matrix $Z = \Theta X^\top$, $Z_{ji} = \theta_j^\top x_i$."""
         return u.reshape(self.u0.shape) @ self.coefficients.T
 

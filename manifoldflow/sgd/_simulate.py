@@ -3,6 +3,7 @@ in compiled chunks with bounded memory, recording a thinned trajectory."""
 
 import math
 import time
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -81,7 +82,7 @@ def simulate(
     *,
     eta: float,
     num_steps: int,
-    seeds: int | Int[ArrayLike, " seeds"] = 16,
+    seeds: int | Int[ArrayLike, " seeds"] | Sequence[int] = 16,
     record_every: int | None = None,
     chunk_records: int = 64,
     max_record_bytes: int = 2**30,

@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 import equinox as eqx
+import numpy as np
 
 
 def _to_float(x) -> float | None:
@@ -57,7 +58,7 @@ class Check(eqx.Module):
         prediction=None,
         lower=None,
         upper=None,
-        condition: bool = True,
+        condition: bool | np.bool_ = True,
         note: str = "",
     ) -> "Check":
         """An applicable check: passes iff `condition` holds and `measured` is finite

@@ -237,11 +237,13 @@ def fit_linear_rate(ts: np.ndarray, gradient_norm: np.ndarray) -> float:
     Near a non-degenerate minimum $\frac{d}{dt}\|g\|^2 = -2\operatorname{Hess}[g, g]
     < 0$, so the linear phase is a run of steps along which $\|g\|$ strictly
     decreases. The fit takes the run that covers the most decades and uses the three
-    decades before its last one (less on short runs). Near the end, $\|g\|$ reaches the
+    decades before its last two (less on short runs). Near the end, $\|g\|$ reaches the
     integrator's noise floor (local errors of size rtol$\cdot|\theta|$ move the point
-    as much as its distance to the optimum) and stops decreasing monotonically: those
-    steps measure the solver, not the flow, and are left out. `nan` with fewer than 3
-    points.
+    as much as its distance to the optimum): it slows down over the last two decades
+    (on a small net at rtol $10^{-10}$, from rate 1.54 to 0.45 between
+    $\|g\| = 2.6\cdot10^{-10}$ and $10^{-10}$) and then stops decreasing
+    monotonically. Those steps measure the solver, not the flow, and are left out.
+    `nan` with fewer than 3 points.
     """
     ts, g = np.asarray(ts), np.asarray(gradient_norm)
     ok = np.isfinite(g) & (g > 0)
@@ -257,8 +259,8 @@ def fit_linear_rate(ts: np.ndarray, gradient_norm: np.ndarray) -> float:
     start, end = starts[best], ends[best]
     run = np.arange(start, end + 1)
     height = log_g[run] - log_g[end]
-    # Leave out the last decade, where the run already bends towards the noise floor.
-    window = run[(height >= 1.0) & (height <= 4.0)]
+    # Leave out the last two decades, where the run bends towards the noise floor.
+    window = run[(height >= 2.0) & (height <= 5.0)]
     if window.size < 3:
         window = run[height <= 3.0]
     if window.size < 3:
