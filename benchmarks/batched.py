@@ -4,8 +4,14 @@ two-layer problem, against the same flows solved one at a time.
 Each start is the command's initial point plus Gaussian noise (`--spread`); the
 initial retraction brings it onto the manifold, and each flow runs to
 |P_T grad R| <= 1e-10 with the defaults (Dopri8, PID 1e-10/1e-12). Before any time
-is reported, every member of the batch must end where its separate solve ends
-(max |difference| <= 1e-12) with the same result and number of steps.
+is reported, every member of the batch must end with the same result as its separate
+solve, at the same point up to the distance that the stop leaves to the stationary
+point: |P_T grad R| <= eps is reached within eps / r of it (r: the flow's asymptotic
+linear rate, Theorem 3.5), so two solves that stop there differ by at most 2 eps / r.
+Batched matrix products round differently from single ones, and an adaptive step
+whose error estimate lies that close to the tolerance may then be accepted in one and
+rejected in the other: the JSON records how many members took exactly the same
+steps, and the largest difference.
 
 Timed (compilation separate, `jax.block_until_ready`, medians of `--repeats`):
 - batched: one jitted `vmap` over all starts;
@@ -29,6 +35,7 @@ import manifoldflow as mf
 import numpy as np
 from _common import machine, median_seconds, RESULTS, two_layer_data, write_json
 from manifoldflow.models import TwoLayerManifold
+from manifoldflow.theory import gatmiry
 
 
 def main():
@@ -74,9 +81,16 @@ def main():
     same_steps = all(
         int(batch.num_steps[i]) == int(s.num_steps) for i, s in enumerate(singles)
     )
+    identical = sum(
+        int(batch.num_steps[i]) == int(s.num_steps)
+        and bool(jnp.all(batch.step_ts[i] == s.step_ts))
+        for i, s in enumerate(singles)
+    )
     results = [mf.RESULTS[s.result] for s in singles]
-    assert difference <= 1e-12, difference
-    assert same_result and same_steps
+    rate = gatmiry.asymptotic_rate(manifold, 1.0)
+    bound = 2 * 1e-10 / rate
+    assert same_result, "a member ended differently from its separate solve"
+    assert difference <= bound, (difference, bound)
 
     batched_seconds = median_seconds(lambda: batched(starts), args.repeats)
     single_seconds = median_seconds(
@@ -96,8 +110,11 @@ def main():
         batch=args.batch,
         spread=args.spread,
         max_abs_end_point_difference=difference,
+        end_point_bound=bound,
+        asymptotic_rate=rate,
         same_result=same_result,
         same_steps=same_steps,
+        members_with_identical_steps=identical,
         results=sorted(set(results)),
         steps_min=int(steps.min()),
         steps_median=float(np.median(steps)),
@@ -121,7 +138,8 @@ def main():
         f"{host_seconds:.3f} s (solve_flow): {row['speedup_vs_jit']:.1f}x and "
         f"{row['speedup_vs_solve_flow']:.1f}x; compile {batched_compile:.1f} s "
         f"batched, {single_compile:.1f} s single; max end-point difference "
-        f"{difference:.1e}; wrote {path}"
+        f"{difference:.1e} (bound {bound:.1e}; {identical}/{args.batch} members took "
+        f"identical steps); wrote {path}"
     )
     _plot(row, steps)
 
@@ -145,7 +163,8 @@ def _plot(row, steps):
     left.set_title(
         f"{row['batch']} flows, two-layer m={row['m']}, d={row['d']}, n={row['n']}"
     )
-    right.hist(steps, bins=20, color="C2")
+    right.hist(steps, bins=np.arange(steps.min() - 0.5, steps.max() + 1.5), color="C2")
+    right.xaxis.get_major_locator().set_params(integer=True)
     right.set_xlabel("accepted steps per member (each its own)")
     right.set_ylabel("members")
     right.set_title("steps to |P_T grad R| <= 1e-10")

@@ -385,7 +385,12 @@ class Integrator(eqx.Module):
                 RESULTS.successful,
             )
 
-        return lax.cond(keep, accepted, rejected, None)
+        # Under vmap, evaluate once if any member kept its step (not for every
+        # member as both branches of a batched `cond` would), then mask.
+        evaluated = lax.cond(eqxi.unvmap_any(keep), accepted, rejected, None)
+        return jtu.tree_map(
+            lambda a, b: jnp.where(keep, a, b), evaluated, rejected(None)
+        )
 
     def _step_failure(self, keep, step_result, solver_state, y0) -> RESULTS:
         """The cause of a kept step's failure: the retraction's; for non-finite values,
@@ -408,7 +413,11 @@ class Integrator(eqx.Module):
                 RESULTS.projection_failed,
             )
 
-        cause = lax.cond(nonfinite, cause_at_start, lambda _: cause, None)
+        # Evaluated only when some member's step failed (also under vmap).
+        at_start = lax.cond(
+            eqxi.unvmap_any(nonfinite), cause_at_start, lambda _: cause, None
+        )
+        cause = RESULTS.where(nonfinite, at_start, cause)
         return RESULTS.where(failed, cause, RESULTS.successful)
 
     def _t_end(self, state: FlowState):
