@@ -1,6 +1,6 @@
 """Work-precision of every way to integrate the sharpness flow, in the transient.
 
-The harness is `manifoldflow.bench` (also `manifoldflow bench`); this script runs it
+The harness is `manifoldflow.work_precision` (also `manifoldflow bench`); this script runs it
 on the benchmark's problems and writes benchmarks/results/work_precision.json (a flat
 list `rows`, the references per problem and an analysis per target error) and
 work_precision.png.
@@ -16,7 +16,7 @@ import jax
 
 
 jax.config.update("jax_enable_x64", True)
-from manifoldflow import bench
+from manifoldflow import work_precision as harness
 
 
 HERE = pathlib.Path(__file__).parent
@@ -43,10 +43,10 @@ def main():
     else:
         results = []
         for key in args.problems.split(","):
-            problem = bench.PROBLEMS[key]()
-            plan = bench.Plan.for_problem(problem, quick=args.quick)
+            problem = harness.PROBLEMS[key]()
+            plan = harness.Plan.for_problem(problem, quick=args.quick)
             results.append(
-                bench.run_problem(problem, plan, log=lambda s: print(s, flush=True))
+                harness.run_problem(problem, plan, log=lambda s: print(s, flush=True))
             )
         machine_info = machine()
     payload = dict(
@@ -57,7 +57,7 @@ def main():
             )
             for r in results
         ],
-        analysis=[bench.analyse(r) for r in results],
+        analysis=[harness.analyse(r) for r in results],
         rows=[row for r in results for row in r["rows"]],
     )
     path = write_json("work_precision", payload)
@@ -66,7 +66,7 @@ def main():
 
     figure = Figure()
     FigureCanvasAgg(figure)
-    bench.plot_work_precision(results, figure)
+    harness.plot_work_precision(results, figure)
     figure.savefig(RESULTS / "work_precision.png", dpi=100)
     print(f"wrote {path}")
 

@@ -6,13 +6,22 @@ import time as _time
 # When the import began (before JAX's): the command line reports its wall time from here.
 _IMPORT_STARTED = _time.perf_counter()
 
-from . import models as models, sgd as sgd, theory as theory
-from ._descent import (
-    GradientFlowRetraction as GradientFlowRetraction,
-    GradientFlowRetractionSolution as GradientFlowRetractionSolution,
-)
+from . import baselines as baselines, models as models, sgd as sgd, theory as theory
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
+from ._landscape import (
+    descent_converged as descent_converged,
+    EigenEstimate as EigenEstimate,
+    gradient_descent as gradient_descent,
+    gradient_flow as gradient_flow,
+    hessian_matrix as hessian_matrix,
+    hessian_max_eigenvalue as hessian_max_eigenvalue,
+    hessian_trace as hessian_trace,
+    hessian_vector_product as hessian_vector_product,
+    hutchinson_trace as hutchinson_trace,
+    TraceEstimate as TraceEstimate,
+    TrainingPath as TrainingPath,
+)
 from ._loop import FlowState as FlowState, StepDiagnostics as StepDiagnostics
 from ._loss import (
     AbstractLoss as AbstractLoss,
@@ -44,17 +53,10 @@ from ._retraction import (
     AbstractRetraction as AbstractRetraction,
     ChordRetraction as ChordRetraction,
     GaussNewtonRetraction as GaussNewtonRetraction,
+    GradientFlowRetraction as GradientFlowRetraction,
+    GradientFlowRetractionSolution as GradientFlowRetractionSolution,
     NewtonRetraction as NewtonRetraction,
     RetractionSolution as RetractionSolution,
-)
-from ._sharpness import (
-    EigenEstimate as EigenEstimate,
-    hessian_matrix as hessian_matrix,
-    hessian_max_eigenvalue as hessian_max_eigenvalue,
-    hessian_trace as hessian_trace,
-    hessian_vector_product as hessian_vector_product,
-    hutchinson_trace as hutchinson_trace,
-    TraceEstimate as TraceEstimate,
 )
 from ._solution import FlowSolution as FlowSolution
 from ._solve import flow_solve as flow_solve, solve_flow as solve_flow
@@ -69,10 +71,4 @@ from ._stop import (
     ConditionStop as ConditionStop,
     gram_condition_estimate as gram_condition_estimate,
     StationarityStop as StationarityStop,
-)
-from ._training import (
-    descent_converged as descent_converged,
-    gradient_descent as gradient_descent,
-    gradient_flow as gradient_flow,
-    TrainingPath as TrainingPath,
 )

@@ -22,7 +22,7 @@ from jaxtyping import ArrayLike, Float
 
 from ._errors import InputError
 from ._flow import SharpnessFlow
-from ._loop import FlowState, Integrator, solution as _solution
+from ._loop import FlowState, Integrator
 from ._manifold import AbstractManifold
 from ._noise_floor import AbstractNoiseFloorPolicy, TightenTolerances
 from ._projection import AbstractProjector, CholeskyProjector, QRProjector
@@ -259,9 +259,12 @@ def solve_flow(
     finally:
         progress_meter.close(state.meter_state)
     solution = _host_solution(
-        _solution(state, retracted, integrator.flow.constant, integrator.stops),
+        state,
+        retracted,
         np.concatenate(states) if keep_all else None,
         save_every,
+        constant=float(constant),
+        stationarity=float(stationarity),
         wall_seconds=time.perf_counter() - start,
         manifold=manifold,
     )
@@ -290,12 +293,13 @@ def _run(integrator: Integrator, state: FlowState, attempts, window: int):
 
 
 def _host_solution(
-    solution: FlowSolution, all_states, save_every, **fields
+    state: FlowState, retracted, all_states, save_every, **fields
 ) -> FlowSolution:
-    """The solution in NumPy, trimmed to the steps taken; with `all_states`, every
-    accepted state (every `save_every`-th, and the last) as `ys`."""
-    n = int(solution.num_steps) + 1
-    step_ts = np.asarray(solution.step_ts)[:n]
+    """The solution in NumPy, trimmed to the steps taken (no eager JAX operation:
+    each would stage a program); with `all_states`, every accepted state (every
+    `save_every`-th, and the last) as `ys`, else the states at the output times."""
+    n = int(state.num_accepted) + 1
+    step_ts = np.asarray(state.step_ts)[:n]
     if all_states is not None:
         saved_index = np.arange(n)
         if save_every > 1:
@@ -303,32 +307,28 @@ def _host_solution(
             keep[::save_every] = True
             keep[-1] = True
             saved_index = saved_index[keep]
-        ts, ys = step_ts[saved_index], all_states[saved_index]
+        ys = all_states[saved_index]
     else:
-        saved_index = np.asarray(solution.saved_index)
-        reached = saved_index >= 0
-        saved_index = saved_index[reached]
-        ts = step_ts[saved_index]
-        ys = np.asarray(solution.ys)[reached]
-    k = int(solution.num_tightened)
+        count = int(state.save_count)
+        saved_index = np.asarray(state.saved_index)[:count]
+        ys = np.asarray(state.saved_ys)[:count]
+    k = int(state.num_tightened)
     return FlowSolution(
-        ts=ts,
+        ts=step_ts[saved_index],
         ys=ys,
         step_ts=step_ts,
-        sharpness=np.asarray(solution.sharpness)[:n],
-        gradient_norm=np.asarray(solution.gradient_norm)[:n],
-        constraint_violation=np.asarray(solution.constraint_violation)[:n],
+        sharpness=np.asarray(state.sharpness)[:n],
+        gradient_norm=np.asarray(state.gradient_norm)[:n],
+        constraint_violation=np.asarray(state.constraint_violation)[:n],
         saved_index=saved_index,
-        theta_final=solution.theta_final,
+        theta_final=state.y,
         t_final=float(step_ts[-1]),
-        num_steps=int(solution.num_steps),
-        num_rejected_steps=int(solution.num_rejected_steps),
-        result=solution.result,
-        tightened=np.asarray(solution.tightened)[:k],
+        num_steps=n - 1,
+        num_rejected_steps=int(state.num_rejected),
+        result=state.result,
+        tightened=np.asarray(state.tightened)[:k],
         num_tightened=k,
-        constant=float(solution.constant),
-        stationarity=float(solution.stationarity),
-        retraction=solution.retraction,
+        retraction=retracted,
         **fields,
     )
 

@@ -1,16 +1,16 @@
-"""The work-precision harness (`manifoldflow.bench`) on a tiny two-layer net: rows,
+"""The work-precision harness (`manifoldflow.work_precision`) on a tiny two-layer net: rows,
 evaluation counts, the analysis, and what the numbers must say."""
 
-import manifoldflow.bench as bench
+import manifoldflow.work_precision as harness
 import numpy as np
 import pytest
-from manifoldflow.bench import work_precision as wp
+from manifoldflow.work_precision import harness as wp
 
 
 @pytest.fixture(scope="module")
 def setup():
-    problem = bench.two_layer_problem(4, 6, 3)
-    return problem, bench.reference_solution(problem)
+    problem = harness.two_layer_problem(4, 6, 3)
+    return problem, harness.reference_solution(problem)
 
 
 def test_reference_is_cross_checked_in_the_transient(setup):
@@ -24,11 +24,11 @@ def test_reference_is_cross_checked_in_the_transient(setup):
 def test_evaluations_from_the_rate_per_step_equal_the_counted_ones(setup):
     problem, reference = setup
     rows = [
-        bench.measure(problem, reference, "projected", "tsit5", rtol=tol, repeats=1)
+        harness.measure(problem, reference, "projected", "tsit5", rtol=tol, repeats=1)
         for tol in (1e-4, 1e-6)
     ]
     rate = wp._rate(rows)
-    estimated = bench.measure(
+    estimated = harness.measure(
         problem,
         reference,
         "projected",
@@ -38,7 +38,7 @@ def test_evaluations_from_the_rate_per_step_equal_the_counted_ones(setup):
         per_attempt=rate,
         count_limit=0.0,
     )
-    counted = bench.measure(problem, reference, "projected", "tsit5", rtol=1e-8)
+    counted = harness.measure(problem, reference, "projected", "tsit5", rtol=1e-8)
     assert estimated["vf_evals_source"] != "counted"
     assert counted["vf_evals_source"] == "counted"
     # Projected steps re-evaluate every stage (made_jump): a fixed count per attempt.
@@ -47,7 +47,7 @@ def test_evaluations_from_the_rate_per_step_equal_the_counted_ones(setup):
 
 def test_rows_say_what_the_mathematics_says(setup):
     problem, reference = setup
-    plan = bench.Plan(
+    plan = harness.Plan(
         tolerances=(1e-4, 1e-8),
         adaptive=(("projected", "dopri8"), ("no-projection", "tsit5")),
         fixed_steps=(32, 128),
@@ -55,7 +55,7 @@ def test_rows_say_what_the_mathematics_says(setup):
         scipy_methods=("DOP853",),
         repeats=1,
     )
-    result = bench.run_problem(problem, plan, log=lambda _: None)
+    result = harness.run_problem(problem, plan, log=lambda _: None)
     rows = {(r["strategy"], r["rtol"] or r["dt"]): r for r in result["rows"]}
     assert not any(r["failed"] for r in rows.values())
     for key in ("error", "R_error", "constraint_max", "vf_evals", "wall_seconds"):
@@ -76,7 +76,7 @@ def test_rows_say_what_the_mathematics_says(setup):
         rows["projected-fixed-euler", reference.T / k]["error"] for k in (32, 128)
     )
     assert 4 / 1.5 < e32 / e128 < 4 * 1.5
-    analysis = bench.analyse(result, targets=(1e-6,))
+    analysis = harness.analyse(result, targets=(1e-6,))
     at = analysis["per_target"][0]
     fastest = at["fastest"]
     reached = [r for r in result["rows"] if r["error"] <= 1e-6]
@@ -88,5 +88,5 @@ def test_rows_say_what_the_mathematics_says(setup):
 
 def test_a_failed_configuration_is_a_row(setup):
     problem, reference = setup
-    row = bench.measure(problem, reference, "projected", "no-such-solver", rtol=1e-4)
+    row = harness.measure(problem, reference, "projected", "no-such-solver", rtol=1e-4)
     assert row["failed"] is True and "KeyError" in row["reason"]

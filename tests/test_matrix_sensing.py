@@ -32,7 +32,7 @@ def test_trace_on_gamma_matches_the_closed_form(depth):
 def test_minimum_nuclear_norm_recovers_a_low_rank_truth():
     cvxpy = pytest.importorskip("cvxpy")
     del cvxpy
-    from manifoldflow.models.matrix_sensing import minimum_nuclear_norm
+    from manifoldflow.baselines import minimum_nuclear_norm
 
     A, y, M = sensing_data(5, 1, 20, seed=0)
     X, optimum, status = minimum_nuclear_norm(A, y)

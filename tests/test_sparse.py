@@ -6,13 +6,12 @@ import jax.numpy as jnp
 import manifoldflow as mf
 import numpy as np
 import pytest
+from manifoldflow.baselines import basis_pursuit, l1_minimiser_spread
 from manifoldflow.models import (
-    basis_pursuit,
     QuadraticLinearModel,
     sparse_init,
     sparse_recovery_data,
 )
-from manifoldflow.models.sparse import l1_minimiser_spread
 
 
 def _manifold(d, n, k, seed=0, start=0):

@@ -1,4 +1,4 @@
-r"""`manifoldflow bench`: the work--precision harness of `manifoldflow.bench` on the
+r"""`manifoldflow bench`: the work--precision harness of `manifoldflow.work_precision` on the
 two-layer flow (any size) and the deep-linear trace flow: every strategy, solver and
 tolerance against a cross-checked reference, in the transient."""
 
@@ -139,7 +139,7 @@ class BenchExperiment(AbstractExperiment):
         )
 
     def build(self, args: argparse.Namespace) -> BenchSettings:
-        from ..bench.work_precision import (
+        from ..work_precision.harness import (
             ADAPTIVE_SOLVERS,
             FIXED_SOLVERS,
             SCIPY_METHODS,
@@ -167,7 +167,7 @@ class BenchExperiment(AbstractExperiment):
         if any(t >= 1 for t in tolerances):
             raise InputError(f"--tolerances {args.tolerances!r}: each must be < 1.")
         steps = _numbers(args.steps, "--steps", int)
-        from ..bench.work_precision import NUM_TIMES
+        from ..work_precision.harness import NUM_TIMES
 
         if any(k % NUM_TIMES for k in steps):
             raise InputError(
@@ -206,7 +206,7 @@ class BenchExperiment(AbstractExperiment):
         return BenchSettings(problems, (args.m, args.d, args.n), args.seed, plan)
 
     def run(self, problem: BenchSettings, *, progress: bool) -> list[dict]:
-        from .. import bench
+        from .. import work_precision
 
         results = []
 
@@ -216,12 +216,16 @@ class BenchExperiment(AbstractExperiment):
 
         for key in problem.problems:
             if key == "two-layer":
-                built = bench.two_layer_problem(*problem.sizes, seed=problem.seed)
+                built = work_precision.two_layer_problem(
+                    *problem.sizes, seed=problem.seed
+                )
             else:
-                built = bench.deep_linear_problem()
-            plan = bench.Plan.for_problem(built)
+                built = work_precision.deep_linear_problem()
+            plan = work_precision.Plan.for_problem(built)
             options = dict(problem.plan_options)
-            if plan.adaptive != bench.Plan().adaptive:  # a large problem's exclusions
+            if (
+                plan.adaptive != work_precision.Plan().adaptive
+            ):  # a large problem's exclusions
                 options["adaptive"] = tuple(
                     a for a in options["adaptive"] if a in plan.adaptive
                 )
@@ -229,11 +233,11 @@ class BenchExperiment(AbstractExperiment):
                     m for m in options["scipy_methods"] if m in plan.scipy_methods
                 )
             plan = dataclasses.replace(plan, **options)
-            results.append(bench.run_problem(built, plan, log=log))
+            results.append(work_precision.run_problem(built, plan, log=log))
         return results
 
     def checks(self, problem: BenchSettings, result: list[dict]) -> Report:
-        from ..bench import analyse
+        from ..work_precision import analyse
 
         checks = []
         for res in result:
@@ -343,7 +347,7 @@ class BenchExperiment(AbstractExperiment):
         return Report(tuple(checks), figures)
 
     def summarise(self, problem: BenchSettings, result: list[dict], report) -> Outcome:
-        from ..bench import analyse
+        from ..work_precision import analyse
 
         analyses = [analyse(r, targets=_TARGETS) for r in result]
         rows = [row for r in result for row in r["rows"]]
@@ -406,6 +410,6 @@ class BenchExperiment(AbstractExperiment):
         )
 
     def plot(self, outcome: Outcome, figure) -> None:
-        from ..bench import plot_work_precision
+        from ..work_precision import plot_work_precision
 
         plot_work_precision(outcome.figure_data, figure)

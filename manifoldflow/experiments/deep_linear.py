@@ -193,8 +193,7 @@ class DeepLinearExperiment(AbstractExperiment):
         )
 
     def run(self, problem: DeepLinearProblem, *, progress: bool) -> DeepLinearRun:
-        from .._sharpness import hessian_max_eigenvalue
-        from .._training import gradient_descent, gradient_flow
+        from .._landscape import gradient_descent, gradient_flow, hessian_max_eigenvalue
         from ..theory.marion_chizat import balancedness_drift, data_constants
 
         net, loss = problem.net, problem.loss
@@ -236,7 +235,7 @@ class DeepLinearExperiment(AbstractExperiment):
     def _trace_flow(self, problem, start, progress) -> TraceFlowRun:
         import manifoldflow as mf
 
-        from .._sharpness import hessian_max_eigenvalue
+        from .._landscape import hessian_max_eigenvalue
         from ..models.deep_linear import minimiser_manifold
 
         net = problem.net
@@ -255,7 +254,7 @@ class DeepLinearExperiment(AbstractExperiment):
         """Converged only at a minimiser: gradient descent by the explicit test of
         `descent_converged`; gradient flow when it stopped at a small gradient AND
         R - R_min is below 1e-6 of its initial value (not at a saddle such as W = 0)."""
-        from .._training import descent_converged
+        from .._landscape import descent_converged
 
         if path.diverged:
             return False, "diverged (a non-finite value)"
@@ -526,6 +525,6 @@ class DeepLinearExperiment(AbstractExperiment):
 
 
 def _gradient_norm(loss, weights) -> float:
-    from .._training import _loss_and_gradient_norm
+    from .._landscape.training import _loss_and_gradient_norm
 
     return float(_loss_and_gradient_norm(loss, list(weights))[1])

@@ -13,6 +13,7 @@ $(\|W\|_* - \min)/\min$ is measured, not asserted.
 """
 
 import argparse
+import dataclasses
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -28,6 +29,22 @@ from ._options import (
     progress_meter,
 )
 from .base import AbstractExperiment, Outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class SensingRun:
+    """The flow's solution, sigma(J) at its end, the factors and their product W, and
+    the minimum-nuclear-norm comparison (X, its optimum and status; `skipped` says
+    why it is missing)."""
+
+    solution: Any  # a manifoldflow.FlowSolution
+    singular_values_J: np.ndarray
+    factors: list
+    W: np.ndarray
+    X: np.ndarray | None
+    optimum: float | None
+    status: str | None
+    skipped: str | None
 
 
 class SensingProblem(eqx.Module):
@@ -114,7 +131,7 @@ class _SensingExperiment(AbstractExperiment):
             A, y, M, manifold, manifold.initial_point(), options, settings
         )
 
-    def run(self, problem: SensingProblem, *, progress: bool) -> dict:
+    def run(self, problem: SensingProblem, *, progress: bool) -> SensingRun:
         import manifoldflow as mf
 
         solution = mf.solve_flow(
@@ -132,7 +149,7 @@ class _SensingExperiment(AbstractExperiment):
         factors = [np.asarray(W) for W in model.factors]
         W = np.asarray(model.product)
         try:
-            from ..models.matrix_sensing import minimum_nuclear_norm
+            from ..baselines import minimum_nuclear_norm
 
             X, optimum, status = minimum_nuclear_norm(problem.A, problem.y)
             skipped = None
@@ -149,7 +166,7 @@ class _SensingExperiment(AbstractExperiment):
         if skipped is None and (X is None or not np.all(np.isfinite(X))):
             skipped = f"the cvxpy solve returned no solution (status {status})."
             X, optimum = None, None
-        return dict(
+        return SensingRun(
             solution=solution,
             singular_values_J=singular,
             factors=factors,
@@ -160,11 +177,11 @@ class _SensingExperiment(AbstractExperiment):
             skipped=skipped,
         )
 
-    def checks(self, problem: SensingProblem, result: dict) -> Report:
-        solution = result["solution"]
-        closed = float(np.mean(_gradients(result["factors"], problem.A)))
+    def checks(self, problem: SensingProblem, result: SensingRun) -> Report:
+        solution = result.solution
+        closed = float(np.mean(_gradients(result.factors, problem.A)))
         R = float(solution.sharpness[-1])
-        nuclear = float(np.linalg.svd(result["W"], compute_uv=False).sum())
+        nuclear = float(np.linalg.svd(result.W, compute_uv=False).sum())
         checks = [
             Check.compare(
                 "trace_on_gamma",
@@ -185,10 +202,10 @@ class _SensingExperiment(AbstractExperiment):
             "the limit's product interpolates, so its nuclear norm is at least the "
             "minimum over interpolants (cvxpy, Clarabel): |W|_* / min - 1"
         )
-        if result["optimum"] is None:
+        if result.optimum is None:
             checks.append(
                 Check.not_applicable(
-                    "nuclear_norm_above_minimum", claim, result["skipped"]
+                    "nuclear_norm_above_minimum", claim, result.skipped
                 )
             )
         else:
@@ -196,23 +213,23 @@ class _SensingExperiment(AbstractExperiment):
                 Check.compare(
                     "nuclear_norm_above_minimum",
                     claim,
-                    nuclear / result["optimum"] - 1,
+                    nuclear / result.optimum - 1,
                     lower=-1e-6,
-                    note=f"cvxpy status {result['status']} (solved to 1e-8); a "
+                    note=f"cvxpy status {result.status} (solved to 1e-8); a "
                     "consistency check of the two solutions: it fails only if one of "
                     "them is wrong",
                 )
             )
         return Report(tuple(checks), dict(R_final=R, nuclear_norm=nuclear))
 
-    def summarise(self, problem: SensingProblem, result: dict, report) -> Outcome:
-        solution = result["solution"]
-        W, X, M = result["W"], result["X"], problem.M
+    def summarise(self, problem: SensingProblem, result: SensingRun, report) -> Outcome:
+        solution = result.solution
+        W, X, M = result.W, result.X, problem.M
 
         def nuc(Z):
             return float(np.linalg.svd(Z, compute_uv=False).sum())
 
-        optimum = result["optimum"]
+        optimum = result.optimum
         gap = None if optimum is None else (nuc(W) - optimum) / optimum
         summary: dict[str, Any] = dict(
             problem.settings,
@@ -231,11 +248,11 @@ class _SensingExperiment(AbstractExperiment):
             ),
             distance_to_truth=float(np.linalg.norm(W - M) / np.linalg.norm(M)),
             singular_values_flow=np.linalg.svd(W, compute_uv=False),
-            sigma_min_J=float(result["singular_values_J"][-1]),
-            sigma_max_J=float(result["singular_values_J"][0]),
-            frobenius_sum=float(sum(np.sum(F**2) for F in result["factors"])),
+            sigma_min_J=float(result.singular_values_J[-1]),
+            sigma_max_J=float(result.singular_values_J[0]),
+            frobenius_sum=float(sum(np.sum(F**2) for F in result.factors)),
             convex_comparison=(
-                "skipped" if result["skipped"] else f"cvxpy {result['status']}"
+                "skipped" if result.skipped else f"cvxpy {result.status}"
             ),
         )
         lines = [
@@ -244,15 +261,15 @@ class _SensingExperiment(AbstractExperiment):
             f"{solution.result_name} after {solution.num_steps} steps "
             f"(t = {solution.t_final:.3g}), R {solution.sharpness[0]:.6g} -> "
             f"{solution.sharpness[-1]:.6g}, sigma_min(J) "
-            f"{result['singular_values_J'][-1]:.1e} of max "
-            f"{result['singular_values_J'][0]:.1e}",
+            f"{result.singular_values_J[-1]:.1e} of max "
+            f"{result.singular_values_J[0]:.1e}",
             f"  |W_flow|_* = {nuc(W):.6g}, |M|_* = {nuc(M):.6g}"
             + (
                 f", min over interpolants {optimum:.6g} (relative gap {gap:.2e}; "
                 f"|W - X*|_F / |X*|_F = {summary['distance_to_min_nuclear']:.2e}); "
                 f"|W - M|_F / |M|_F = {summary['distance_to_truth']:.2e}"
                 if optimum is not None
-                else f"; {result['skipped']}"
+                else f"; {result.skipped}"
             ),
         ]
         return Outcome(

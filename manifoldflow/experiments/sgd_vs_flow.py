@@ -4,6 +4,7 @@ the simulator's point after $\tau/\eta^2$ steps, retracted onto $\Gamma$, approa
 the flow's $\theta(\tau)$ as $\eta$ halves."""
 
 import argparse
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -16,6 +17,31 @@ from .base import AbstractExperiment, Outcome
 
 
 _SIMULATORS = ("label-noise-gd", "label-noise-sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class EtaRun:
+    """Label-noise SGD at one step size: the simulation, which seeds were retracted
+    onto the manifold, their distances to the flow's point at tau (by flow-constant
+    factor), their sharpness and distance to the optimum, and sample paths."""
+
+    result: Any  # a manifoldflow.sgd.SimulationResult
+    converged: np.ndarray
+    gaps: dict[float, np.ndarray]
+    sharpness: np.ndarray
+    optimum_distances: np.ndarray | None
+    sharpness_paths: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class SGDComparison:
+    """The flows (by constant factor), the SGD runs (by step size), the constant c
+    and the optimum (if in closed form)."""
+
+    flows: dict[float, Any]
+    runs: list[EtaRun]
+    constant: float
+    optimum: np.ndarray | None
 
 
 class SGDProblem(eqx.Module):
@@ -118,7 +144,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             manifold, theta0, simulator, etas, args.seeds, args.tau, settings
         )
 
-    def run(self, problem: SGDProblem, *, progress: bool) -> dict:
+    def run(self, problem: SGDProblem, *, progress: bool) -> SGDComparison:
         import jax
         import jax.numpy as jnp
 
@@ -171,7 +197,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             }
             shown = result.thetas[: min(4, problem.seeds)]
             runs.append(
-                dict(
+                EtaRun(
                     result=result,
                     converged=converged,
                     gaps=gaps,
@@ -188,16 +214,16 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                     sharpness_paths=np.asarray(sharpness(jnp.asarray(shown))),
                 )
             )
-        return dict(flows=flows, runs=runs, constant=c, optimum=optimum)
+        return SGDComparison(flows=flows, runs=runs, constant=c, optimum=optimum)
 
-    def checks(self, problem: SGDProblem, result: dict) -> Report:
-        runs = result["runs"]
-        diverged = sum(int(r["result"].diverged.sum()) for r in runs)
-        unretracted = sum(int((~r["converged"]).sum()) for r in runs) - diverged
-        means = np.asarray([np.nanmean(r["gaps"][1.0]) for r in runs])
+    def checks(self, problem: SGDProblem, result: SGDComparison) -> Report:
+        runs = result.runs
+        diverged = sum(int(r.result.diverged.sum()) for r in runs)
+        unretracted = sum(int((~r.converged).sum()) for r in runs) - diverged
+        means = np.asarray([np.nanmean(r.gaps[1.0]) for r in runs])
         ratios = means[1:] / means[:-1]
         slope = float(np.polyfit(np.log(problem.etas), np.log(means), 1)[0])
-        contrast = min(np.nanmean(runs[-1]["gaps"][f]) for f in (0.5, 2.0))
+        contrast = min(np.nanmean(runs[-1].gaps[f]) for f in (0.5, 2.0))
         checks = (
             Check.compare(
                 "no_divergence",
@@ -238,38 +264,38 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         )
         return Report(checks, dict(fitted_exponent=slope))
 
-    def summarise(self, problem: SGDProblem, result: dict, report: Report) -> Outcome:
-        runs, flows, optimum = result["runs"], result["flows"], result["optimum"]
-        gaps = [r["gaps"][1.0] for r in runs]
+    def summarise(
+        self, problem: SGDProblem, result: SGDComparison, report: Report
+    ) -> Outcome:
+        runs, flows, optimum = result.runs, result.flows, result.optimum
+        gaps = [r.gaps[1.0] for r in runs]
         flow = flows[1.0]
         summary = dict(
             experiment=self.name,
             **problem.settings,
             loss="mean squared: L = (1/n) sum_i (f_i - y_i)^2; R = Tr Hess L on Gamma",
             etas=problem.etas,
-            steps=[r["result"].num_steps for r in runs],
+            steps=[r.result.num_steps for r in runs],
             seeds=problem.seeds,
             tau=problem.tau,
-            flow_constant=result["constant"],
+            flow_constant=result.constant,
             distances_mean=[float(np.nanmean(g)) for g in gaps],
             distances_std=[float(np.nanstd(g)) for g in gaps],
-            distances_mean_half_constant=[
-                float(np.nanmean(r["gaps"][0.5])) for r in runs
-            ],
+            distances_mean_half_constant=[float(np.nanmean(r.gaps[0.5])) for r in runs],
             distances_mean_double_constant=[
-                float(np.nanmean(r["gaps"][2.0])) for r in runs
+                float(np.nanmean(r.gaps[2.0])) for r in runs
             ],
             fitted_exponent=report.figures["fitted_exponent"],
-            diverged=[int(r["result"].diverged.sum()) for r in runs],
-            simulation_seconds=[r["result"].wall_seconds for r in runs],
+            diverged=[int(r.result.diverged.sum()) for r in runs],
+            simulation_seconds=[r.result.wall_seconds for r in runs],
             R_flow_tau=float(flow.sharpness[-1]),
-            R_mean=[float(np.nanmean(r["sharpness"])) for r in runs],
+            R_mean=[float(np.nanmean(r.sharpness)) for r in runs],
             optimum_distance_flow=None
             if optimum is None
             else float(np.linalg.norm(np.asarray(flow.ys[-1]) - optimum)),
             optimum_distances_mean=None
             if optimum is None
-            else [float(np.nanmean(r["optimum_distances"])) for r in runs],
+            else [float(np.nanmean(r.optimum_distances)) for r in runs],
             theta0=np.asarray(problem.theta0),
             theta_flow_tau=np.asarray(flow.ys[-1]),
         )

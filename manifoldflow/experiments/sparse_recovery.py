@@ -116,12 +116,8 @@ class SparseRecoveryExperiment(AbstractExperiment):
 
         import manifoldflow as mf
 
-        from ..models.sparse import (
-            basis_pursuit,
-            l1_minimiser_spread,
-            sparse_init,
-            sparse_recovery_data,
-        )
+        from ..baselines import basis_pursuit, l1_minimiser_spread
+        from ..models.sparse import sparse_init, sparse_recovery_data
 
         positive_sizes(d=args.d, n=args.n, k=args.k, starts=args.starts)
         check_seed(args.seed)

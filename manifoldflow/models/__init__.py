@@ -17,7 +17,6 @@ from .deep_linear import (
     risk as risk,
 )
 from .sparse import (
-    basis_pursuit as basis_pursuit,
     QuadraticLinearModel as QuadraticLinearModel,
     sparse_init as sparse_init,
     sparse_recovery_data as sparse_recovery_data,

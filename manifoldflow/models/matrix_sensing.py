@@ -15,7 +15,7 @@ import functools
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
 from .._errors import InputError
 
@@ -65,20 +65,3 @@ def sensing_init(d: int, depth: int, scale: float, seed: int = 0):
     return FactorisedSensingModel(
         [scale * rng.standard_normal((d, d)) / np.sqrt(d) for _ in range(depth)]
     )
-
-
-def minimum_nuclear_norm(A: ArrayLike, y: ArrayLike, tol: float = 1e-8):
-    r"""$\arg\min\{\|X\|_* : \langle X, A_i\rangle = y_i\}$ by cvxpy (Clarabel).
-    Returns `(X, optimum, status)`; raises `ImportError` without cvxpy (install
-    `manifoldflow[convex]`)."""
-    import cvxpy as cp
-
-    A, y = np.asarray(A, float), np.asarray(y, float)
-    n, d, _ = A.shape
-    X = cp.Variable((d, d))
-    constraints = [A.reshape(n, d * d) @ cp.vec(X, order="C") == y]
-    problem = cp.Problem(cp.Minimize(cp.normNuc(X)), constraints)
-    problem.solve(solver="CLARABEL", tol_gap_abs=tol, tol_gap_rel=tol, tol_feas=tol)
-    value = None if X.value is None else np.asarray(X.value)
-    optimum = None if problem.value is None else float(problem.value)
-    return value, optimum, str(problem.status)

@@ -295,7 +295,12 @@ def assumption_3_1(activation: AbstractActivation) -> Check:
     return Check.compare(name, claim, rho1, lower=0.0, condition=rho1 > 0 and rho2 > 0)
 
 
-def assumption_3_2(manifold: TwoLayerManifold) -> Check:
+def assumption_3_2(
+    manifold: TwoLayerManifold,
+    *,
+    data: _Data | None = None,
+    point: _Point | None = None,
+) -> Check:
     r"""The data points are linearly independent: $\lambda_{\min}(XX^\top) >
     10^3\,\varepsilon_{\text{mach}}\,\lambda_{\max}(XX^\top)$.
 
@@ -305,7 +310,7 @@ def assumption_3_2(manifold: TwoLayerManifold) -> Check:
     **Returns:** a [`manifoldflow.theory.Check`][] with `measured`
     $= \lambda_{\min}(XX^\top)$.
     """
-    data = _Data(manifold)
+    data = _Data(manifold) if data is None else data
     floor = 1e3 * _EPS * data.lambda_max
     return Check.compare(
         "assumption_3_2",
@@ -318,7 +323,13 @@ def assumption_3_2(manifold: TwoLayerManifold) -> Check:
     )
 
 
-def assumption_3_4_normality(manifold: TwoLayerManifold, u) -> Check:
+def assumption_3_4_normality(
+    manifold: TwoLayerManifold,
+    u,
+    *,
+    data: _Data | None = None,
+    point: _Point | None = None,
+) -> Check:
     r"""Assumption 3.4 ($\alpha$-normality): $\phi''^2 \le \alpha\,\phi'\phi'''$ at the
     features $z_{ji} = \theta_j^\top x_i$ of the point with reduced coordinates `u`.
 
@@ -327,7 +338,7 @@ def assumption_3_4_normality(manifold: TwoLayerManifold, u) -> Check:
     where the ratio is identically $\alpha = 2$.
     """
     act = manifold.activation
-    point = _Point(manifold, u)
+    point = _Point(manifold, u) if point is None else point
     ratio = point.d2**2 / np.maximum(point.d1 * point.d3, _TINY)
     alpha = act.normality()
     return Check.compare(
@@ -340,7 +351,13 @@ def assumption_3_4_normality(manifold: TwoLayerManifold, u) -> Check:
     )
 
 
-def lemma_g4_sign_consistency(manifold: TwoLayerManifold, u) -> Check:
+def lemma_g4_sign_consistency(
+    manifold: TwoLayerManifold,
+    u,
+    *,
+    data: _Data | None = None,
+    point: _Point | None = None,
+) -> Check:
     r"""Lemma G.4 (cube activation): Theorem 3.3 holds for $\phi(z) = z^3$ along a flow
     with $\operatorname{sign}(\theta_j^\top x_i) = \operatorname{sign}(y_i / a_j)$ and
     $|\theta_j^\top x_i|$ away from 0; a point with some $\theta_j^\top x_i \to 0$ is a
@@ -352,8 +369,8 @@ def lemma_g4_sign_consistency(manifold: TwoLayerManifold, u) -> Check:
     **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= \min|z_{ji}|$.
     """
     act = manifold.activation
-    data = _Data(manifold)
-    Z = _Point(manifold, u).features
+    data = _Data(manifold) if data is None else data
+    Z = (_Point(manifold, u) if point is None else point).features
     min_abs = float(np.min(np.abs(Z)))
     name = "lemma_g4_sign_consistency"
     claim = (
@@ -388,7 +405,14 @@ def lemma_g4_sign_consistency(manifold: TwoLayerManifold, u) -> Check:
     )
 
 
-def lemma_4_6_phi2_image(manifold: TwoLayerManifold, u, delta: float) -> Check:
+def lemma_4_6_phi2_image(
+    manifold: TwoLayerManifold,
+    u,
+    delta: float,
+    *,
+    data: _Data | None = None,
+    point: _Point | None = None,
+) -> Check:
     r"""The $\phi''$-image of the features is rank one at stationarity: $a_j
     \phi''(z_{ji}) = \mu_i$ for every $j$ (Section 4.2, eq. (9), for any fixed $a$).
 
@@ -402,8 +426,8 @@ def lemma_4_6_phi2_image(manifold: TwoLayerManifold, u, delta: float) -> Check:
     **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= \max_i (\max_j -
     \min_j)\, a_j\phi''(z_{ji})$.
     """
-    data = _Data(manifold)
-    point = _Point(manifold, u)
+    data = _Data(manifold) if data is None else data
+    point = _Point(manifold, u) if point is None else point
     image = data.a[:, None] * point.d2
     spread = np.ptp(image, axis=0)
     bound = 2 * np.max(_kkt_slack(data, point, delta), axis=0) + 64 * _EPS * np.max(
@@ -420,7 +444,14 @@ def lemma_4_6_phi2_image(manifold: TwoLayerManifold, u, delta: float) -> Check:
     )
 
 
-def theorem_3_3_optimum(manifold: TwoLayerManifold, u, delta: float) -> Check:
+def theorem_3_3_optimum(
+    manifold: TwoLayerManifold,
+    u,
+    delta: float,
+    *,
+    data: _Data | None = None,
+    point: _Point | None = None,
+) -> Check:
     r"""Theorem 3.3, eq. (4): the stationary point has $\theta_j^\top x_i =
     z^*_i = \phi^{-1}(y_i / (m a))$ for equal second-layer weights $a_j = a$.
 
@@ -438,11 +469,11 @@ def theorem_3_3_optimum(manifold: TwoLayerManifold, u, delta: float) -> Check:
         "max_ji |theta_j^T x_i - phi^{-1}(y_i / (m a))|, 0 at the optimum "
         "(Theorem 3.3, eq. (4)); bound: Lemma 4.6 from the delta reached, per i"
     )
-    data = _Data(manifold)
+    data = _Data(manifold) if data is None else data
     z_star = optimum_features(manifold)
     if z_star is None:
         return Check.not_applicable(name, claim, _unequal_a_reason(data))
-    point = _Point(manifold, u)
+    point = _Point(manifold, u) if point is None else point
     distance = np.max(np.abs(point.features - z_star[None, :]), axis=0)
     bounds = _optimum_distance_bounds(data, point, z_star, delta)
     lemma = _lemma_4_6_a_priori_bound(data, delta)
@@ -460,7 +491,14 @@ def theorem_3_3_optimum(manifold: TwoLayerManifold, u, delta: float) -> Check:
     )
 
 
-def theorem_3_3_minimum_sharpness(manifold: TwoLayerManifold, u, delta: float) -> Check:
+def theorem_3_3_minimum_sharpness(
+    manifold: TwoLayerManifold,
+    u,
+    delta: float,
+    *,
+    data: _Data | None = None,
+    point: _Point | None = None,
+) -> Check:
     r"""Theorem 3.3: the stationary point is the global minimum of $R$ on the
     manifold, $R^* = \sum_i w_i\|x_i\|^2\, m a^2\phi'(z^*_i)^2$ (equal $a_j = a$).
 
@@ -477,12 +515,12 @@ def theorem_3_3_minimum_sharpness(manifold: TwoLayerManifold, u, delta: float) -
         "R_final - R* with R* = sum_i w_i |x_i|^2 m a^2 phi'(z*_i)^2, 0 at the global "
         "minimum (Theorem 3.3); lower bound: -(|lambda*.F| + rounding)"
     )
-    data = _Data(manifold)
+    data = _Data(manifold) if data is None else data
     z_star = optimum_features(manifold)
     if z_star is None:
         return Check.not_applicable(name, claim, _unequal_a_reason(data))
     act = data.activation
-    point = _Point(manifold, u)
+    point = _Point(manifold, u) if point is None else point
     m, n = point.features.shape
     a0 = float(data.a[0])
     R_final = float(_sharpness(manifold, jnp.asarray(u)))
@@ -506,7 +544,14 @@ def theorem_3_3_minimum_sharpness(manifold: TwoLayerManifold, u, delta: float) -
     )
 
 
-def theorem_3_3_rank_one(manifold: TwoLayerManifold, u, delta: float) -> Check:
+def theorem_3_3_rank_one(
+    manifold: TwoLayerManifold,
+    u,
+    delta: float,
+    *,
+    data: _Data | None = None,
+    point: _Point | None = None,
+) -> Check:
     r"""Theorem 3.3: the feature matrix $Z = \Theta X^\top$ is rank one at the optimum
     (every row is $z^*$).
 
@@ -521,8 +566,8 @@ def theorem_3_3_rank_one(manifold: TwoLayerManifold, u, delta: float) -> Check:
         "sigma_2 / sigma_1 of the feature matrix Theta X^T, 0 at the optimum "
         "(Theorem 3.3: rank one)"
     )
-    data = _Data(manifold)
-    point = _Point(manifold, u)
+    data = _Data(manifold) if data is None else data
+    point = _Point(manifold, u) if point is None else point
     Z = point.features
     ratio = _rank_one_ratio(Z)
     z_star = optimum_features(manifold)
@@ -615,17 +660,20 @@ def two_layer_checks(
     """
     u = _final_coordinates(manifold, solution)
     delta = float(solution.gradient_norm[-1])
+    # The manifold's arrays and the final point's, built once for every check.
+    data, point = _Data(manifold), _Point(manifold, u)
+    at = dict(data=data, point=point)
     checks = (
         check_stationarity(solution),
         check_constraint(solution, constraint_tolerance),
         assumption_3_1(manifold.activation),
-        assumption_3_2(manifold),
-        assumption_3_4_normality(manifold, u),
-        lemma_g4_sign_consistency(manifold, u),
-        lemma_4_6_phi2_image(manifold, u, delta),
-        theorem_3_3_optimum(manifold, u, delta),
-        theorem_3_3_minimum_sharpness(manifold, u, delta),
-        theorem_3_3_rank_one(manifold, u, delta),
+        assumption_3_2(manifold, data=data),
+        assumption_3_4_normality(manifold, u, **at),
+        lemma_g4_sign_consistency(manifold, u, **at),
+        lemma_4_6_phi2_image(manifold, u, delta, **at),
+        theorem_3_3_optimum(manifold, u, delta, **at),
+        theorem_3_3_minimum_sharpness(manifold, u, delta, **at),
+        theorem_3_3_rank_one(manifold, u, delta, **at),
         theorem_3_5_linear_rate(manifold, solution),
     )
     by_name = {c.name: c for c in checks}
@@ -633,7 +681,7 @@ def two_layer_checks(
         R_final=float(_sharpness(manifold, jnp.asarray(u))),
         R_star=minimum_sharpness(manifold),
         optimum_distance=by_name["theorem_3_3_optimum"].measured,
-        lemma_4_6_bound=_lemma_4_6_a_priori_bound(_Data(manifold), delta),
+        lemma_4_6_bound=_lemma_4_6_a_priori_bound(data, delta),
         rank_one_ratio=by_name["theorem_3_3_rank_one"].measured,
         phi2_image_spread=by_name["lemma_4_6_phi2_image"].measured,
         linear_rate=by_name["theorem_3_5_linear_rate"].measured,

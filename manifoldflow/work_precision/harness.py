@@ -121,7 +121,7 @@ def two_layer_problem(m: int, d: int, n: int, seed: int = 0) -> BenchProblem:
 def deep_linear_problem() -> BenchProblem:
     """The trace flow on the minimisers of a deep linear net (L = 3, d = 3, n = 20),
     from the minimiser that gradient flow reaches from a Gaussian start (scale 0.6)."""
-    from .._training import gradient_flow
+    from .._landscape import gradient_flow
     from ..models import deep_linear_data, gaussian_init
     from ..models.deep_linear import DeepLinearRisk, minimiser_manifold
 

@@ -13,12 +13,12 @@ import math
 
 import equinox as eqx
 import jax
-import jax.flatten_util as jfu
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from ._errors import InputError
+from .._errors import InputError
+from .flatten import checked_parameters, flat_gradient
 
 
 class EigenEstimate(eqx.Module):
@@ -57,11 +57,7 @@ class TraceEstimate(eqx.Module):
 
 
 def _product(loss, params, vector):
-    flat, unravel = jfu.ravel_pytree(params)
-
-    def gradient(x):
-        return jfu.ravel_pytree(jax.grad(loss)(unravel(x)))[0]
-
+    flat, gradient = flat_gradient(loss, params)
     return jax.jvp(gradient, (flat,), (vector,))[1]
 
 
@@ -75,27 +71,16 @@ def _hvp_batch(loss, params, vectors):
     return jax.vmap(lambda v: _product(loss, params, v))(vectors)
 
 
-def _flatten(params: PyTree):
-    """The flat parameters (checked), and `params` with array leaves."""
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    flat, _ = jfu.ravel_pytree(params)
-    if flat.size == 0:
-        raise InputError("The parameters are empty: no Hessian to measure.")
-    if not jnp.issubdtype(flat.dtype, jnp.floating):
-        raise InputError(f"The parameters must be floating point, got {flat.dtype}.")
-    return flat, params
-
-
 def hessian_vector_product(loss, params: PyTree, vector) -> np.ndarray:
     """$\\nabla^2 L(\\text{params})\\, v$ for a flat `vector` (forward over reverse)."""
-    flat, params = _flatten(params)
+    params, flat = checked_parameters(params)
     return np.asarray(_hvp(loss, params, jnp.asarray(vector, flat.dtype)))
 
 
 def hessian_matrix(loss, params: PyTree) -> np.ndarray:
     """The dense Hessian in the flat coordinates of `params` ($P$ products: small
     models only)."""
-    flat, params = _flatten(params)
+    params, flat = checked_parameters(params)
     basis = jnp.eye(flat.size, dtype=flat.dtype)
     H = np.asarray(_hvp_batch(loss, params, basis))
     return (H + H.T) / 2
@@ -105,7 +90,7 @@ def hessian_trace(loss, params: PyTree, *, batch: int = 256) -> float:
     r"""$\operatorname{Tr}\nabla^2 L$ exactly, as $\sum_i e_i^\top H e_i$ ($P$
     Hessian-vector products, `batch` at a time): for models up to ~$10^4$ parameters;
     use [`manifoldflow.hutchinson_trace`][] beyond."""
-    flat, params = _flatten(params)
+    params, flat = checked_parameters(params)
     size = flat.size
     total = 0.0
     for start in range(0, size, batch):
@@ -136,7 +121,7 @@ def hutchinson_trace(
         )
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence}.")
-    flat, params = _flatten(params)
+    params, flat = checked_parameters(params)
     key = jax.random.PRNGKey(0) if key is None else key
     z = jax.random.rademacher(key, (num_samples, flat.size), flat.dtype)
     samples = np.einsum(
@@ -173,7 +158,7 @@ def hessian_max_eigenvalue(
     """
     if not rtol > 0:
         raise InputError(f"rtol must be > 0, got {rtol}.")
-    flat, params = _flatten(params)
+    params, flat = checked_parameters(params)
     if flat.dtype != jnp.float64 and rtol < 1e-6:
         raise InputError(
             f"{flat.dtype} parameters cannot meet rtol = {rtol:g}: pass rtol >= 1e-6 "

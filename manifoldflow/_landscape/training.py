@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from ._errors import InputError
+from .._errors import InputError
+from .flatten import checked_parameters, flat_gradient
 
 
 class TrainingPath(eqx.Module):
@@ -52,14 +53,6 @@ class TrainingPath(eqx.Module):
     message: str
 
 
-def _flat(params):
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    flat, unravel = jfu.ravel_pytree(params)
-    if flat.size == 0 or not jnp.issubdtype(flat.dtype, jnp.floating):
-        raise InputError("The parameters must be non-empty floating-point arrays.")
-    return params, flat
-
-
 def _check_precision(flat, tolerance: float) -> None:
     if flat.dtype != jnp.float64 and tolerance < 1e-6:
         raise InputError(
@@ -84,10 +77,11 @@ def _loss_and_gradient_norm(loss, params):
 
 @eqx.filter_jit
 def _flow_window(loss, params, t0, t1, gtol, rtol, atol, max_steps):
-    flat, unravel = jfu.ravel_pytree(params)
+    flat, gradient = flat_gradient(loss, params)
+    unravel = jfu.ravel_pytree(params)[1]
 
     def field(t, y, args):
-        return -jfu.ravel_pytree(jax.grad(loss)(unravel(y)))[0]
+        return -gradient(y)
 
     def stationary(t, y, args, **kwargs):
         return jnp.linalg.norm(field(t, y, args)) <= gtol
@@ -133,7 +127,7 @@ def gradient_flow(
             raise InputError(f"{name} must be > 0, got {value}.")
     if not first_window > 0 or not t1 > 0:
         raise InputError(f"first_window and t1 must be > 0, got {first_window}, {t1}.")
-    params, flat = _flat(params)
+    params, flat = checked_parameters(params)
     _check_precision(flat, min(rtol, atol, gtol))
     dtype = flat.dtype
     value, norm = _loss_and_gradient_norm(loss, params)
@@ -239,7 +233,7 @@ def gradient_descent(
         raise InputError(
             f"record_every = {every} must be >= 1 and divide num_steps = {num_steps}."
         )
-    params, flat = _flat(params)
+    params, flat = checked_parameters(params)
     _check_precision(flat, 1.0)
     lr_array = jnp.asarray(lr, flat.dtype)
     times, records, step_loss = [0], [params], []

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, Scalar
 
-from ._errors import InputError
-from ._manifold import AbstractManifold
-from ._projection import AbstractProjector
-from ._retraction import AbstractRetraction, GaussNewtonRetraction, RetractionSolution
+from .._errors import InputError
+from .._manifold import AbstractManifold
+from .._projection import AbstractProjector
+from .base import AbstractRetraction, RetractionSolution
+from .gauss_newton import GaussNewtonRetraction
 
 
 class GradientFlowRetractionSolution(RetractionSolution):

@@ -1,7 +1,7 @@
-"""Solver benchmarks for the sharpness flow: which solver, which projection strategy,
+"""Work--precision comparisons of solvers for the sharpness flow: which solver, which projection strategy,
 which tolerance, at what cost (`manifoldflow bench`, `benchmarks/work_precision.py`)."""
 
-from .work_precision import (
+from .harness import (
     analyse as analyse,
     BenchProblem as BenchProblem,
     deep_linear_problem as deep_linear_problem,
