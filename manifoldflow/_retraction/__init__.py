@@ -1,4 +1,4 @@
-"""Retractions onto $\Gamma$: multiplier form (chord, Newton), Gauss--Newton, and the
+r"""Retractions onto $\Gamma$: multiplier form (chord, Newton), Gauss--Newton, and the
 gradient-flow map."""
 
 from .base import (

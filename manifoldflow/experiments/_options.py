@@ -5,7 +5,10 @@ import argparse
 import math
 import pathlib
 
+import diffrax
 import numpy as np
+
+import manifoldflow as mf
 
 from .._errors import InputError
 
@@ -60,9 +63,6 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
 
 def flow_options(args: argparse.Namespace) -> dict:
     """Validated `solve_flow` keyword arguments from `add_flow_options`' options."""
-    import diffrax
-
-    import manifoldflow as mf
 
     if not args.t1 > 0:
         raise InputError(f"--t1 must be positive, got {args.t1}.")
@@ -88,7 +88,6 @@ def flow_options(args: argparse.Namespace) -> dict:
 
 def progress_meter(progress: bool):
     """The command line's progress bar (`diffrax.TqdmProgressMeter`), or none."""
-    import diffrax
 
     return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
 

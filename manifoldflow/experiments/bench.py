@@ -11,8 +11,16 @@ from typing import Any
 import equinox as eqx
 import numpy as np
 
+from .. import work_precision
 from .._errors import InputError
 from ..theory import Check, Report
+from ..work_precision import analyse, plot_work_precision
+from ..work_precision.harness import (
+    ADAPTIVE_SOLVERS,
+    FIXED_SOLVERS,
+    NUM_TIMES,
+    SCIPY_METHODS,
+)
 from ._options import check_seed, positive_sizes
 from .base import AbstractExperiment, Outcome
 
@@ -139,11 +147,6 @@ class BenchExperiment(AbstractExperiment):
         )
 
     def build(self, args: argparse.Namespace) -> BenchSettings:
-        from ..work_precision.harness import (
-            ADAPTIVE_SOLVERS,
-            FIXED_SOLVERS,
-            SCIPY_METHODS,
-        )
 
         problems = _names(args.problems, _PROBLEMS, "--problems")
         check_seed(args.seed)
@@ -167,7 +170,6 @@ class BenchExperiment(AbstractExperiment):
         if any(t >= 1 for t in tolerances):
             raise InputError(f"--tolerances {args.tolerances!r}: each must be < 1.")
         steps = _numbers(args.steps, "--steps", int)
-        from ..work_precision.harness import NUM_TIMES
 
         if any(k % NUM_TIMES for k in steps):
             raise InputError(
@@ -206,7 +208,6 @@ class BenchExperiment(AbstractExperiment):
         return BenchSettings(problems, (args.m, args.d, args.n), args.seed, plan)
 
     def run(self, problem: BenchSettings, *, progress: bool) -> list[dict]:
-        from .. import work_precision
 
         results = []
 
@@ -237,7 +238,6 @@ class BenchExperiment(AbstractExperiment):
         return results
 
     def checks(self, problem: BenchSettings, result: list[dict]) -> Report:
-        from ..work_precision import analyse
 
         checks = []
         for res in result:
@@ -347,7 +347,6 @@ class BenchExperiment(AbstractExperiment):
         return Report(tuple(checks), figures)
 
     def summarise(self, problem: BenchSettings, result: list[dict], report) -> Outcome:
-        from ..work_precision import analyse
 
         analyses = [analyse(r, targets=_TARGETS) for r in result]
         rows = [row for r in result for row in r["rows"]]
@@ -410,6 +409,5 @@ class BenchExperiment(AbstractExperiment):
         )
 
     def plot(self, outcome: Outcome, figure) -> None:
-        from ..work_precision import plot_work_precision
 
         plot_work_precision(outcome.figure_data, figure)

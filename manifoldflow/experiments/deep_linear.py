@@ -7,11 +7,29 @@ import dataclasses
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import manifoldflow as mf
+
 from .._errors import InputError
-from ..models.deep_linear import DeepLinearRisk
-from ..theory import Check, Report
+from .._landscape import (
+    descent_converged,
+    gradient_descent,
+    gradient_flow,
+    hessian_max_eigenvalue,
+)
+from .._landscape.training import _loss_and_gradient_norm
+from ..models.deep_linear import (
+    deep_linear_data,
+    DeepLinearRisk,
+    gaussian_init,
+    minimiser_manifold,
+    residual_init,
+)
+from ..theory import Check, marion_chizat as mc, Report
+from ..theory.marion_chizat import balancedness_drift, data_constants
 from ._options import check_seed, positive_sizes, progress_meter
 from .base import AbstractExperiment, Outcome
 
@@ -131,10 +149,6 @@ class DeepLinearExperiment(AbstractExperiment):
         )
 
     def build(self, args: argparse.Namespace) -> DeepLinearProblem:
-        import jax
-        import jax.numpy as jnp
-
-        from ..models.deep_linear import deep_linear_data, gaussian_init, residual_init
 
         width = args.d if args.width is None else args.width
         positive_sizes(depth=args.depth, width=width, n=args.n, d=args.d)
@@ -193,8 +207,6 @@ class DeepLinearExperiment(AbstractExperiment):
         )
 
     def run(self, problem: DeepLinearProblem, *, progress: bool) -> DeepLinearRun:
-        from .._landscape import gradient_descent, gradient_flow, hessian_max_eigenvalue
-        from ..theory.marion_chizat import balancedness_drift, data_constants
 
         net, loss = problem.net, problem.loss
         constants = data_constants(problem.X, problem.y)
@@ -233,10 +245,6 @@ class DeepLinearExperiment(AbstractExperiment):
         )
 
     def _trace_flow(self, problem, start, progress) -> TraceFlowRun:
-        import manifoldflow as mf
-
-        from .._landscape import hessian_max_eigenvalue
-        from ..models.deep_linear import minimiser_manifold
 
         net = problem.net
         manifold = minimiser_manifold(start, net.p, problem.X, problem.y)
@@ -254,7 +262,6 @@ class DeepLinearExperiment(AbstractExperiment):
         """Converged only at a minimiser: gradient descent by the explicit test of
         `descent_converged`; gradient flow when it stopped at a small gradient AND
         R - R_min is below 1e-6 of its initial value (not at a saddle such as W = 0)."""
-        from .._landscape import descent_converged
 
         if path.diverged:
             return False, "diverged (a non-finite value)"
@@ -276,7 +283,6 @@ class DeepLinearExperiment(AbstractExperiment):
         return True, path.message
 
     def checks(self, problem: DeepLinearProblem, result: DeepLinearRun) -> Report:
-        from ..theory import marion_chizat as mc
 
         c = result.constants
         net = problem.net
@@ -356,7 +362,6 @@ class DeepLinearExperiment(AbstractExperiment):
         )
 
     def summarise(self, problem, result, report: Report) -> Outcome:
-        from ..theory import marion_chizat as mc
 
         c = result.constants
         net, path, final = problem.net, result.path, result.final
@@ -525,6 +530,5 @@ class DeepLinearExperiment(AbstractExperiment):
 
 
 def _gradient_norm(loss, weights) -> float:
-    from .._landscape.training import _loss_and_gradient_norm
 
     return float(_loss_and_gradient_norm(loss, list(weights))[1])

@@ -19,7 +19,11 @@ from typing import Any, ClassVar
 import equinox as eqx
 import numpy as np
 
+import manifoldflow as mf
+
 from .._errors import InputError
+from ..baselines import minimum_nuclear_norm
+from ..models.matrix_sensing import sensing_data, sensing_init
 from ..theory import Check, Report
 from ._options import (
     add_flow_options,
@@ -97,9 +101,6 @@ class _SensingExperiment(AbstractExperiment):
         add_flow_options(parser)
 
     def build(self, args: argparse.Namespace) -> SensingProblem:
-        import manifoldflow as mf
-
-        from ..models.matrix_sensing import sensing_data, sensing_init
 
         depth = getattr(args, "depth", self.default_depth)
         positive_sizes(d=args.d, rank=args.rank, n=args.n, depth=depth)
@@ -132,7 +133,6 @@ class _SensingExperiment(AbstractExperiment):
         )
 
     def run(self, problem: SensingProblem, *, progress: bool) -> SensingRun:
-        import manifoldflow as mf
 
         solution = mf.solve_flow(
             problem.manifold,
@@ -149,8 +149,6 @@ class _SensingExperiment(AbstractExperiment):
         factors = [np.asarray(W) for W in model.factors]
         W = np.asarray(model.product)
         try:
-            from ..baselines import minimum_nuclear_norm
-
             X, optimum, status = minimum_nuclear_norm(problem.A, problem.y)
             skipped = None
         except ImportError:

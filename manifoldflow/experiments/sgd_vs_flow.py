@@ -8,10 +8,17 @@ import dataclasses
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import manifoldflow as mf
+
 from .._errors import InputError
+from ..models import initialise_on_manifold, two_layer_data, TwoLayerManifold
+from ..sgd import LabelNoiseGD, LabelNoiseSGD, simulate
 from ..theory import Check, Report
+from ..theory.gatmiry import optimum_point
 from ._options import check_seed, positive_sizes
 from .base import AbstractExperiment, Outcome
 
@@ -105,11 +112,6 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         parser.add_argument("--tau", type=float, default=1.0, help="flow time tau")
 
     def build(self, args: argparse.Namespace) -> SGDProblem:
-        import jax
-        import jax.numpy as jnp
-
-        from ..models import initialise_on_manifold, two_layer_data, TwoLayerManifold
-        from ..sgd import LabelNoiseGD, LabelNoiseSGD
 
         positive_sizes(m=args.m, d=args.d, n=args.n, seeds=args.seeds)
         check_seed(args.seed)
@@ -145,13 +147,6 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         )
 
     def run(self, problem: SGDProblem, *, progress: bool) -> SGDComparison:
-        import jax
-        import jax.numpy as jnp
-
-        import manifoldflow as mf
-
-        from ..sgd import simulate
-        from ..theory.gatmiry import optimum_point
 
         manifold, theta0, tau = problem.manifold, problem.theta0, problem.tau
         c = problem.simulator.flow_constant(manifold)
@@ -301,13 +296,13 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         )
         headline = (
             f"{problem.settings['simulator']} (sigma = {problem.settings['sigma']:g}) "
-            f"vs the flow with c = {result['constant']:.6g} at tau = {problem.tau:g}, "
+            f"vs the flow with c = {result.constant:.6g} at tau = {problem.tau:g}, "
             f"{problem.seeds} seeds\n"
             + "\n".join(
-                f"  eta = {eta:<8g} steps = {r['result'].num_steps:<9d} mean distance "
-                f"{np.nanmean(r['gaps'][1.0]):.3e} "
-                f"(c/2: {np.nanmean(r['gaps'][0.5]):.3e}, "
-                f"2c: {np.nanmean(r['gaps'][2.0]):.3e})"
+                f"  eta = {eta:<8g} steps = {r.result.num_steps:<9d} mean distance "
+                f"{np.nanmean(r.gaps[1.0]):.3e} "
+                f"(c/2: {np.nanmean(r.gaps[0.5]):.3e}, "
+                f"2c: {np.nanmean(r.gaps[2.0]):.3e})"
                 for eta, r in zip(problem.etas, runs)
             )
         )
@@ -326,8 +321,8 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             double=np.asarray(summary["distances_mean_double_constant"]),
             flow_ts=np.asarray(flow.step_ts),
             flow_R=np.asarray(flow.sharpness),
-            sgd_tau=finest["result"].tau,
-            sgd_R=finest["sharpness_paths"],
+            sgd_tau=finest.result.tau,
+            sgd_R=finest.sharpness_paths,
             eta=problem.etas[-1],
         )
         arrays = dict(

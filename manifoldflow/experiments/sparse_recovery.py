@@ -21,9 +21,14 @@ import argparse
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
 
+import manifoldflow as mf
+
 from .._errors import InputError
+from ..baselines import basis_pursuit, l1_minimiser_spread
+from ..models.sparse import sparse_init, sparse_recovery_data
 from ..theory import Check, Report
 from ._options import (
     add_flow_options,
@@ -112,12 +117,6 @@ class SparseRecoveryExperiment(AbstractExperiment):
         parser.set_defaults(projector="svd")
 
     def build(self, args: argparse.Namespace) -> SparseProblem:
-        import jax
-
-        import manifoldflow as mf
-
-        from ..baselines import basis_pursuit, l1_minimiser_spread
-        from ..models.sparse import sparse_init, sparse_recovery_data
 
         positive_sizes(d=args.d, n=args.n, k=args.k, starts=args.starts)
         check_seed(args.seed)
@@ -158,7 +157,6 @@ class SparseRecoveryExperiment(AbstractExperiment):
         )
 
     def run(self, problem: SparseProblem, *, progress: bool) -> list[_Run]:
-        import manifoldflow as mf
 
         runs = []
         for start in problem.starts:

@@ -7,11 +7,21 @@ import pathlib
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
+
+import manifoldflow as mf
 
 from .._errors import InputError
 from .._manifold import check_data
-from ..theory import Report
+from ..models import (
+    activation_from_name,
+    initialise_on_manifold,
+    two_layer_data,
+    TwoLayerManifold,
+    TwoLayerNet,
+)
+from ..theory import gatmiry, Report
 from ._options import (
     add_flow_options,
     check_seed,
@@ -41,7 +51,6 @@ class TwoLayerProblem(eqx.Module):
 
 
 def _data(args) -> tuple[np.ndarray, np.ndarray]:
-    from ..models import two_layer_data
 
     if args.data is not None:
         arrays = load_arrays(args.data, ("X", "y"))
@@ -121,9 +130,6 @@ def _second_layer(text: str | None, m: int) -> np.ndarray:
 
 
 def _network(args, X, y, a):
-    import jax
-
-    from ..models import activation_from_name, initialise_on_manifold, TwoLayerNet
 
     if args.activation == "cube-beta" and not (0 < args.beta < math.inf):
         raise InputError(f"--beta must be positive for cube-beta, got {args.beta}.")
@@ -194,9 +200,6 @@ class TwoLayerExperiment(AbstractExperiment):
         add_flow_options(parser)
 
     def build(self, args: argparse.Namespace) -> TwoLayerProblem:
-        import manifoldflow as mf
-
-        from ..models import TwoLayerManifold
 
         options = flow_options(args)
         positive_sizes(m=args.m)
@@ -234,7 +237,6 @@ class TwoLayerExperiment(AbstractExperiment):
         return TwoLayerProblem(X, y, net, structured, manifold, options, settings)
 
     def run(self, problem: TwoLayerProblem, *, progress: bool):
-        import manifoldflow as mf
 
         try:
             return mf.solve_flow(
@@ -247,7 +249,6 @@ class TwoLayerExperiment(AbstractExperiment):
             raise command_line_error(error) from None
 
     def checks(self, problem: TwoLayerProblem, result) -> Report:
-        from ..theory import gatmiry
 
         return gatmiry.two_layer_checks(
             problem.structured,
@@ -266,7 +267,6 @@ def _constraint_tolerance(problem: TwoLayerProblem, solution) -> float:
     """The per-step retraction's tolerance, plus the rounding of evaluating
     $F_i = \\sum_j a_j\\phi(z_{ji}) - y_i$ again (m + 1 terms: at most
     $(m+1)\\epsilon \\sum |\\text{terms}|$)."""
-    import manifoldflow as mf
 
     retraction = mf.ChordRetraction()
     scale = max(1.0, float(np.max(np.abs(problem.y))))

@@ -48,11 +48,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._flow import SharpnessFlow
+from .._landscape import gradient_flow
 from .._manifold import AbstractManifold
 from .._retraction import GaussNewtonRetraction
 from .._solve import _with_stepsize_tolerances, solve_flow
 from .._solver import ProjectedSolver
 from .._stabilised import StabilisedSharpnessFlow
+from ..models import (
+    deep_linear_data,
+    gaussian_init,
+    initialise_on_manifold,
+    two_layer_data,
+    TwoLayerManifold,
+)
+from ..models.deep_linear import DeepLinearRisk, minimiser_manifold
+from ..theory import gatmiry
+from ._numpy_peer import NumpyTwoLayerFlow
 
 
 ADAPTIVE_SOLVERS = {
@@ -101,9 +112,6 @@ class BenchProblem(eqx.Module):
 def two_layer_problem(m: int, d: int, n: int, seed: int = 0) -> BenchProblem:
     """The two-layer default of `manifoldflow two-layer` at width m, dimension d and
     n samples (its data and initialisation)."""
-    from ..models import initialise_on_manifold, two_layer_data, TwoLayerManifold
-    from ..theory import gatmiry
-    from ._numpy_peer import NumpyTwoLayerFlow
 
     X, y = two_layer_data(n, d, seed)
     net = initialise_on_manifold(jax.random.PRNGKey(seed), X, y, m)
@@ -121,9 +129,6 @@ def two_layer_problem(m: int, d: int, n: int, seed: int = 0) -> BenchProblem:
 def deep_linear_problem() -> BenchProblem:
     """The trace flow on the minimisers of a deep linear net (L = 3, d = 3, n = 20),
     from the minimiser that gradient flow reaches from a Gaussian start (scale 0.6)."""
-    from .._landscape import gradient_flow
-    from ..models import deep_linear_data, gaussian_init
-    from ..models.deep_linear import DeepLinearRisk, minimiser_manifold
 
     X, y, _ = deep_linear_data(20, 3, 0)
     net = gaussian_init(jax.random.PRNGKey(1), (3, 3, 3, 1), 0.6)
