@@ -199,18 +199,21 @@ def solve_flow(
     **Returns:** a [`manifoldflow.FlowSolution`][] of NumPy arrays.
     """
     start = time.perf_counter()
-    rtol, atol = _tolerances(stepsize_controller)
-    theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
-    _check_float32(theta0, (retraction, initial_retraction))
-    _check_counts(window=window, save_every=save_every, dt0=dt0)
-    if saveat is not None and save_every != 1:
-        raise InputError("save_every thins the default output; with saveat leave it 1.")
-    targets, t1 = _output_times(saveat, t0, t1)
+    theta0, targets, t1 = _validated(
+        manifold,
+        theta0,
+        stepsize_controller=stepsize_controller,
+        retractions=(retraction, initial_retraction),
+        stationarity=stationarity,
+        max_steps=max_steps,
+        window=window,
+        save_every=save_every,
+        saveat=saveat,
+        t0=t0,
+        t1=t1,
+        dt0=dt0,
+    )
     dtype = theta0.dtype
-    if dt0 is None and not isinstance(
-        stepsize_controller, diffrax.AbstractAdaptiveStepSizeController
-    ):
-        raise InputError("A constant step size needs dt0 (the step), got dt0=None.")
     integrator = _integrator(
         manifold,
         dtype,
@@ -242,9 +245,57 @@ def solve_flow(
     if window is None:
         window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
     keep_all = targets is None
+    state, states = _windows(integrator, state, window, keep_all)
+    solution = _host_solution(
+        state,
+        retracted,
+        states,
+        save_every,
+        constant=float(constant),
+        stationarity=float(stationarity),
+        wall_seconds=time.perf_counter() - start,
+        manifold=manifold,
+    )
+    if throw and not any(is_result(solution.result, r) for r in _ENDINGS):
+        raise RuntimeError(_failure_message(solution, integrator))
+    return solution
+
+
+def _validated(
+    manifold,
+    theta0,
+    *,
+    stepsize_controller,
+    retractions,
+    stationarity,
+    max_steps,
+    window,
+    save_every,
+    saveat,
+    t0,
+    t1,
+    dt0,
+):
+    """`(theta0, output times, t1)` after every check of `solve_flow`'s input."""
+    rtol, atol = _tolerances(stepsize_controller)
+    theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
+    _check_float32(theta0, retractions)
+    _check_counts(window=window, save_every=save_every, dt0=dt0)
+    if saveat is not None and save_every != 1:
+        raise InputError("save_every thins the default output; with saveat leave it 1.")
+    if dt0 is None and not isinstance(
+        stepsize_controller, diffrax.AbstractAdaptiveStepSizeController
+    ):
+        raise InputError("A constant step size needs dt0 (the step), got dt0=None.")
+    return (theta0, *_output_times(saveat, t0, t1))
+
+
+def _windows(integrator, state, window: int, keep_all: bool):
+    """Run the loop in jitted windows until it ends: `(final state, every accepted
+    state or None)`. The first windows are short (4, 8, 16, ... attempts, one
+    compiled program), so that Ctrl-C acts early also when steps are slow; it
+    returns what was computed (`interrupted`). The progress meter is closed."""
     states = [np.asarray(state.y)[None]]
-    # The first windows are short (4, 8, 16, ... attempts, one compiled program):
-    # Ctrl-C acts early also when steps are slow.
     attempts = min(4, window)
     try:
         while is_result(state.result, RESULTS.successful):
@@ -257,20 +308,8 @@ def solve_flow(
     except KeyboardInterrupt:
         state = eqx.tree_at(lambda s: s.result, state, RESULTS.interrupted)
     finally:
-        progress_meter.close(state.meter_state)
-    solution = _host_solution(
-        state,
-        retracted,
-        np.concatenate(states) if keep_all else None,
-        save_every,
-        constant=float(constant),
-        stationarity=float(stationarity),
-        wall_seconds=time.perf_counter() - start,
-        manifold=manifold,
-    )
-    if throw and not any(is_result(solution.result, r) for r in _ENDINGS):
-        raise RuntimeError(_failure_message(solution, integrator))
-    return solution
+        integrator.progress_meter.close(state.meter_state)
+    return state, (np.concatenate(states) if keep_all else None)
 
 
 def _padded(targets: list[float] | None) -> list[float]:
