@@ -298,6 +298,8 @@ class Integrator(eqx.Module):
         $[t_0, t_1]$ covered (finite `t1`) and of the decades of
         $\\|P_T\\nabla R\\|$ descended towards the stationarity threshold."""
         dtype = state.t.dtype
+        # A display, not part of the solution: no derivative flows through it.
+        state, g0, g = lax.stop_gradient((state, g0, g))
         time = jnp.where(
             jnp.isfinite(state.t1), (state.t - state.t0) / (state.t1 - state.t0), 0.0
         )

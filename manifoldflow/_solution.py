@@ -115,15 +115,18 @@ class FlowSolution(eqx.Module):
         `t_final`, `num_steps`, `num_rejected_steps`, `R_initial`, `R_final`,
         `grad_norm_final`, `constraint_violation_max`, `solve_seconds` (host
         solutions)."""
+        last = int(self.num_steps)  # the records of flow_solve are padded after it
         return dict(
             result=self.result_name,
             result_message=self.message,
             t_final=float(self.t_final),
-            num_steps=int(self.num_steps),
+            num_steps=last,
             num_rejected_steps=int(self.num_rejected_steps),
             R_initial=float(self.sharpness[0]),
-            R_final=float(self.sharpness[-1]),
-            grad_norm_final=float(self.gradient_norm[-1]),
-            constraint_violation_max=float(np.max(self.constraint_violation)),
+            R_final=float(self.sharpness[last]),
+            grad_norm_final=float(self.gradient_norm[last]),
+            constraint_violation_max=float(
+                np.max(np.asarray(self.constraint_violation)[: last + 1])
+            ),
             solve_seconds=self.wall_seconds,
         )

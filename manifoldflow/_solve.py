@@ -299,11 +299,15 @@ def _windows(integrator, state, window: int, keep_all: bool):
     attempts = min(4, window)
     try:
         while is_result(state.result, RESULTS.successful):
-            state, ys, count = _run(
+            new, ys, count = _run(
                 integrator, state, _on_device(attempts), window if keep_all else 0
             )
+            # Wait for the window (dispatch is asynchronous) before taking it: an
+            # interrupt while waiting returns the state of the windows before it.
+            new, ys = jax.block_until_ready((new, ys))
             if keep_all:
                 states.append(np.asarray(ys)[: int(count)])
+            state = new
             attempts = min(2 * attempts, window)
     except KeyboardInterrupt:
         state = eqx.tree_at(lambda s: s.result, state, RESULTS.interrupted)
@@ -601,8 +605,9 @@ _ADVICE = {
     "stagnated": (
         "|P_T grad R| is at the integrator's noise floor: ask for a stationarity above "
         "the value reached, or use projector=QRProjector() (accuracy kappa(J) "
-        "instead of kappa(J)^2); if you believe the flow is merely slow, raise "
-        "patience or pass noise_floor=IgnoreNoiseFloor()."
+        "instead of kappa(J)^2); if you believe the flow is merely slow, pass "
+        "noise_floor=TightenTolerances(patience=...) with a larger patience, or "
+        "noise_floor=IgnoreNoiseFloor()."
     ),
     "ill_conditioned": (
         "The manifold is close to a singular point (for a sparse-recovery model: "
@@ -613,7 +618,8 @@ _ADVICE = {
         "from the model."
     ),
     "retraction_failed": (
-        "Take smaller steps (lower rtol/atol or dt0), or give the retraction more "
+        "Take smaller steps (lower the tolerances of stepsize_controller, or dt0), or "
+        "give the retraction more "
         "iterations (retraction=ChordRetraction(max_steps=...) or NewtonRetraction())."
     ),
     "projection_failed": (

@@ -124,3 +124,54 @@ def test_output_times_and_a_failed_start_in_graph(problem):
     )
     assert far.result == mf.RESULTS.initial_retraction_failed
     assert int(far.num_steps) == 0
+
+
+def test_grad_through_manifolds_with_static_leaves():
+    """A `ZeroLossManifold` of an MLP (its activation is a static leaf) and a
+    `ConstraintManifold` (its constraint is a function): derivatives of the final
+    sharpness with respect to the labels / the constraint's data."""
+    from .helpers import mlp_problem
+
+    model, X, y = mlp_problem(n=3)
+    constant_steps = dict(
+        solver=diffrax.Tsit5(),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.02,
+        t1=0.1,
+        stationarity=0.0,
+        max_steps=8,
+    )
+
+    # Start on the manifold of the unperturbed labels, where the derivative of the
+    # initial (Gauss--Newton) retraction is exact.
+    base = mf.ZeroLossManifold(model, X, y)
+    start = mf.GaussNewtonRetraction()(
+        base, mf.CholeskyProjector(), base.initial_point()
+    ).theta
+
+    def mlp_sharpness(labels):
+        manifold = mf.ZeroLossManifold(model, X, labels)
+        solution = mf.flow_solve(manifold, start, **constant_steps)
+        return solution.sharpness[solution.num_steps]
+
+    def product_sharpness(target):
+        def constraint(w, target):
+            return jnp.stack([w[0] * w[1] - target[0], w[1] * w[2] - target[1]])
+
+        weights = jnp.array([1.0, 1.2, 0.8])
+        manifold = mf.ConstraintManifold(constraint, weights, target)
+        solution = mf.flow_solve(manifold, **constant_steps)
+        return solution.sharpness[solution.num_steps]
+
+    h = 1e-5
+    for f, x in (
+        (mlp_sharpness, jnp.asarray(y)),
+        (product_sharpness, jnp.array([1.2, 0.96])),
+    ):
+        gradient = np.asarray(jax.jit(jax.grad(f))(x))
+        value = jax.jit(f)
+        finite = np.array(
+            [(value(x + h * e) - value(x - h * e)) / (2 * h) for e in np.eye(x.size)]
+        )
+        assert np.all(np.isfinite(gradient)) and np.max(np.abs(gradient)) > 1e-3
+        np.testing.assert_allclose(gradient, finite, rtol=1e-5, atol=1e-7)

@@ -147,6 +147,28 @@ def test_interrupt_returns_what_was_computed(monkeypatch):
     assert len(sol.ts) == sol.num_steps + 1
 
 
+def test_interrupt_while_waiting_for_a_window(monkeypatch):
+    """Dispatch is asynchronous: Ctrl-C usually lands while waiting for a window's
+    results. The solution then holds the windows before it, states and records
+    alike."""
+    from manifoldflow import _solve
+
+    calls = []
+    wait = _solve.jax.block_until_ready
+
+    def interrupt_on_third_wait(tree):
+        calls.append(None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return wait(tree)
+
+    monkeypatch.setattr(_solve.jax, "block_until_ready", interrupt_on_third_wait)
+    sol = mf.solve_flow(_small_manifold(), window=4)
+    assert sol.result == mf.RESULTS.interrupted
+    assert sol.num_steps >= 4  # two windows of 4 and 8 attempts, at least
+    assert len(sol.ts) == len(sol.ys) == len(sol.step_ts) == sol.num_steps + 1
+
+
 def test_saveat_agrees_with_separate_solves_and_lies_on_the_manifold():
     manifold = _small_manifold()
     times = [0.2, 0.4, 0.6, 0.8, 1.0]

@@ -137,7 +137,7 @@ def _tangents(primal, tangent):
     if tangent is None:
         return dynamic, static, jtu.tree_map(jnp.zeros_like, dynamic)
     tangent = jtu.tree_map(
-        lambda p, t: jnp.zeros_like(p) if t is None else t,
+        lambda p, t: None if p is None else (jnp.zeros_like(p) if t is None else t),
         dynamic,
         tangent,
         is_leaf=lambda x: x is None,

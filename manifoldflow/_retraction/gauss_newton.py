@@ -63,7 +63,10 @@ def _gauss_newton_retraction_jvp(primals, tangents):
     r"""The derivative of the closest-point map at the limit $\theta$:
     $d\theta = d\tilde\theta - J^\top (JJ^\top)^{-1}(J\, d\tilde\theta +
     \partial_m F\, dm)$, the tangential part of $d\tilde\theta$ moved so that
-    $F = 0$ keeps holding (exact for a start on or near $\Gamma$)."""
+    $F = 0$ keeps holding. Exact for a start on $\Gamma$ (e.g. a solve started on
+    the manifold of the unperturbed data); from a start off $\Gamma$ the limit of the
+    Gauss--Newton path also moves tangentially in a path-dependent way that this
+    leaves out."""
     retraction, manifold, projector, theta_tilde = primals
     solution = _gauss_newton_retraction(retraction, manifold, projector, theta_tilde)
     m, static, dm = _tangents(manifold, tangents[1])
