@@ -71,7 +71,8 @@ def flow_solve(
     arrays), without its host-side ones (`window`, `save_every`, `throw`), plus
     `adjoint`: `diffrax.RecursiveCheckpointAdjoint()` (reverse mode, the default) or
     `diffrax.DirectAdjoint()`. Nothing is validated on the host: inspect
-    `solution.result` (e.g. `initial_retraction_failed`, `max_steps_reached`).
+    `solution.result` (e.g. `initial_retraction_failed`, `max_steps_reached`), and
+    give `saveat` strictly increasing, at or after `t0` (`solve_flow` checks it).
 
     **Returns:** a [`manifoldflow.FlowSolution`][] of JAX arrays of fixed size (the
     records padded after `num_steps`); `ts`, `ys` hold the states at `saveat`, or

@@ -175,3 +175,11 @@ def test_grad_through_manifolds_with_static_leaves():
         )
         assert np.all(np.isfinite(gradient)) and np.max(np.abs(gradient)) > 1e-3
         np.testing.assert_allclose(gradient, finite, rtol=1e-5, atol=1e-7)
+
+
+def test_types_are_checked_at_test_time(problem):
+    """The suite runs under the jaxtyping import hook with beartype (pyproject's
+    pytest options): a wrongly typed argument fails at the call."""
+    _, _, _, manifold, _ = problem
+    with pytest.raises(Exception, match="constant"):
+        mf.SharpnessFlow(manifold, mf.CholeskyProjector(), "one")
