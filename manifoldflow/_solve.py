@@ -91,7 +91,8 @@ def flow_solve(
     if theta0.shape != (manifold.dimension,):
         raise InputError(
             f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
-            f"coordinates: expected shape ({manifold.dimension},)."
+            f"coordinates: expected shape ({manifold.dimension},).",
+            parameter="theta0",
         )
     save_times = jnp.zeros(0, dtype) if saveat is None else jnp.asarray(saveat, dtype)
     if saveat is not None and isinstance(t1, float) and math.isinf(t1):
@@ -283,11 +284,16 @@ def _validated(
     _check_float32(theta0, retractions)
     _check_counts(window=window, save_every=save_every, dt0=dt0)
     if saveat is not None and save_every != 1:
-        raise InputError("save_every thins the default output; with saveat leave it 1.")
+        raise InputError(
+            "save_every thins the default output; with saveat leave it 1.",
+            parameter="save_every",
+        )
     if dt0 is None and not isinstance(
         stepsize_controller, diffrax.AbstractAdaptiveStepSizeController
     ):
-        raise InputError("A constant step size needs dt0 (the step), got dt0=None.")
+        raise InputError(
+            "A constant step size needs dt0 (the step), got dt0=None.", parameter="dt0"
+        )
     return (theta0, *_output_times(saveat, t0, t1))
 
 
@@ -465,7 +471,8 @@ def _with_stepsize_tolerances(solver, controller):
             f"{type(solver).__name__} with a constant step size needs explicit root "
             f"finder tolerances, e.g. {type(solver).__name__}(root_finder="
             "optimistix.Newton(rtol=1e-10, atol=1e-12)); or use an adaptive "
-            "stepsize_controller."
+            "stepsize_controller.",
+            parameter="solver",
         )
     return eqx.tree_at(
         lambda s: tuple(getattr(s.root_finder, a) for a in names),
@@ -487,21 +494,27 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
     if theta0.shape != (manifold.dimension,):
         raise InputError(
             f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
-            f"coordinates: expected shape ({manifold.dimension},)."
+            f"coordinates: expected shape ({manifold.dimension},).",
+            parameter="theta0",
         )
     if not np.all(np.isfinite(np.asarray(theta0))):
-        raise InputError("theta0 contains non-finite values (NaN or inf).")
+        raise InputError(
+            "theta0 contains non-finite values (NaN or inf).", parameter="theta0"
+        )
     if theta0.dtype == jnp.float32 and min(rtol, atol, stationarity) < 1e-6:
         raise InputError(
             "float32 coordinates cannot meet tolerances below float32 precision "
             f"(rtol={rtol}, atol={atol}, stationarity={stationarity}). Enable float64 "
-            'first: jax.config.update("jax_enable_x64", True).'
+            'first: jax.config.update("jax_enable_x64", True).',
+            parameter="stepsize_controller",
         )
     for name, value in (("rtol", rtol), ("atol", atol), ("stationarity", stationarity)):
         if not value >= 0:
-            raise InputError(f"{name} must be >= 0, got {value}.")
+            raise InputError(f"{name} must be >= 0, got {value}.", parameter=name)
     if max_steps < 1:
-        raise InputError(f"max_steps must be positive, got {max_steps}.")
+        raise InputError(
+            f"max_steps must be positive, got {max_steps}.", parameter="max_steps"
+        )
     return theta0
 
 
@@ -513,38 +526,48 @@ def _check_float32(theta0, retractions) -> None:
             raise InputError(
                 f"float32 coordinates cannot meet the tolerance of {retraction!r}: "
                 f"pass e.g. {type(retraction).__name__}(atol=1e-5, rtol=1e-6) as "
-                "retraction and initial_retraction, or enable float64."
+                "retraction and initial_retraction, or enable float64.",
+                parameter="retraction",
             )
 
 
 def _check_counts(*, window, save_every, dt0) -> None:
     if save_every < 1:
-        raise InputError(f"save_every must be at least 1, got {save_every}.")
+        raise InputError(
+            f"save_every must be at least 1, got {save_every}.", parameter="save_every"
+        )
     if window is not None and window < 1:
-        raise InputError(f"window must be at least 1, got {window}.")
+        raise InputError(
+            f"window must be at least 1, got {window}.", parameter="window"
+        )
     if dt0 is not None and not dt0 > 0:
-        raise InputError(f"dt0 must be positive, got {dt0}.")
+        raise InputError(f"dt0 must be positive, got {dt0}.", parameter="dt0")
 
 
 def _output_times(saveat, t0, t1) -> tuple[list[float] | None, float]:
     """The validated output times and the end time (default: the last output time)."""
     if not t1 > t0:
-        raise InputError(f"t1 = {t1} must be greater than t0 = {t0}.")
+        raise InputError(f"t1 = {t1} must be greater than t0 = {t0}.", parameter="t1")
     if saveat is None:
         return None, t1
     times = np.asarray(saveat, dtype=float).reshape(-1)
     if times.size == 0 or not np.all(np.isfinite(times)):
         raise InputError(
-            f"saveat must be a non-empty list of finite times, got {saveat}."
+            f"saveat must be a non-empty list of finite times, got {saveat}.",
+            parameter="saveat",
         )
     if np.any(np.diff(times) <= 0) or times[0] < t0:
         raise InputError(
-            f"saveat must be strictly increasing and >= t0 = {t0}, got {saveat}."
+            f"saveat must be strictly increasing and >= t0 = {t0}, got {saveat}.",
+            parameter="saveat",
         )
     if math.isinf(t1):
         t1 = float(times[-1])
     if times[-1] > t1:
-        raise InputError(f"saveat has times after t1 = {t1}: {times[times > t1]}.")
+        raise InputError(
+            f"saveat has times after t1 = {t1}: {times[times > t1]}.",
+            parameter="saveat",
+        )
     return [float(t) for t in times], t1
 
 

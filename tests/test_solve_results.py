@@ -325,3 +325,22 @@ def test_projectors_written_for_the_first_api_still_work():
     sol = mf.solve_flow(_small_manifold(), projector=_OldStyleProjector(), t1=0.5)
     reference = mf.solve_flow(_small_manifold(), t1=0.5)
     np.testing.assert_allclose(sol.theta_final, reference.theta_final, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, parameter",
+    [
+        (dict(max_steps=0), "max_steps"),
+        (dict(window=0), "window"),
+        (dict(saveat=[0.4, 0.2]), "saveat"),
+        (dict(t1=-1.0), "t1"),
+        (dict(dt0=-0.1), "dt0"),
+        (dict(stationarity=-1.0), "stationarity"),
+        (dict(theta0=np.zeros(3)), "theta0"),
+    ],
+)
+def test_input_errors_name_their_parameter(kwargs, parameter):
+    with pytest.raises(mf.InputError) as caught:
+        mf.solve_flow(_small_manifold(), **kwargs)
+    assert caught.value.parameter == parameter
+    assert str(caught.value).startswith(caught.value.problem)
