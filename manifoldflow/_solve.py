@@ -204,6 +204,7 @@ def solve_flow(
     theta0, targets, t1 = _validated(
         manifold,
         theta0,
+        solver=solver,
         stepsize_controller=stepsize_controller,
         retractions=(retraction, initial_retraction),
         stationarity=stationarity,
@@ -267,6 +268,7 @@ def _validated(
     manifold,
     theta0,
     *,
+    solver,
     stepsize_controller,
     retractions,
     stationarity,
@@ -279,7 +281,29 @@ def _validated(
     dt0,
 ):
     """`(theta0, output times, t1)` after every check of `solve_flow`'s input."""
+    for name, value, family, example in (
+        ("solver", solver, diffrax.AbstractSolver, "diffrax.Dopri8()"),
+        (
+            "stepsize_controller",
+            stepsize_controller,
+            diffrax.AbstractStepSizeController,
+            "diffrax.PIDController(rtol=1e-10, atol=1e-12)",
+        ),
+    ):
+        if not isinstance(value, family):
+            raise InputError(
+                f"{name} must be a diffrax.{family.__name__[8:]}, got {value!r}.",
+                fix=f"Pass e.g. {name}={example}.",
+                parameter=name,
+            )
     rtol, atol = _tolerances(stepsize_controller)
+    if rtol == 0 and atol == 0:
+        raise InputError(
+            "stepsize_controller has rtol = atol = 0: no step can meet that "
+            "tolerance, and the solve would run to max_steps.",
+            fix="Use e.g. diffrax.PIDController(rtol=1e-10, atol=1e-12).",
+            parameter="stepsize_controller",
+        )
     theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
     _check_float32(theta0, retractions)
     _check_counts(window=window, save_every=save_every, dt0=dt0)

@@ -1,5 +1,8 @@
 """Every way a solve can end is a named result, and none loops forever."""
 
+import subprocess
+import sys
+
 import diffrax
 import equinox as eqx
 import jax
@@ -344,3 +347,28 @@ def test_input_errors_name_their_parameter(kwargs, parameter):
         mf.solve_flow(_small_manifold(), **kwargs)
     assert caught.value.parameter == parameter
     assert str(caught.value).startswith(caught.value.problem)
+
+
+def test_tolerances_of_zero_and_a_solver_by_name_are_refused():
+    with pytest.raises(mf.InputError, match="rtol = atol = 0") as caught:
+        mf.solve_flow(
+            _small_manifold(),
+            stepsize_controller=diffrax.PIDController(rtol=0.0, atol=0.0),
+        )
+    assert caught.value.parameter == "stepsize_controller"
+    # Without the test-time type checker (which refuses it first), as a user runs it.
+    code = (
+        "import jax; jax.config.update('jax_enable_x64', True)\n"
+        "import manifoldflow as mf\n"
+        "from tests.helpers import two_layer_problem\n"
+        "manifold = two_layer_problem(m=4, n=3, d=5, seed=2)[-1]\n"
+        "try:\n"
+        "    mf.solve_flow(manifold, solver='dopri8')\n"
+        "except mf.InputError as error:\n"
+        "    print(error.parameter, '|', error)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("solver |") and "diffrax.Dopri8()" in out.stdout
