@@ -52,3 +52,16 @@ def test_matrix_sensing_without_cvxpy_runs_the_flow_and_says_how(tmp_path, monke
     assert summary["convex_comparison"] == "skipped"
     check = {c["name"]: c for c in summary["checks"]}["nuclear_norm_above_minimum"]
     assert check["result"] == "n/a" and "manifoldflow[convex]" in check["note"]
+
+
+def test_an_ill_conditioned_end_is_not_a_pass(tmp_path):
+    """deep-matrix-sensing on its defaults stops where J J^T turns singular, with
+    |P_T grad R| far above the threshold: the table says so and the command fails."""
+    code = cli.main(
+        ["deep-matrix-sensing", "--no-progress", "--no-cache", "--out", str(tmp_path)]
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["result"] == "ill_conditioned"
+    assert code == 1 and summary["checks_passed"] is False
+    stationarity = {c["name"]: c for c in summary["checks"]}["stationarity"]
+    assert stationarity["passed"] is False and "not accepted" in stationarity["note"]
