@@ -88,12 +88,7 @@ def flow_solve(
     theta0 = jnp.asarray(theta0)
     dtype = jnp.promote_types(theta0.dtype, manifold.initial_point().dtype)
     theta0 = theta0.astype(dtype)
-    if theta0.shape != (manifold.dimension,):
-        raise InputError(
-            f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
-            f"coordinates: expected shape ({manifold.dimension},).",
-            parameter="theta0",
-        )
+    _check_shape(manifold, theta0)
     save_times = jnp.zeros(0, dtype) if saveat is None else jnp.asarray(saveat, dtype)
     if saveat is not None and isinstance(t1, float) and math.isinf(t1):
         t1 = save_times.reshape(-1)[-1]
@@ -515,12 +510,7 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
     dtype = jnp.promote_types(theta0.dtype, start.dtype)
     if theta0.dtype != dtype:
         theta0 = theta0.astype(dtype)
-    if theta0.shape != (manifold.dimension,):
-        raise InputError(
-            f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
-            f"coordinates: expected shape ({manifold.dimension},).",
-            parameter="theta0",
-        )
+    _check_shape(manifold, theta0)
     if not np.all(np.isfinite(np.asarray(theta0))):
         raise InputError(
             "theta0 contains non-finite values (NaN or inf).", parameter="theta0"
@@ -540,6 +530,17 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
             f"max_steps must be positive, got {max_steps}.", parameter="max_steps"
         )
     return theta0
+
+
+def _check_shape(manifold, theta0) -> None:
+    """`theta0` has one entry per coordinate of the manifold (checked at trace time
+    too: shapes are static)."""
+    if theta0.shape != (manifold.dimension,):
+        raise InputError(
+            f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
+            f"coordinates: expected shape ({manifold.dimension},).",
+            parameter="theta0",
+        )
 
 
 def _check_float32(theta0, retractions) -> None:
