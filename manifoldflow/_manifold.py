@@ -151,13 +151,37 @@ def check_data(X: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
 def _partition_coordinates(
     tree: PyTree, filter_spec: PyTree[bool | Callable[[Any], bool]]
 ) -> tuple[PyTree, PyTree]:
-    """`eqx.partition`, refusing a partition with no coordinates."""
-    parameters, static = eqx.partition(tree, filter_spec)
+    """`eqx.partition`, refusing a `filter_spec` of another structure and a partition
+    with no coordinates."""
+    try:
+        parameters, static = eqx.partition(tree, filter_spec)
+    except (ValueError, TypeError) as error:
+        raise InputError(
+            "filter_spec must be a pytree prefix of the model (as in eqx.partition): "
+            "a bool or a callable per leaf or subtree; got "
+            f"{type(filter_spec).__name__} for a {type(tree).__name__} "
+            f"({str(error).splitlines()[0]}).",
+            fix="Build it from the model, e.g. filter_spec = jax.tree_util.tree_map("
+            "lambda _: False, model), then eqx.tree_at(lambda m: m.weight, "
+            "filter_spec, replace=True).",
+            parameter="filter_spec",
+        ) from None
     if not jax.tree_util.tree_leaves(parameters):
+        arrays = [x for x in jax.tree_util.tree_leaves(tree) if eqx.is_array(x)]
+        if not arrays and callable(tree):
+            raise InputError(
+                f"The model {tree!r} holds no arrays: a plain function has no "
+                "parameters to move along the manifold.",
+                fix="Pass an Equinox module (e.g. eqx.nn.MLP(..., out_size='scalar')"
+                ") or another pytree that holds its parameters as array leaves.",
+                parameter="model",
+            )
         raise InputError(
             "There are no trainable leaves under this filter_spec: nothing to move "
-            "along the manifold. Pass a filter_spec that selects the floating-point "
-            "arrays to train (the default eqx.is_inexact_array selects all of them)."
+            "along the manifold.",
+            fix="Pass a filter_spec that selects the floating-point arrays to train "
+            "(the default eqx.is_inexact_array selects all of them).",
+            parameter="filter_spec",
         )
     return parameters, static
 
@@ -192,6 +216,34 @@ class _AbstractPytreeManifold(AbstractManifold):
         """The pytree with its coordinate leaves set to `theta`."""
         unravel = jfu.ravel_pytree(self.parameters)[1]
         return eqx.combine(unravel(theta), self.static)
+
+    def to_coordinates(self, tree: PyTree) -> Float[Array, " D"]:
+        """The coordinates $\theta$ of a pytree of the same structure as the one the
+        manifold was built from (e.g. a trained copy of the model): its coordinate
+        leaves, flattened. The inverse of `to_parameters`."""
+        mask = jax.tree_util.tree_map(
+            lambda p: p is not None, self.parameters, is_leaf=lambda p: p is None
+        )
+        expected = jax.tree_util.tree_structure(
+            eqx.combine(self.parameters, self.static)
+        )
+        if jax.tree_util.tree_structure(tree) != expected:
+            raise InputError(
+                f"Got a {type(tree).__name__} whose structure differs from the model "
+                "the manifold was built from.",
+                fix="Pass a pytree of the same structure (e.g. the model after "
+                "training), or its flat coordinates.",
+                parameter="theta0",
+            )
+        coordinates = eqx.filter(tree, mask)
+        shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(coordinates)]
+        wanted = [np.shape(x) for x in jax.tree_util.tree_leaves(self.parameters)]
+        if shapes != wanted:
+            raise InputError(
+                f"The coordinate leaves have shapes {shapes}, the model's {wanted}.",
+                parameter="theta0",
+            )
+        return jfu.ravel_pytree(coordinates)[0]
 
     def linearise(self, theta):
         def sharpness(theta):
@@ -247,14 +299,33 @@ class ZeroLossManifold(_AbstractPytreeManifold):
     ):
         self.X, self.y = check_data(X, y)
         self.parameters, self.static = _partition_coordinates(model, filter_spec)
-        out = jax.eval_shape(
-            model, jax.ShapeDtypeStruct(self.X.shape[1:], self.X.dtype)
-        )
+        example = jax.ShapeDtypeStruct(self.X.shape[1:], self.X.dtype)
+        try:
+            out = jax.eval_shape(model, example)
+        except Exception as error:  # any failure of the model on one example
+            hint = (
+                " X is 1-D, so each example is a scalar: for n examples of one "
+                "feature pass X[:, None]."
+                if self.X.ndim == 1
+                else ""
+            )
+            raise InputError(
+                f"The model fails on one example of X: X has shape {self.X.shape}, so "
+                f"an example has shape {self.X.shape[1:]} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]}).{hint}",
+                fix="X must hold one example per row, each of the shape the model "
+                "takes (e.g. (n, in_size) for eqx.nn.MLP).",
+                parameter="X",
+            ) from None
         if getattr(out, "shape", None) != ():
             raise InputError(
                 f"The model must map one example of shape {self.X.shape[1:]} to a "
-                f"scalar, but it returned shape {getattr(out, 'shape', type(out))}. "
-                "Wrap it so that it returns a scalar (e.g. `lambda x: net(x)[0]`)."
+                f"scalar, but it returned shape {getattr(out, 'shape', type(out))}.",
+                fix="Wrap it so that it returns a scalar while keeping its parameters "
+                "in the pytree, e.g. jax.tree_util.Partial(lambda net, x: net(x)[0], "
+                "net) (a bare lambda holds no parameters), or build eqx.nn.MLP with "
+                "out_size='scalar'.",
+                parameter="model",
             )
         n, D = self.y.shape[0], self.dimension
         if n > D:

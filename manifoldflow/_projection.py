@@ -164,15 +164,49 @@ class CGProjector(AbstractProjector):
 
 
 class SVDProjector(AbstractProjector):
-    r"""Pseudo-inverse of the Gram matrix by an SVD: correct also where $J$ is rank
+    r"""Pseudo-inverse by an SVD of $J$ itself: correct also where $J$ is rank
     deficient (repeated or linearly dependent data points, singular points of the
-    manifold), where it projects onto $\ker J$ exactly. Singular values below `rcond`
-    times the largest are dropped (default: machine epsilon times $n$).
+    manifold), where it projects onto $\ker J$ exactly.
+
+    With the thin SVD $J^\top = U S V^\top$, $P_T v = v - U_k U_k^\top v$ over the
+    $k$ singular values kept, so the projection is accurate to rounding in $v$
+    whatever $\kappa(J)$. Singular values of $J$ below `rcond` times the largest are
+    dropped (default: machine epsilon times $\max(n, D)$). The threshold is on
+    $\sigma(J)$, not on $\sigma(JJ^\top) = \sigma(J)^2$: a direction that moves $F$
+    by more than rounding stays a constraint, so the field stays continuous until a
+    direction's effect on $F$ is below rounding.
+
+    **Arguments:**
+
+    - `rcond`: relative cut-off on the singular values of $J$.
     """
 
     rcond: float | None = None
 
+    def _factors(self, linearisation: Linearisation):
+        jac_t = linearisation.jacobian.transpose().as_matrix()
+        u, s, vt = jnp.linalg.svd(jac_t, full_matrices=False)
+        rcond = self.rcond
+        if rcond is None:
+            rcond = jnp.finfo(s.dtype).eps * max(jac_t.shape)
+        # Not >=: an all-zero J keeps nothing.
+        keep = s > rcond * s[0] if s.size > 0 else s > 0
+        inverse = jnp.where(keep, 1 / jnp.where(keep, s, 1), 0)
+        return u, inverse, vt, keep
+
     def solve_gram(self, linearisation, rhs):
-        operator = lx.MatrixLinearOperator(linearisation.gram)
-        solver = lx.SVD(rcond=self.rcond)
-        return lx.linear_solve(operator, rhs, solver, throw=False).value
+        _, inverse, vt, _ = self._factors(linearisation)
+        return vt.T @ (inverse**2 * (vt @ rhs))
+
+    def multipliers(self, linearisation, vector):
+        u, inverse, vt, _ = self._factors(linearisation)
+        return vt.T @ (inverse * (u.T @ vector))
+
+    def project_with_result(self, linearisation, vector):
+        u, inverse, vt, keep = self._factors(linearisation)
+        coefficients = jnp.where(keep, u.T @ vector, 0)
+        projected = vector - u @ coefficients
+        lam = vt.T @ (inverse * coefficients)
+        finite = jnp.all(jnp.isfinite(projected)) & jnp.all(jnp.isfinite(lam))
+        result = lx.RESULTS.where(finite, lx.RESULTS.successful, lx.RESULTS.singular)
+        return projected, lam, result

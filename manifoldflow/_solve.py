@@ -10,6 +10,7 @@ trimmed NumPy `FlowSolution` (or raises with advice).
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 
 import diffrax
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import ArrayLike, Float
+from jaxtyping import ArrayLike, Float, PyTree
 
 from ._errors import InputError
 from ._flow import SharpnessFlow
@@ -68,7 +69,8 @@ def flow_solve(
     its own condition) and `jax.grad` (through `adjoint`).
 
     The arguments are those of [`manifoldflow.solve_flow`][] (numbers may be traced
-    arrays), without its host-side ones (`window`, `save_every`, `throw`), plus
+    arrays), without its host-side ones (`window`, `save_every`, `max_states`,
+    `throw`), plus
     `adjoint`: `diffrax.RecursiveCheckpointAdjoint()` (reverse mode, the default) or
     `diffrax.DirectAdjoint()`. Nothing is validated on the host: inspect
     `solution.result` (e.g. `initial_retraction_failed`, `max_steps_reached`), and
@@ -122,7 +124,7 @@ def flow_solve(
 
 def solve_flow(
     manifold: AbstractManifold,
-    theta0: Float[ArrayLike, " D"] | None = None,
+    theta0: Float[ArrayLike, " D"] | PyTree | None = None,
     *,
     solver: diffrax.AbstractSolver = diffrax.Dopri8(),
     projector: AbstractProjector = CholeskyProjector(),
@@ -142,6 +144,7 @@ def solve_flow(
     max_steps: int = 100_000,
     window: int | None = None,
     save_every: int = 1,
+    max_states: int | None = None,
     retract_every: int = 1,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
     throw: bool = True,
@@ -158,7 +161,9 @@ def solve_flow(
     **Arguments:**
 
     - `manifold`: e.g. [`manifoldflow.ZeroLossManifold`][].
-    - `theta0`: initial coordinates; default `manifold.initial_point()`.
+    - `theta0`: initial coordinates; default `manifold.initial_point()`. A pytree of
+      the model's structure (e.g. a trained copy of the model) stands for its
+      coordinates (`manifold.to_coordinates`).
     - `solver`: any diffrax ODE solver (default `Dopri8`; `Tsit5`, `Kvaerno5`, ...).
     - `projector`, `retraction`: how $P_T$ and the per-step retraction are computed.
     - `initial_retraction`: retraction of $\theta_0$ (Gauss--Newton: robust from far
@@ -186,12 +191,21 @@ def solve_flow(
     - `window`: steps per jitted window (default from memory: the states of a window's
       steps are kept).
     - `save_every`: keep every k-th accepted state in `ys` (diagnostics keep all).
+    - `max_states`: without `saveat`, the most states kept in `ys`: when more steps
+      are taken, every other kept state is dropped (so they stay evenly spaced in
+      steps, the first and the last always kept). Default: 1024, fewer where they
+      would take more than 1 GiB. The diagnostics (`sharpness`, `gradient_norm`,
+      `constraint_violation` at `step_ts`) keep every step.
     - `retract_every`: retract after every k-th step.
     - `progress_meter`: a diffrax progress meter, e.g. `diffrax.TqdmProgressMeter()`;
       its progress is the larger of the fraction of $[t_0, t_1]$ covered and of the
       decades of $\|P_T\nabla R\|$ descended towards `stationarity`.
     - `throw`: raise `RuntimeError` if the solve fails (any result but `stationary`,
-      `t1_reached`, `interrupted`); with `throw=False` inspect `solution.result`.
+      `t1_reached`, `interrupted` and `max_steps_reached`). Using up `max_steps` is a
+      budget, not a failure: the solution comes back, with a `RuntimeWarning` that
+      says whether $R$ was still decreasing (a flow with no stationary point within
+      reach) and what to look at. With `throw=False` nothing is raised or warned:
+      inspect `solution.result`.
 
     **Returns:** a [`manifoldflow.FlowSolution`][] of NumPy arrays.
     """
@@ -206,6 +220,7 @@ def solve_flow(
         max_steps=max_steps,
         window=window,
         save_every=save_every,
+        max_states=max_states,
         saveat=saveat,
         t0=t0,
         t1=t1,
@@ -242,19 +257,28 @@ def solve_flow(
         raise _retraction_error(retracted, initial_retraction)
     if window is None:
         window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
-    keep_all = targets is None
-    state, states = _windows(integrator, state, window, keep_all)
+    if max_states is None:
+        max_states = int(min(1024, max(16, 2**30 // (8 * manifold.dimension))))
+    kept = (
+        None
+        if targets is not None
+        else _KeptStates(np.asarray(state.y), save_every, max_states - 1)
+    )
+    state = _windows(integrator, state, window, kept)
     solution = _host_solution(
         state,
         retracted,
-        states,
-        save_every,
+        kept,
         constant=float(constant),
         stationarity=float(stationarity),
         wall_seconds=time.perf_counter() - start,
         manifold=manifold,
     )
-    if throw and not any(is_result(solution.result, r) for r in _ENDINGS):
+    if is_result(solution.result, RESULTS.max_steps_reached):
+        # A budget, not a failure: the solution comes back, with what it shows.
+        if throw:
+            warnings.warn(_budget_message(solution), RuntimeWarning, stacklevel=2)
+    elif throw and not any(is_result(solution.result, r) for r in _ENDINGS):
         raise RuntimeError(_failure_message(solution, integrator))
     return solution
 
@@ -270,6 +294,7 @@ def _validated(
     max_steps,
     window,
     save_every,
+    max_states,
     saveat,
     t0,
     t1,
@@ -302,6 +327,14 @@ def _validated(
     theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
     _check_float32(theta0, retractions)
     _check_counts(window=window, save_every=save_every, dt0=dt0)
+    if max_states is not None and not (
+        isinstance(max_states, (int, np.integer)) and max_states >= 2
+    ):
+        raise InputError(
+            f"max_states must be an integer of at least 2 (the first and the last "
+            f"state), got {max_states!r}.",
+            parameter="max_states",
+        )
     if saveat is not None and save_every != 1:
         raise InputError(
             "save_every thins the default output; with saveat leave it 1.",
@@ -316,30 +349,67 @@ def _validated(
     return (theta0, *_output_times(saveat, t0, t1))
 
 
-def _windows(integrator, state, window: int, keep_all: bool):
-    """Run the loop in jitted windows until it ends: `(final state, every accepted
-    state or None)`. The first windows are short (4, 8, 16, ... attempts, one
-    compiled program), so that Ctrl-C acts early also when steps are slow; it
-    returns what was computed (`interrupted`). The progress meter is closed."""
-    states = [np.asarray(state.y)[None]]
+class _KeptStates:
+    """The accepted states kept for `ys` without `saveat`: those whose index is a
+    multiple of `stride` (from `save_every`), the stride doubling whenever more than
+    `limit` would be kept, so that at most `limit` states (evenly spaced in steps)
+    plus the last are kept, however many steps the solve takes."""
+
+    def __init__(self, first: np.ndarray, stride: int, limit: int):
+        self.stride, self.limit = stride, max(limit, 1)
+        self.index = np.zeros(1, int)
+        self.states = first[None]
+        self.seen = 1
+
+    def add(self, ys: np.ndarray) -> None:
+        """Append the next accepted states (indices `seen`, `seen + 1`, ...)."""
+        index = np.arange(self.seen, self.seen + ys.shape[0])
+        keep = index % self.stride == 0
+        self.index = np.concatenate([self.index, index[keep]])
+        self.states = np.concatenate([self.states, ys[keep]])
+        self.seen += ys.shape[0]
+        while self.index.size > self.limit:
+            self.stride *= 2
+            keep = self.index % self.stride == 0
+            self.index, self.states = self.index[keep], self.states[keep]
+
+    def result(self, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(indices, states)`, with the last accepted state."""
+        if self.index[-1] == self.seen - 1:
+            return self.index, self.states
+        return (
+            np.append(self.index, self.seen - 1),
+            np.concatenate([self.states, last[None]]),
+        )
+
+
+def _windows(integrator, state, window: int, kept: _KeptStates | None):
+    """Run the loop in jitted windows until it ends, giving every accepted state to
+    `kept` (if any); the final state. The first windows are short (4, 8, 16, ...
+    attempts, one compiled program), so that Ctrl-C acts early also when steps are
+    slow; it returns what was computed (`interrupted`). The progress meter is
+    closed."""
     attempts = min(4, window)
     try:
         while is_result(state.result, RESULTS.successful):
             new, ys, count = _run(
-                integrator, state, _on_device(attempts), window if keep_all else 0
+                integrator,
+                state,
+                _on_device(attempts),
+                0 if kept is None else window,
             )
             # Wait for the window (dispatch is asynchronous) before taking it: an
             # interrupt while waiting returns the state of the windows before it.
             new, ys = jax.block_until_ready((new, ys))
-            if keep_all:
-                states.append(np.asarray(ys)[: int(count)])
+            if kept is not None:
+                kept.add(np.asarray(ys)[: int(count)])
             state = new
             attempts = min(2 * attempts, window)
     except KeyboardInterrupt:
         state = eqx.tree_at(lambda s: s.result, state, RESULTS.interrupted)
     finally:
         integrator.progress_meter.close(state.meter_state)
-    return state, (np.concatenate(states) if keep_all else None)
+    return state
 
 
 def _padded(targets: list[float] | None) -> list[float]:
@@ -361,22 +431,14 @@ def _run(integrator: Integrator, state: FlowState, attempts, window: int):
     return integrator.run(state, attempts, window=window)
 
 
-def _host_solution(
-    state: FlowState, retracted, all_states, save_every, **fields
-) -> FlowSolution:
+def _host_solution(state: FlowState, retracted, kept, **fields) -> FlowSolution:
     """The solution in NumPy, trimmed to the steps taken (no eager JAX operation:
-    each would stage a program); with `all_states`, every accepted state (every
-    `save_every`-th, and the last) as `ys`, else the states at the output times."""
+    each would stage a program); with `kept`, the states it kept as `ys`, else the
+    states at the output times."""
     n = int(state.num_accepted) + 1
     step_ts = np.asarray(state.step_ts)[:n]
-    if all_states is not None:
-        saved_index = np.arange(n)
-        if save_every > 1:
-            keep = np.zeros(n, bool)
-            keep[::save_every] = True
-            keep[-1] = True
-            saved_index = saved_index[keep]
-        ys = all_states[saved_index]
+    if kept is not None:
+        saved_index, ys = kept.result(np.asarray(state.y))
     else:
         count = int(state.save_count)
         saved_index = np.asarray(state.saved_index)[:count]
@@ -505,7 +567,7 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
     if theta0 is None:
         theta0 = start
     elif not isinstance(theta0, jax.Array):
-        theta0 = _on_device(theta0)
+        theta0 = _coordinates(manifold, theta0)
     # Coordinates in the precision of the manifold's own data, if that is wider.
     dtype = jnp.promote_types(theta0.dtype, start.dtype)
     if theta0.dtype != dtype:
@@ -530,6 +592,26 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
             f"max_steps must be positive, got {max_steps}.", parameter="max_steps"
         )
     return theta0
+
+
+def _coordinates(manifold, theta0) -> jax.Array:
+    """`theta0` as an array: array-likes as they are; a pytree of the model's
+    structure by the manifold's `to_coordinates`; `InputError` otherwise."""
+    leaves = jax.tree_util.tree_leaves(theta0)
+    if len(leaves) == 1 and leaves[0] is theta0 or isinstance(theta0, (list, tuple)):
+        try:
+            return _on_device(np.asarray(theta0, dtype=float))
+        except (TypeError, ValueError):
+            pass
+    to_coordinates = getattr(manifold, "to_coordinates", None)
+    if to_coordinates is not None:
+        return to_coordinates(theta0)
+    raise InputError(
+        f"theta0 must be a vector of the manifold's {manifold.dimension} coordinates, "
+        f"got a {type(theta0).__name__}.",
+        fix="Pass e.g. manifold.initial_point() plus a displacement.",
+        parameter="theta0",
+    )
 
 
 def _check_shape(manifold, theta0) -> None:
@@ -621,6 +703,11 @@ def _gram(manifold, theta):
     return manifold.linearise(theta).gram
 
 
+_NEAR_MISS = 100.0
+"""A retraction that stalls within this factor of its tolerance is stopped by the
+rounding of F, not by the absence of a nearby point of the manifold."""
+
+
 def _retraction_error(retracted, retraction) -> InputError:
     failure_message = getattr(retraction, "failure_message", None)
     if failure_message is not None:
@@ -637,6 +724,21 @@ def _retraction_error(retracted, retraction) -> InputError:
             f"(now {retraction.max_steps}), or start closer to the manifold.",
             parameter="initial_retraction",
         )
+    tolerance = float(retracted.tolerance)
+    if residual <= _NEAR_MISS * tolerance:
+        return InputError(
+            f"The retraction of theta0 onto the manifold stopped just short of its "
+            f"tolerance: {where}, and no damped step decreases max|F| further. That is "
+            "the rounding error of evaluating F there, not a missing manifold: F is "
+            "computed from terms much larger than itself (e.g. activations of size "
+            "1e3 that cancel), and its rounding, about epsilon times their size, is "
+            "above the tolerance.",
+            fix="Loosen the retractions' tolerance to what rounding allows, e.g. "
+            f"initial_retraction={type(retraction).__name__}(atol={10 * residual:.0e}) "
+            f"and retraction=ChordRetraction(atol={10 * residual:.0e}), or rescale the "
+            "model or the data so that its terms are of order 1.",
+            parameter="initial_retraction",
+        )
     return InputError(
         f"The retraction of theta0 onto the manifold stopped: {where}, and no damped "
         "step decreases max|F| further. No point of the manifold is near theta0, or "
@@ -648,9 +750,6 @@ def _retraction_error(retracted, retraction) -> InputError:
 
 
 _ADVICE = {
-    "max_steps_reached": (
-        "Raise max_steps, or pass throw=False to get this partial solution."
-    ),
     "stagnated": (
         "|P_T grad R| is at the integrator's noise floor: ask for a stationarity above "
         "the value reached, or use projector=QRProjector() (accuracy kappa(J) "
@@ -691,6 +790,35 @@ def _on_device(value, dtype=None) -> jax.Array:
     """A host number or array as a JAX array, without staging a program (as
     `jnp.asarray` of a Python scalar does, compiled once per process and shape)."""
     return jax.device_put(np.asarray(value, dtype))
+
+
+def _budget_message(solution: FlowSolution) -> str:
+    """What a solve that used all of `max_steps` shows, and what to look at."""
+    R, g = solution.sharpness, solution.gradient_norm
+    half = R.size // 2
+    fall = (R[half] - R[-1]) / max(abs(R[-1]), np.finfo(float).tiny)
+    if fall > 1e3 * np.finfo(float).eps:
+        trend = (
+            f"R is still decreasing ({R[half]:.12g} -> {R[-1]:.12g} over the second "
+            f"half of the steps, |P_T grad R| from {g[half]:.2e} to {g[-1]:.2e}): the "
+            "flow may have no stationary point within reach (e.g. biases growing, "
+            "units saturating: a minimum at infinity), so more steps may never reach "
+            "the threshold. "
+        )
+    else:
+        trend = (
+            f"R is flat to rounding over the second half of the steps ({R[-1]:.12g}). "
+        )
+    return (
+        "solve_flow used its budget of "
+        f"{solution.num_steps + solution.num_rejected_steps} step attempts (max_steps) before |P_T grad R| <= {solution.stationarity:g}: "
+        f"it got to t = {solution.t_final:.6g} with |P_T grad R| = {g[-1]:.3e}. "
+        + trend
+        + "The solution is returned: look at R(t) and |P_T grad R|(t) "
+        "(solution.sharpness and solution.gradient_norm against solution.step_ts). "
+        "To go on, raise max_steps; to solve up to a time, pass t1=...; "
+        "throw=False silences this warning."
+    )
 
 
 def _failure_message(solution: FlowSolution, integrator: Integrator) -> str:

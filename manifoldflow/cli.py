@@ -2,9 +2,11 @@
 write the results. Bad input: a one-line message and exit code 2."""
 
 import argparse
+import os
 import pathlib
 import sys
 import time
+import traceback
 
 import manifoldflow
 
@@ -30,7 +32,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _parser(experiments) -> argparse.ArgumentParser:
+def _parser(experiments) -> tuple[argparse.ArgumentParser, dict]:
+    """The top-level parser and one subparser per experiment (by name)."""
     parser = _Parser(
         prog="manifoldflow",
         allow_abbrev=False,
@@ -38,6 +41,7 @@ def _parser(experiments) -> argparse.ArgumentParser:
         "high precision and check the theory's predictions.",
     )
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    subparsers = {}
     for experiment in experiments.values():
         p = sub.add_parser(
             experiment.name,
@@ -46,6 +50,7 @@ def _parser(experiments) -> argparse.ArgumentParser:
             formatter_class=_Formatter,
             allow_abbrev=False,
         )
+        subparsers[experiment.name] = p
         experiment.add_arguments(p)
         common = p.add_argument_group("output")
         common.add_argument(
@@ -69,7 +74,38 @@ def _parser(experiments) -> argparse.ArgumentParser:
         common.add_argument(
             "--debug", action="store_true", help="show tracebacks of input errors"
         )
-    return parser
+    return parser, subparsers
+
+
+def _writable_folder(out: pathlib.Path) -> bool:
+    """Create `out` (a folder) and check that files can be written there, before any
+    work; `InputError` otherwise. Whether it was created here."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder.")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".manifoldflow-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(
+            f"--out {out} cannot be written ({error.strerror or error}): choose a "
+            "folder you can write to."
+        ) from None
+    return created
+
+
+def _print(text: str, file) -> bool:
+    """Print; `False` if the reader has gone (e.g. piped into `head`)."""
+    try:
+        print(text, file=file, flush=True)
+    except BrokenPipeError:
+        # Point the stream at /dev/null, so that Python's flush at exit is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, file.fileno())
+        return False
+    return True
 
 
 def main(argv=None) -> int:
@@ -77,18 +113,25 @@ def main(argv=None) -> int:
     solve did not finish, 2: bad input, 130: interrupted). The wall times it reports
     count from the import of manifoldflow (`wall_seconds` in the summary: up to the
     results; the printed one: up to the files written)."""
-    args = _parser(EXPERIMENTS).parse_args(argv)
+    parser, subparsers = _parser(EXPERIMENTS)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        subparsers[args.experiment].error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     configure_jax(cache=not args.no_cache)
     experiment = EXPERIMENTS[args.experiment]
+    created = False
     try:
-        if args.out.exists() and not args.out.is_dir():
-            raise InputError(f"--out {args.out} is a file, not a folder.")
+        created = _writable_folder(args.out)
         problem = experiment.build(args)
         result = experiment.run(problem, progress=not args.no_progress)
     except InputError as error:
+        if created and not any(args.out.iterdir()):
+            args.out.rmdir()  # nothing was written: leave no empty folder behind
         if args.debug:
-            raise
-        print(f"manifoldflow {experiment.name}: error: {error}", file=sys.stderr)
+            traceback.print_exc()
+        _print(f"manifoldflow {experiment.name}: error: {error}", sys.stderr)
         return 2
     report = experiment.checks(problem, result)
     outcome = experiment.summarise(problem, result, report)
@@ -112,9 +155,8 @@ def main(argv=None) -> int:
         f"{', '.join(str(args.out / f) for f in files)} "
         f"({elapsed():.2f} s in all)"
     )
-    print(text, file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print((args.out / "summary.json").read_text())
+    if _print(text, sys.stderr if args.json else sys.stdout) and args.json:
+        _print((args.out / "summary.json").read_text(), sys.stdout)
     if outcome.interrupted:
         return 130
     return 0 if passed else 1

@@ -119,6 +119,8 @@ def _bad_data(tmp_path):
     (tmp_path / "text.npz").write_text("not an archive")
     paths["not-npz"] = (tmp_path / "text.npz", "not a NumPy .npz")
     paths["missing-file"] = (tmp_path / "absent.npz", "no such file")
+    (tmp_path / "data.csv").write_text("x1,x2,y\n0.5,1.0,2.0\n")
+    paths["csv"] = (tmp_path / "data.csv", r"text file \(CSV\?\).*numpy.loadtxt")
     return paths
 
 
@@ -151,6 +153,38 @@ def test_bad_options_give_exit_2_with_a_message(arguments, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_an_unwritable_out_folder_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out in ("/proc/manifoldflow-test", blocker / "sub", blocker):
+        assert cli.main(["two-layer", *SMALL, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_input_leaves_no_empty_out_folder(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert cli.main(["two-layer", "--m", "0", *QUIET, "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_unknown_options_point_at_the_subcommand_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["two-layer", "--bogus", "3", *QUIET])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --bogus 3" in err
+    assert "see manifoldflow two-layer --help" in err
+
+
+@pytest.mark.parametrize(
+    "etas,words", [("0.04,0.04", "1 distinct value"), ("0.04,0.02,0.04", "repeats")]
+)
+def test_sgd_vs_flow_needs_distinct_step_sizes(etas, words, capsys):
+    assert cli.main(["sgd-vs-flow", "--etas", etas, *QUIET]) == 2
+    assert words in capsys.readouterr().err
+
+
 def test_unknown_choice_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["two-layer", "--solver", "rk4", *QUIET])
@@ -180,6 +214,16 @@ def test_command_line_process_cache_and_clean_errors(tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert "Traceback" in debug.stderr and "InputError" in debug.stderr
+    assert debug.returncode == 2  # --debug shows the traceback, keeps the exit code
+    # A reader that has gone (e.g. `| head`) ends nothing with a traceback.
+    gone = subprocess.Popen(
+        [*command, "--m", "3", "--d", "4", "--n", "2", "--activation", "cube",
+         "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    gone.stdout.close()
+    assert gone.wait(timeout=600) == 0
+    assert "Traceback" not in gone.stderr.read().decode()
     # The compilation cache folder is private; one that cannot be used is a warning.
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
     unusable = subprocess.run(
@@ -317,7 +361,12 @@ def test_deep_linear_saddle_is_not_a_minimiser(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert code == 1 and summary["converged"] is False
     assert "not a minimiser" in summary["how_it_ended"]
-    assert all(c["passed"] is not False for c in summary["checks"])
+    checks = {c["name"]: c for c in summary["checks"]}
+    # The ending row says the run is not accepted; no bound is checked against it.
+    assert checks["ending"]["passed"] is False and "saddle" in checks["ending"]["note"]
+    assert all(
+        c["passed"] is not False for c in checks.values() if c is not checks["ending"]
+    )
 
 
 def test_deep_linear_corollary_2_needs_a_small_initialisation(tmp_path):

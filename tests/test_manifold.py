@@ -110,6 +110,64 @@ def test_bad_input_errors_are_input_errors():
         mf.ZeroLossManifold(model, X, y, filter_spec=False)
 
 
+def test_models_and_data_that_do_not_fit_are_input_errors():
+    """Each mistake gives an InputError naming the parameter, never a raw JAX error."""
+    model, X, y = mlp_problem()  # model: x of shape (2,) -> scalar
+    rng = np.random.default_rng(3)
+    cases = [
+        (lambda: mf.ZeroLossManifold(model, X[:, 0], y), "X", r"X\[:, None\]"),
+        (
+            lambda: mf.ZeroLossManifold(model, rng.standard_normal((y.size, 3)), y),
+            "X",
+            r"an example has shape \(3,\)",
+        ),
+        (
+            lambda: mf.ZeroLossManifold(model, X, y, filter_spec=[True, False]),
+            "filter_spec",
+            "pytree prefix of the model",
+        ),
+        (
+            lambda: mf.ZeroLossManifold(lambda x: jnp.sum(x), X, y),
+            "model",
+            "plain function has no parameters",
+        ),
+        (
+            lambda: mf.ZeroLossManifold(
+                eqx.nn.Linear(2, 3, key=jax.random.PRNGKey(0)), X, y
+            ),
+            "model",
+            "returned shape \\(3,\\)",
+        ),
+        (
+            lambda: mf.solve_flow(mf.ZeroLossManifold(model, X, y), model.layers[0]),
+            "theta0",
+            "structure differs",
+        ),
+    ]
+    for make, parameter, words in cases:
+        with pytest.raises(mf.InputError, match=words) as error:
+            make()
+        assert error.value.parameter == parameter
+
+
+def test_the_suggested_scalar_wrapper_works_and_models_give_coordinates():
+    """The fix the vector-output message suggests builds a manifold, and a model of
+    the manifold's structure can be given as theta0."""
+    _, X, y = mlp_problem()
+    net = eqx.nn.Linear(2, 3, key=jax.random.PRNGKey(0))
+    wrapped = jax.tree_util.Partial(lambda net, x: net(x)[0], net)
+    manifold = mf.ZeroLossManifold(wrapped, X, y)
+    assert manifold.dimension == 9  # the whole 2 -> 3 layer: weight and bias
+    theta = manifold.to_coordinates(wrapped)
+    np.testing.assert_array_equal(theta, manifold.initial_point())
+    moved = manifold.to_parameters(theta + 1.0)
+    np.testing.assert_array_equal(manifold.to_coordinates(moved), theta + 1.0)
+    # f is linear in (weight, bias): R is constant on Gamma, every point stationary.
+    solution = mf.solve_flow(manifold, moved, t1=0.01)
+    assert solution.stationary and solution.num_steps == 0
+    assert np.max(solution.constraint_violation) <= 1e-12
+
+
 def test_identical_inputs_with_different_labels_mean_an_empty_manifold():
     X = np.array([[1.0, 2.0], [0.0, 1.0], [1.0, 2.0], [3.0, 1.0]])
     y = np.array([1.0, 0.5, -1.0, 2.0])

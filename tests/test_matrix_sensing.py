@@ -63,5 +63,15 @@ def test_an_ill_conditioned_end_is_not_a_pass(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["result"] == "ill_conditioned"
     assert code == 1 and summary["checks_passed"] is False
-    stationarity = {c["name"]: c for c in summary["checks"]}["stationarity"]
-    assert stationarity["passed"] is False and "not accepted" in stationarity["note"]
+    checks = {c["name"]: c for c in summary["checks"]}
+    assert checks["stationarity"]["passed"] is False
+    ending = checks["ending"]
+    assert ending["passed"] is False and ending["measured"] == 1
+    assert "ill_conditioned is NOT accepted" in ending["note"]
+    assert "no independent route" in ending["note"]
+
+
+def test_depth_one_is_refused(capsys):
+    assert cli.main(["deep-matrix-sensing", "--depth", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--depth 1" in err and "does not move" in err and "--depth 2" in err

@@ -31,7 +31,6 @@ def problem():
         saveat=[T],
         stepsize_controller=diffrax.PIDController(rtol=1e-14, atol=1e-15),
         stationarity=0.0,
-    
     ).ys[-1]
     return manifold, reference
 

@@ -56,3 +56,33 @@ def test_svd_projector_handles_rank_deficiency():
     K = scipy.linalg.null_space(J)
     assert K.shape[1] == D - N + 1
     np.testing.assert_allclose(P, K @ K.T, atol=1e-12)
+
+
+def test_svd_projector_keeps_constraints_that_j_still_sees():
+    """Near a singular point of Gamma, sigma_min(J) = 1e-9 while sigma_max(J) = 1: J
+    still has full rank to rounding, so P_T must remove that direction. A cut-off on
+    sigma(J J^T) = sigma(J)^2 (1e-18 < n eps) would drop it, and the field would jump
+    when the direction is dropped."""
+    rng = np.random.default_rng(1)
+    left, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    right, _ = np.linalg.qr(rng.standard_normal((D, N)))
+    singular = np.array([1.0, 0.3, 1e-5, 1e-9])
+    J = left @ np.diag(singular) @ right.T
+    lin = mf.Linearisation(
+        __import__("lineax").MatrixLinearOperator(jnp.asarray(J)),
+        jnp.asarray(J @ J.T),
+        jnp.asarray(0.0),
+        jnp.zeros(D),
+    )
+    v = rng.standard_normal(D)
+    Pv, lam = mf.SVDProjector().project(lin, jnp.asarray(v))
+    Pv = np.asarray(Pv)
+    # Every row-space direction is removed, the weakest included: J P v is rounding
+    # (a dropped direction would leave J P v ~ sigma_min |v| = 1e-9).
+    assert np.linalg.norm(J @ Pv) <= 1e2 * _EPS * np.linalg.norm(v)
+    # An orthogonal projection onto a space of dimension D - N.
+    assert abs(Pv @ (v - Pv)) <= 1e2 * _EPS * (v @ v)
+    P = np.asarray(_projection_matrix(mf.SVDProjector(), lin))
+    np.testing.assert_allclose(np.trace(P), D - N, atol=1e-12)
+    # The multipliers reproduce the normal part to the accuracy kappa(J) allows.
+    np.testing.assert_allclose(J.T @ np.asarray(lam), v - Pv, atol=1e-6)

@@ -2,6 +2,7 @@
 constant c (not 2c, not c/2) as the step size halves; GD and SAM are still on the
 zero-loss manifold; chunking does not change the randomness; bad input is refused."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import manifoldflow as mf
@@ -155,3 +156,38 @@ def test_bad_simulator_options_and_start():
         SAM(rho=0.0)
     with pytest.raises(mf.InputError, match=r"theta0 has shape \(3,\)"):
         simulate(manifold, theta0[:3], LabelNoiseGD(), eta=0.01, num_steps=10)
+
+
+class _WrongConstantGD(LabelNoiseGD):
+    """Label-noise GD that claims a flow constant `factor` times the right one."""
+
+    factor: float = 0.75
+
+    def flow_constant(self, manifold):
+        return self.factor * super().flow_constant(manifold)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.75])
+def test_sgd_vs_flow_fits_the_constant_and_fails_a_wrong_one(factor):
+    """The command's checks must fail when the flow is solved with a constant off by
+    25%: the fitted c' (the flow time that best matches the seeds' mean) is then
+    about 1/0.75 of the constant claimed."""
+    import argparse
+
+    from manifoldflow.experiments import SGDVersusFlowExperiment
+
+    experiment = SGDVersusFlowExperiment()
+    parser = argparse.ArgumentParser()
+    experiment.add_arguments(parser)
+    args = parser.parse_args(["--etas", "0.04,0.02,0.01", "--seeds", "4"])
+    problem = experiment.build(args)
+    problem = eqx.tree_at(
+        lambda p: p.simulator, problem, _WrongConstantGD(factor=factor)
+    )
+    result = experiment.run(problem, progress=False)
+    report = experiment.checks(problem, result)
+    fitted = report["fitted_constant"].measured
+    # Bias O(eta) (c'/c = 1.02 at eta = 0.01 with 16 seeds) and seed noise.
+    assert abs(fitted * factor - 1) <= 0.08
+    assert report["fitted_constant"].passed is (factor == 1.0)
+    assert report.passed is (factor == 1.0)

@@ -1,4 +1,8 @@
+import re
+import warnings
+
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import manifoldflow as mf
@@ -55,7 +59,6 @@ def test_fixed_step_convergence_order():
         stationarity=0.0,
         throw=False,
         stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-14),
-    
     ).theta_final
     dts = [T / 8, T / 16, T / 32, T / 64]
     errors = []
@@ -103,9 +106,14 @@ def test_general_model_flow_decreases_sharpness_on_manifold():
 
 def test_failures_are_clear():
     _, X, y, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=2)
-    with pytest.raises(RuntimeError, match="max_steps.*throw=False"):
-        mf.solve_flow(manifold, max_steps=3, window=3)
-    partial = mf.solve_flow(manifold, max_steps=3, window=3, throw=False)
+    # A budget is not a failure: the solution comes back, with a warning that says
+    # R is still decreasing and what to look at.
+    with pytest.warns(RuntimeWarning, match="budget of 3 step.*still decreasing"):
+        budget = mf.solve_flow(manifold, max_steps=3, window=3)
+    assert budget.result == mf.RESULTS.max_steps_reached
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        partial = mf.solve_flow(manifold, max_steps=3, window=3, throw=False)
     assert partial.result == mf.RESULTS.max_steps_reached
     assert partial.num_steps + partial.num_rejected_steps == 3
     with pytest.raises(ValueError, match=r"expected shape \(12,\)"):
@@ -164,3 +172,58 @@ def test_reaching_t1_is_not_a_failure():
     assert sol.result == mf.RESULTS.t1_reached
     assert sol.t_final == pytest.approx(0.5)
     assert sol.gradient_norm[-1] > 1e-9
+
+
+def test_states_are_thinned_to_a_bound_and_diagnostics_kept():
+    """Without saveat, ys keeps at most max_states states, evenly spaced in steps,
+    the first and the last among them; every step keeps its diagnostics."""
+    _, X, y, _, manifold = two_layer_problem(m=4, n=3, d=5, seed=2)
+    full = mf.solve_flow(manifold, stationarity=1e-9)
+    assert full.ys.shape[0] == full.num_steps + 1 > 20
+    for max_states, save_every in ((8, 1), (5, 3)):
+        thin = mf.solve_flow(
+            manifold, stationarity=1e-9, max_states=max_states, save_every=save_every
+        )
+        index = thin.saved_index
+        assert 2 <= thin.ys.shape[0] <= max_states
+        assert index[0] == 0 and index[-1] == full.num_steps
+        stride = index[1] - index[0]
+        assert stride % save_every == 0 and np.all(np.diff(index[:-1]) == stride)
+        np.testing.assert_array_equal(thin.ys, full.ys[index])
+        np.testing.assert_array_equal(thin.ts, full.step_ts[index])
+        np.testing.assert_array_equal(thin.sharpness, full.sharpness)
+    with pytest.raises(mf.InputError, match="max_states"):
+        mf.solve_flow(manifold, max_states=1)
+
+
+class _Cancelling(eqx.Module):
+    """Outputs that are differences of terms of size 1e3: F's rounding is ~1e-13."""
+
+    u: jax.Array
+    a: jax.Array
+
+    def __call__(self, x):
+        return jnp.dot(self.a, 1e3 * jnp.tanh(self.u @ x))
+
+
+def test_a_retraction_stopped_by_rounding_says_so_and_its_fix_works():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((3, 4)), rng.standard_normal(3)
+    signs = np.tile([1.0, -1.0], 8)
+    model = _Cancelling(jnp.asarray(rng.standard_normal((16, 4))), jnp.asarray(signs))
+    manifold = mf.ZeroLossManifold(model, X, y)
+    with pytest.raises(mf.InputError, match="rounding error of evaluating F") as error:
+        mf.solve_flow(manifold, t1=0.01)
+    assert error.value.parameter == "initial_retraction"
+    assert "missing manifold" in str(error.value)
+    atol = float(
+        re.search(r"GaussNewtonRetraction\(atol=([0-9.e-]+)\)", str(error.value))[1]
+    )
+    solution = mf.solve_flow(
+        manifold,
+        t1=0.01,
+        initial_retraction=mf.GaussNewtonRetraction(atol=atol),
+        retraction=mf.ChordRetraction(atol=atol),
+    )
+    assert solution.result == mf.RESULTS.t1_reached
+    assert np.max(solution.constraint_violation) <= atol

@@ -105,6 +105,20 @@ def load_arrays(path: pathlib.Path, names: tuple[str, ...]) -> dict[str, np.ndar
     a file that is not `.npz`, missing, complex or non-numeric arrays."""
     if not path.is_file():
         raise InputError(f"--data {path}: no such file.")
+    with open(path, "rb") as file:
+        magic = file.read(6)
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x93NUMPY")):
+        kind = (
+            "a text file (CSV?)"
+            if all(32 <= b < 127 or b in b"\t\r\n" for b in magic)
+            else "not a NumPy file"
+        )
+        raise InputError(
+            f"--data {path} is {kind}, not a NumPy .npz archive with arrays "
+            f"{', '.join(names)}. Convert it in Python, e.g. for a CSV whose last "
+            "column is y: data = numpy.loadtxt(path, delimiter=','); "
+            "numpy.savez('data.npz', X=data[:, :-1], y=data[:, -1])."
+        )
     try:
         archive = np.load(path)
     except Exception as error:  # any unreadable file: the message names it

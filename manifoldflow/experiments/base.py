@@ -52,7 +52,7 @@ class AbstractExperiment(eqx.Module):
     Subclasses set the class attributes `name`, `help` (one line for the list of
     subcommands), `description` (for `--help`), `example_arguments` (a tiny problem
     that runs in seconds: the test suite runs every experiment with them) and
-    `figure_name`, and implement
+    `figure_name` (`<name>.png`, with underscores), and implement
     `add_arguments`, `build`, `run`, `checks`, `summarise` and `plot`. Every option
     needs a help text; defaults are shown by `--help`.
     """
@@ -61,7 +61,7 @@ class AbstractExperiment(eqx.Module):
     help: eqx.AbstractClassVar[str]
     description: eqx.AbstractClassVar[str]
     example_arguments: eqx.AbstractClassVar[tuple[str, ...]]
-    figure_name: ClassVar[str] = "convergence.png"
+    figure_name: eqx.AbstractClassVar[str]
     json_keys: ClassVar[tuple[str, ...]] = ()
     """Summary keys kept in `summary.json` however large (others over ~1,000 numbers
     go to `summary.npz`)."""

@@ -28,7 +28,7 @@ from ..models.deep_linear import (
     minimiser_manifold,
     residual_init,
 )
-from ..theory import Check, marion_chizat as mc, Report
+from ..theory import Check, check_ending, marion_chizat as mc, Report
 from ..theory.marion_chizat import balancedness_drift, data_constants
 from ._options import check_seed, positive_sizes, progress_meter
 from .base import AbstractExperiment, Outcome
@@ -293,7 +293,18 @@ class DeepLinearExperiment(AbstractExperiment):
         final_weights = [np.asarray(W) for W in path.final]
         final = result.final
         p = np.asarray(net.p)
+        training = "gradient flow" if problem.lr is None else "gradient descent"
         checks = [
+            Check.compare(
+                "ending",
+                f"how the {training} on R ended: "
+                + ("at a minimiser" if converged else "NOT at a minimiser")
+                + "; runs not ending at a minimiser",
+                0 if converged else 1,
+                upper=0,
+                note=f"{result.how}; only a minimiser is accepted: the theorems "
+                "compare the sharpness of the minimiser reached",
+            ),
             mc.lemma_1_balancedness(drift, gradient_flow=problem.lr is None),
         ]
         small = (
@@ -340,13 +351,21 @@ class DeepLinearExperiment(AbstractExperiment):
         if flow is not None:
             solution = flow.solution
             checks += [
+                check_ending(
+                    solution,
+                    {
+                        "stationary": "|P_T grad Tr Hess R| reached 1e-10: the "
+                        "flattest minimiser the trace flow leads to"
+                    },
+                    name="trace_flow_ending",
+                    what="the trace flow on the minimisers",
+                ),
                 Check.compare(
                     "trace_flow_stationary",
                     "the trace flow on the minimisers reached |P_T grad Tr Hess R| <= "
-                    "1e-10 (its result)",
+                    "1e-10",
                     float(solution.gradient_norm[-1]),
                     upper=1e-10,
-                    condition=solution.stationary,
                 ),
                 Check.compare(
                     "trace_flow_decreases_trace",
@@ -503,7 +522,7 @@ class DeepLinearExperiment(AbstractExperiment):
         label = "t" if data["gradient_flow"] else "step"
         gap = data["risk"] - data["R_min"]
         axes[0].semilogy(x, np.where(gap > 0, gap, np.nan))
-        axes[0].set(xlabel=label, ylabel="R - R_min", title="excess risk")
+        axes[0].set(xlabel=label, ylabel="L(W) - L_min", title="excess risk (the loss)")
         finite = np.isfinite(data["sharpness"])
         axes[1].plot(x[finite], data["sharpness"][finite], "o-", ms=3, label="S(W)")
         if data["S_lower"] is not None:
@@ -515,9 +534,16 @@ class DeepLinearExperiment(AbstractExperiment):
             axes[1].axhline(data["S_corollary2"], color="r", ls="--", label="Cor. 2")
         if data["lr"]:
             axes[1].axhline(2 / data["lr"], color="m", ls="-.", label="2/lr")
-        axes[1].set(xlabel=label, ylabel="lambda_max(Hess R)", title="sharpness")
+        axes[1].set(
+            xlabel=label, ylabel="S = lambda_max(Hess L)", title="sharpness of the loss"
+        )
         axes[1].legend(fontsize=7)
-        axes[2].plot(x, data["layer_norms"], lw=0.8)
+        norms = data["layer_norms"]  # (records, layers)
+        for k in range(norms.shape[1]):
+            # Label at most 8 layers: the first ones and the last.
+            shown = norms.shape[1] <= 8 or k < 6 or k == norms.shape[1] - 1
+            axes[2].plot(x, norms[:, k], lw=0.8, label=f"W_{k + 1}" if shown else None)
+        axes[2].legend(fontsize=7, ncol=2)
         axes[2].set(xlabel=label, ylabel="|W_k|_2", title="layer norms")
         drift = data["balancedness_drift"]
         axes[3].semilogy(x[1:], np.maximum(drift[1:], 1e-18))

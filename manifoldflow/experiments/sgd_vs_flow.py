@@ -17,7 +17,7 @@ import manifoldflow as mf
 from .._errors import InputError
 from ..models import initialise_on_manifold, two_layer_data, TwoLayerManifold
 from ..sgd import LabelNoiseGD, LabelNoiseSGD, simulate
-from ..theory import Check, Report
+from ..theory import Check, check_ending, Report
 from ..theory.gatmiry import optimum_point
 from ._options import check_seed, positive_sizes
 from .base import AbstractExperiment, Outcome
@@ -30,11 +30,14 @@ _SIMULATORS = ("label-noise-gd", "label-noise-sgd")
 class EtaRun:
     """Label-noise SGD at one step size: the simulation, which seeds were retracted
     onto the manifold, their distances to the flow's point at tau (by flow-constant
-    factor), their sharpness and distance to the optimum, and sample paths."""
+    factor), the distance of their mean, the flow constant that fits their mean best,
+    their sharpness and distance to the optimum, and sample paths."""
 
     result: Any  # a manifoldflow.sgd.SimulationResult
     converged: np.ndarray
     gaps: dict[float, np.ndarray]
+    mean_gap: float
+    fitted_constant: float
     sharpness: np.ndarray
     optimum_distances: np.ndarray | None
     sharpness_paths: np.ndarray
@@ -42,13 +45,40 @@ class EtaRun:
 
 @dataclasses.dataclass(frozen=True)
 class SGDComparison:
-    """The flows (by constant factor), the SGD runs (by step size), the constant c
-    and the optimum (if in closed form)."""
+    """The flows (by constant factor), the flow with c saved densely on
+    [tau/4, 4 tau] (for fitting the constant), the SGD runs (by step size), the
+    constant c and the optimum (if in closed form)."""
 
     flows: dict[float, Any]
+    path: Any
     runs: list[EtaRun]
     constant: float
     optimum: np.ndarray | None
+
+
+_FIT_FACTORS = np.geomspace(0.25, 4.0, 257)
+"""The times (in units of tau) where the flow with c is saved to fit the constant:
+c_fit = c s / tau for the s whose theta(s) is nearest the seeds' mean."""
+
+CONSTANT_TOLERANCE = 0.1
+"""How far the fitted constant may be from c at the smallest eta (relative): the
+bias is O(eta) and the seed mean's noise O(sqrt(eta / seeds)); a constant off by
+25% fails."""
+
+
+def _fitted_time(path, point: np.ndarray) -> float:
+    """The time s in [tau/4, 4 tau] where the saved flow is nearest `point`: the
+    nearest saved time, refined by a parabola in log s through it and its
+    neighbours."""
+    ts, ys = np.asarray(path.ts), np.asarray(path.ys)
+    distances = np.linalg.norm(ys - point, axis=1)
+    j = int(np.argmin(distances))
+    if j == 0 or j == ts.size - 1:
+        return float(ts[j])
+    x = np.log(ts[j - 1 : j + 2])
+    a, b, _ = np.polyfit(x - x[1], distances[j - 1 : j + 2] ** 2, 2)
+    shift = -b / (2 * a) if a > 0 else 0.0
+    return float(np.exp(x[1] + np.clip(shift, x[0] - x[1], x[2] - x[1])))
 
 
 class SGDProblem(eqx.Module):
@@ -68,9 +98,18 @@ def _etas(text: str) -> list[float]:
         etas = [float(v) for v in text.split(",")]
     except ValueError:
         raise InputError(f"--etas {text!r}: give comma-separated step sizes.") from None
-    if len(etas) < 2 or not all(0 < e < float("inf") for e in etas):
-        raise InputError(f"--etas needs at least two finite values > 0, got {text!r}.")
-    return sorted(set(etas), reverse=True)
+    if not all(0 < e < float("inf") for e in etas):
+        raise InputError(f"--etas needs finite values > 0, got {text!r}.")
+    distinct = sorted(set(etas), reverse=True)
+    if len(distinct) < 2:
+        raise InputError(
+            f"--etas {text!r} has {len(distinct)} distinct value: the distances are "
+            "compared across step sizes, so give at least two different ones, e.g. "
+            "--etas 0.04,0.02,0.01."
+        )
+    if len(distinct) < len(etas):
+        raise InputError(f"--etas {text!r} repeats a value: give each step size once.")
+    return distinct
 
 
 class SGDVersusFlowExperiment(AbstractExperiment):
@@ -156,6 +195,14 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             )
             for factor in (1.0, 0.5, 2.0)
         }
+        path = mf.solve_flow(
+            manifold,
+            theta0,
+            constant=c,
+            saveat=list(tau * _FIT_FACTORS),
+            stationarity=0.0,
+            throw=False,
+        )
         retract = jax.jit(
             jax.vmap(
                 lambda t: mf.GaussNewtonRetraction()(
@@ -190,12 +237,19 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                 )
                 for factor, flow in flows.items()
             }
+            mean = np.mean(points[converged], axis=0) if converged.any() else None
             shown = result.thetas[: min(4, problem.seeds)]
             runs.append(
                 EtaRun(
                     result=result,
                     converged=converged,
                     gaps=gaps,
+                    mean_gap=np.nan
+                    if mean is None
+                    else float(np.linalg.norm(mean - np.asarray(flows[1.0].ys[-1]))),
+                    fitted_constant=np.nan
+                    if mean is None
+                    else c * _fitted_time(path, mean) / tau,
                     sharpness=np.where(
                         converged,
                         np.asarray(final_sharpness(jnp.asarray(points))),
@@ -209,7 +263,9 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                     sharpness_paths=np.asarray(sharpness(jnp.asarray(shown))),
                 )
             )
-        return SGDComparison(flows=flows, runs=runs, constant=c, optimum=optimum)
+        return SGDComparison(
+            flows=flows, path=path, runs=runs, constant=c, optimum=optimum
+        )
 
     def checks(self, problem: SGDProblem, result: SGDComparison) -> Report:
         runs = result.runs
@@ -219,7 +275,18 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         ratios = means[1:] / means[:-1]
         slope = float(np.polyfit(np.log(problem.etas), np.log(means), 1)[0])
         contrast = min(np.nanmean(runs[-1].gaps[f]) for f in (0.5, 2.0))
+        fitted = runs[-1].fitted_constant / result.constant
+        mean_gaps = np.asarray([r.mean_gap for r in runs])
+        mean_slope = float(np.polyfit(np.log(problem.etas), np.log(mean_gaps), 1)[0])
         checks = (
+            check_ending(
+                [*result.flows.values(), result.path],
+                {
+                    "t1_reached": "the flows are compared with SGD at tau (and the "
+                    "dense one on [tau/4, 4 tau]), so they are solved up to a time, "
+                    "not to stationarity"
+                },
+            ),
             Check.compare(
                 "no_divergence",
                 "no seed diverged (a non-finite value) at any step size",
@@ -256,8 +323,26 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                 upper=1.0,
                 condition=bool(means[-1] < contrast),
             ),
+            Check.compare(
+                "fitted_constant",
+                "the flow constant whose theta(c' tau) is nearest the seeds' mean at "
+                "the smallest eta, relative to c (a constant off by 25% fails)",
+                fitted,
+                prediction=1.0,
+                lower=1 - CONSTANT_TOLERANCE,
+                upper=1 + CONSTANT_TOLERANCE,
+                note="fitted c'/c by eta: "
+                + ", ".join(f"{r.fitted_constant / result.constant:.3f}" for r in runs),
+            ),
         )
-        return Report(checks, dict(fitted_exponent=slope))
+        return Report(
+            checks,
+            dict(
+                fitted_exponent=slope,
+                mean_distance_exponent=mean_slope,
+                fitted_constant=runs[-1].fitted_constant,
+            ),
+        )
 
     def summarise(
         self, problem: SGDProblem, result: SGDComparison, report: Report
@@ -281,6 +366,9 @@ class SGDVersusFlowExperiment(AbstractExperiment):
                 float(np.nanmean(r.gaps[2.0])) for r in runs
             ],
             fitted_exponent=report.figures["fitted_exponent"],
+            seed_mean_distances=[r.mean_gap for r in runs],
+            mean_distance_exponent=report.figures["mean_distance_exponent"],
+            fitted_constants=[r.fitted_constant for r in runs],
             diverged=[int(r.result.diverged.sum()) for r in runs],
             simulation_seconds=[r.result.wall_seconds for r in runs],
             R_flow_tau=float(flow.sharpness[-1]),
@@ -298,11 +386,14 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             f"{problem.settings['simulator']} (sigma = {problem.settings['sigma']:g}) "
             f"vs the flow with c = {result.constant:.6g} at tau = {problem.tau:g}, "
             f"{problem.seeds} seeds\n"
+            + "distances to the flow's theta(tau): mean over seeds (with c, c/2, 2c), "
+            "of the seeds' mean; the best-fitting constant c'\n"
             + "\n".join(
-                f"  eta = {eta:<8g} steps = {r.result.num_steps:<9d} mean distance "
-                f"{np.nanmean(r.gaps[1.0]):.3e} "
-                f"(c/2: {np.nanmean(r.gaps[0.5]):.3e}, "
-                f"2c: {np.nanmean(r.gaps[2.0]):.3e})"
+                f"  eta = {eta:<8g} {r.result.num_steps:>9d} steps: "
+                f"{np.nanmean(r.gaps[1.0]):.2e} "
+                f"({np.nanmean(r.gaps[0.5]):.2e} c/2, "
+                f"{np.nanmean(r.gaps[2.0]):.2e} 2c), mean {r.mean_gap:.2e}; "
+                f"c'/c = {r.fitted_constant / result.constant:.3f}"
                 for eta, r in zip(problem.etas, runs)
             )
         )
@@ -336,7 +427,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             summary=summary,
             arrays=arrays,
             headline=headline,
-            finished=True,
+            finished=bool(report["ending"].passed),
             figure_data=figure_data,
         )
 

@@ -21,7 +21,7 @@ from ..models import (
     TwoLayerManifold,
     TwoLayerNet,
 )
-from ..theory import gatmiry, Report
+from ..theory import check_ending, gatmiry, Report
 from ._options import (
     add_flow_options,
     check_seed,
@@ -150,6 +150,7 @@ class TwoLayerExperiment(AbstractExperiment):
     """`manifoldflow two-layer` (see the module docstring)."""
 
     name = "two-layer"
+    figure_name = "two_layer.png"
     help = "two-layer net f(x) = sum_j a_j phi(theta_j^T x) (Gatmiry et al. 2024)"
     description = (
         "Solve d theta/dt = -P_T grad Tr Hess L for the two-layer net of Gatmiry et "
@@ -250,17 +251,25 @@ class TwoLayerExperiment(AbstractExperiment):
 
     def checks(self, problem: TwoLayerProblem, result) -> Report:
 
-        return gatmiry.two_layer_checks(
+        report = gatmiry.two_layer_checks(
             problem.structured,
             result,
             constraint_tolerance=_constraint_tolerance(problem, result),
         )
+        ending = check_ending(result, {"stationary": _STATIONARY})
+        return Report((ending, *report.checks), report.figures)
 
     def summarise(self, problem: TwoLayerProblem, result, report: Report) -> Outcome:
         return _summarise(problem, result, report)
 
     def plot(self, outcome: Outcome, figure) -> None:
         _plot(outcome.figure_data, figure)
+
+
+_STATIONARY = (
+    "|P_T grad R| reached the stationarity threshold: the end point is the flow's "
+    "limit, where the theorems' statements about stationary points apply"
+)
 
 
 def _constraint_tolerance(problem: TwoLayerProblem, solution) -> float:
@@ -342,7 +351,7 @@ def _summarise(problem: TwoLayerProblem, solution, report: Report) -> Outcome:
         summary=summary,
         arrays=arrays,
         headline=headline,
-        finished=solution.stationary,
+        finished=bool(report["ending"].passed),
         interrupted=solution.result_name == "interrupted",
         figure_data=figure_data,
     )
@@ -372,7 +381,10 @@ def _plot(data: dict, figure) -> None:
     values = data["feature_singular_values"][:, :8]
     for k in range(values.shape[1]):
         positive = values[:, k] > 0
-        axes[2].semilogy(data["feature_ts"][positive], values[positive, k], ".-")
+        axes[2].semilogy(
+            data["feature_ts"][positive], values[positive, k], ".-", label=f"s_{k + 1}"
+        )
+    axes[2].legend(fontsize=7, ncol=2, title="k-th largest", title_fontsize=7)
     axes[2].set(
         xlabel="t",
         ylabel="singular values of Theta X^T",

@@ -2,6 +2,7 @@
 collected in a [`manifoldflow.theory.Report`][]."""
 
 import math
+import textwrap
 from typing import Any
 
 import equinox as eqx
@@ -11,6 +12,17 @@ import numpy as np
 def _to_float(x) -> float | None:
     """A Python float (from a NumPy/JAX scalar, int or float), `None` kept."""
     return None if x is None else float(x)
+
+
+def _wrapped(text: str, indent: str, width: int = 100) -> str:
+    """`text` in lines of at most `width` characters, each indented."""
+    return textwrap.fill(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+    )
 
 
 def _format(x: float | None) -> str:
@@ -185,7 +197,7 @@ class Report(eqx.Module):
 
     def table(self) -> str:
         """A text table `check | measured | prediction | bound | result`; under each
-        row the claim, and the note when there is one."""
+        row the claim, and the note when there is one, wrapped at 100 columns."""
         header = ("check", "measured", "prediction", "bound", "result")
         rows = [
             (
@@ -208,7 +220,7 @@ class Report(eqx.Module):
         lines = [line(header), "-" * (sum(widths) + 3 * 4 + 6)]
         for check, row in zip(self.checks, rows):
             lines.append(line(row))
-            lines.append(f"    {check.claim}")
+            lines.append(_wrapped(check.claim, "    "))
             if check.note:
-                lines.append(f"    note: {check.note}")
+                lines.append(_wrapped(f"note: {check.note}", "    "))
         return "\n".join(lines)
