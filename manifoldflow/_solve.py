@@ -811,7 +811,8 @@ def _budget_message(solution: FlowSolution) -> str:
         )
     return (
         "solve_flow used its budget of "
-        f"{solution.num_steps + solution.num_rejected_steps} step attempts (max_steps) before |P_T grad R| <= {solution.stationarity:g}: "
+        f"{solution.num_steps + solution.num_rejected_steps} step attempts "
+        f"(max_steps) before |P_T grad R| <= {solution.stationarity:g}: "
         f"it got to t = {solution.t_final:.6g} with |P_T grad R| = {g[-1]:.3e}. "
         + trend
         + "The solution is returned: look at R(t) and |P_T grad R|(t) "

@@ -5,6 +5,7 @@ import argparse
 import os
 import pathlib
 import sys
+import textwrap
 import time
 import traceback
 
@@ -96,6 +97,26 @@ def _writable_folder(out: pathlib.Path) -> bool:
     return created
 
 
+def _fitted(text: str, width: int = 100) -> str:
+    """`text` with every line longer than `width` wrapped, its continuation lines
+    indented two more spaces than it."""
+    lines = []
+    for line in text.splitlines():
+        indent = " " * (len(line) - len(line.lstrip()))
+        lines.append(
+            textwrap.fill(
+                line,
+                width=width,
+                subsequent_indent=indent + "  ",
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+            if len(line) > width
+            else line
+        )
+    return "\n".join(lines)
+
+
 def _print(text: str, file) -> bool:
     """Print; `False` if the reader has gone (e.g. piped into `head`)."""
     try:
@@ -151,9 +172,9 @@ def main(argv=None) -> int:
     else:
         verdict = "SOME CHECKS FAILED"
     text = (
-        f"{outcome.headline}\n\n{report.table()}\n\n{verdict}; wrote "
-        f"{', '.join(str(args.out / f) for f in files)} "
-        f"({elapsed():.2f} s in all)"
+        f"{_fitted(outcome.headline)}\n\n{report.table()}\n\n{verdict} "
+        f"({elapsed():.2f} s in all); wrote\n"
+        + "\n".join(f"  {args.out / f}" for f in files)
     )
     if _print(text, sys.stderr if args.json else sys.stdout) and args.json:
         _print((args.out / "summary.json").read_text(), sys.stdout)

@@ -108,8 +108,8 @@ class _SensingExperiment(AbstractExperiment):
         if depth < 2:
             raise InputError(
                 f"--depth {depth}: with one factor f_A(W) = <W, A> is linear, so "
-                "Tr Hess L = (1/n) sum_i |A_i|^2 is the same at every interpolant and the flow "
-                "does not move.",
+                "Tr Hess L = (1/n) sum_i |A_i|^2 is the same at every interpolant "
+                "and the flow does not move.",
                 fix="Use --depth 2 or more (matrix-sensing is depth 2).",
                 parameter="--depth",
             )
@@ -325,6 +325,7 @@ class _SensingExperiment(AbstractExperiment):
             axes[0].semilogy(k, data["sv_min"] + 1e-18, "x", label="min nuclear")
         axes[0].semilogy(k, data["sv_flow"] + 1e-18, ".", label="flow limit")
         axes[0].set(xlabel="index", ylabel="singular value", title="spectrum")
+        axes[0].set_xticks(k)
         axes[0].legend(fontsize=7)
         # Log time: the sharpness falls within t ~ 1, the flow ends at t ~ 10-100.
         t = data["step_ts"]

@@ -410,6 +410,7 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             stds=np.asarray(summary["distances_std"]),
             half=np.asarray(summary["distances_mean_half_constant"]),
             double=np.asarray(summary["distances_mean_double_constant"]),
+            seed_mean=np.asarray(summary["seed_mean_distances"]),
             flow_ts=np.asarray(flow.step_ts),
             flow_R=np.asarray(flow.sharpness),
             sgd_tau=finest.result.tau,
@@ -441,12 +442,14 @@ class SGDVersusFlowExperiment(AbstractExperiment):
         left.errorbar(etas, data["means"], yerr=data["stds"], fmt="o-", label="c")
         left.loglog(etas, data["half"], "s--", label="c/2")
         left.loglog(etas, data["double"], "^--", label="2c")
+        left.loglog(etas, data["seed_mean"], "d-", label="c, the seeds' mean")
         left.set(
             xlabel="eta",
             ylabel="|theta_SGD(tau/eta^2) - theta_flow(tau)|",
             title="distance to the flow (mean over seeds)",
         )
         left.xaxis.set_minor_formatter(NullFormatter())
+        left.set_xticks(etas, [f"{eta:g}" for eta in etas])
         left.legend()
         for path in data["sgd_R"]:
             right.plot(data["sgd_tau"], path, lw=0.6, alpha=0.7)

@@ -361,7 +361,7 @@ class SparseRecoveryExperiment(AbstractExperiment):
             lines.append(
                 f"  start {p['start']}: {p['result']} after {p['num_steps']} steps "
                 f"(t = {p['t_final']:.3g}, {p['wall_seconds']:.1f} s): "
-                f"|w - w_lp|_inf = {p['lp_distance']:.1e}, |w - w*|_inf = "
+                f"max|w - w_lp| = {p['lp_distance']:.1e}, max|w - w*| = "
                 f"{p['w_star_distance']:.1e}\n    sigma_min(J) = "
                 f"{p['sigma_min_J']:.1e} (rank {p['numerical_rank_J']} of "
                 f"{problem.y.size}), {p['collapsed_coordinates']} coordinates collapsed"
@@ -415,5 +415,5 @@ class SparseRecoveryExperiment(AbstractExperiment):
         axes[3].set(
             xlabel="t",
             ylabel="u_k^2 + v_k^2",
-            title=f"support (red), off-support (grey), {data['shown']}",
+            title=f"support red, rest grey ({data['shown']})",
         )

@@ -704,14 +704,20 @@ def analyse(result: dict, targets=tuple(10.0**-k for k in range(4, 11))) -> dict
 def plot_work_precision(results: list[dict], figure) -> None:
     """Error vs wall time and vs evaluations (log-log), one line per strategy and
     solver, one row of panels per problem, on a Matplotlib `figure`."""
-    figure.set_size_inches(14, 4.6 * len(results))
+    import matplotlib
+    from matplotlib.ticker import NullFormatter
+
+    height = 4.6 * len(results)
+    figure.set_size_inches(14, height)
     axes = figure.subplots(len(results), 2, squeeze=False)
     for (left, right), problem in zip(axes, results):
         groups = {}
         for row in problem["rows"]:
             if not row["failed"] and row["error"] > 0:
                 groups.setdefault((row["strategy"], row["solver"]), []).append(row)
-        for (strategy, solver), rows in sorted(groups.items()):
+        # One colour per line (tab20, then a second marker): 20+ lines.
+        palette = matplotlib.colormaps["tab20"]
+        for i, ((strategy, solver), rows) in enumerate(sorted(groups.items())):
             style = (
                 "--"
                 if strategy.startswith("scipy")
@@ -723,7 +729,8 @@ def plot_work_precision(results: list[dict], figure) -> None:
                     [r[key] for r in line],
                     [r["error"] for r in line],
                     style,
-                    marker="o",
+                    color=palette(i % 20),
+                    marker="os^"[i // 20 % 3],
                     ms=3,
                     label=f"{strategy} {solver}",
                 )
@@ -737,5 +744,15 @@ def plot_work_precision(results: list[dict], figure) -> None:
             ylabel="max transient error",
             title=problem["problem"],
         )
-        right.legend(fontsize=6, ncol=2, loc="upper right")
-    figure.subplots_adjust(left=0.06, right=0.98, top=0.95, bottom=0.07, hspace=0.3)
+        for axis in (left, right):
+            axis.xaxis.set_minor_formatter(NullFormatter())
+        right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    # Margins in inches, so that the x labels fit however many rows there are.
+    figure.subplots_adjust(
+        left=0.06,
+        right=0.8,
+        top=1 - 0.4 / height,
+        bottom=0.6 / height,
+        hspace=0.8 / 4.6,
+        wspace=0.22,
+    )
