@@ -28,10 +28,9 @@ from manifoldflow.experiments import (
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
-CASES = (
-    [(6, 1, n, seed) for n in (16, 20) for seed in range(4)]
-    + [(8, 2, n, seed) for n in (40, 44) for seed in range(4)]
-)
+CASES = [(6, 1, n, seed) for n in (16, 20) for seed in range(4)] + [
+    (8, 2, n, seed) for n in (40, 44) for seed in range(4)
+]
 
 
 def run(d, rank, n, seed, depth):
