@@ -14,9 +14,10 @@ stable above 2/S_min, and 2/S_min lies between 2/S(balanced minimiser) and
 
 All seeds of one depth run at once (`jax.vmap`), each with its own bracket.
 
-    python examples/deep_linear_critical_lr.py [--seeds 10] [--depths 5,10,20]
+    python examples/deep_linear_critical_lr.py [--seeds 10] [--depths 5,10,20] [--quick]
 
-Writes examples/results/deep_linear_critical_lr.json and .png.
+Writes deep_linear_critical_lr.json and .png to --out (default examples/results);
+--quick is a tiny run for the test suite.
 """
 
 import argparse
@@ -86,13 +87,19 @@ def critical_rates(weights, ps, X, y, R_min, steps, lo, hi, iterations):
     return lo, hi, diverged_hi
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--depths", default="5,10,20")
     parser.add_argument("--budgets", default="1000,10000")
     parser.add_argument("--s", type=float, default=0.25)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny run (L = 5, 2 seeds, 500 steps)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.depths, args.seeds, args.budgets = "5", 2, "500"
     depths = [int(v) for v in args.depths.split(",")]
     budgets = [int(v) for v in args.budgets.split(",")]
     X, y, _ = deep_linear_data(50, 5, 0)
@@ -142,9 +149,11 @@ def main():
         rows=rows,
         wall_seconds=time.perf_counter() - start,
     )  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deep_linear_critical_lr.json").write_text(json.dumps(payload, indent=1))
-    plot(rows, budgets, RESULTS / "deep_linear_critical_lr.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "deep_linear_critical_lr.json").write_text(
+        json.dumps(payload, indent=1)
+    )
+    plot(rows, budgets, args.out / "deep_linear_critical_lr.png")
 
 
 def plot(rows, budgets, path):

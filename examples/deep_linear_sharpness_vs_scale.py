@@ -8,9 +8,10 @@ not-converged runs are counted, not plotted. Lines: the lower bound 2 L a |w*|^(
 on S_min, the balanced minimiser's sharpness, Corollary 2's 8 L Lambda |w*|^(2-2/L),
 and 2/lr for each learning rate.
 
-    python examples/deep_linear_sharpness_vs_scale.py [--seeds 5]
+    python examples/deep_linear_sharpness_vs_scale.py [--seeds 5] [--quick] [--out DIR]
 
-Writes examples/results/deep_linear_sharpness_vs_scale.json and .png.
+Writes deep_linear_sharpness_vs_scale.json and .png to --out (default
+examples/results); --quick is a tiny run for the test suite.
 """
 
 import argparse
@@ -34,21 +35,27 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 SCHEDULE = {0.005: 40_000, 0.02: 10_000, 0.07: 4_000}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny run (one seed, two scales)"
+    )
+    args = parser.parse_args(argv)
     depth = 10
-    scales = np.linspace(0.25, 0.6, 10)
+    scales = np.linspace(0.25, 0.6, 2 if args.quick else 10)
+    schedule = {0.07: 400} if args.quick else SCHEDULE
+    seeds = 1 if args.quick else args.seeds
     X, y, _ = deep_linear_data(50, 5, 0)
     c = mc.data_constants(X, y)
     p = np.ones(1)
     widths = (5, *[5] * (depth - 1), 1)
     runs = []
     start = time.perf_counter()
-    for lr, steps in SCHEDULE.items():
+    for lr, steps in schedule.items():
         for scale in scales:
-            for seed in range(args.seeds):
+            for seed in range(seeds):
                 net = gaussian_init(jax.random.PRNGKey(seed), widths, float(scale))
                 loss = DeepLinearRisk(net.p, jnp.asarray(X), jnp.asarray(y))
                 path = mf.gradient_descent(
@@ -103,20 +110,20 @@ def main():
             n=50,
             d=5,
             init="gaussian",
-            schedule={str(k): v for k, v in SCHEDULE.items()},
+            schedule={str(k): v for k, v in schedule.items()},
             scales=scales.tolist(),
-            seeds=args.seeds,
+            seeds=seeds,
         ),
         bounds=bounds,
         runs=runs,
         converged_between_bounds=[inside, len(converged)],
         wall_seconds=time.perf_counter() - start,
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deep_linear_sharpness_vs_scale.json").write_text(
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "deep_linear_sharpness_vs_scale.json").write_text(
         json.dumps(payload, indent=1)
     )
-    plot(runs, scales, bounds, RESULTS / "deep_linear_sharpness_vs_scale.png")
+    plot(runs, scales, bounds, args.out / "deep_linear_sharpness_vs_scale.png")
 
 
 def plot(runs, scales, bounds, path):

@@ -45,13 +45,21 @@ def heuristic(model, d):
     return float(jnp.sum(jnp.sum(W**2, axis=1) / (2 * d) + a**2 / 2))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--h", type=int, default=16)
     parser.add_argument("--d", type=int, default=5)
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--starts", type=int, default=4)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny run (h = 6, n = 4, one start)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.h, args.n, args.starts = 6, 4, 1
     rng = np.random.default_rng(0)
     X = rng.standard_normal((args.n, args.d))
     X /= np.linalg.norm(X, axis=1, keepdims=True)
@@ -87,11 +95,15 @@ def main():
             f"max|F| {run['constraint_violation_max']:.1e}",
             flush=True,
         )
-    out = pathlib.Path(__file__).parent / "results" / "smooth_two_layer_barron.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out / "smooth_two_layer_barron.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            dict(settings=vars(args), barron_teacher=barron(teacher), runs=runs),
+            dict(
+                settings={k: v for k, v in vars(args).items() if k != "out"},
+                barron_teacher=barron(teacher),
+                runs=runs,
+            ),
             indent=1,
         )
     )

@@ -3,7 +3,7 @@ regularized towards flat minima": the data constants, the bounds on the sharpnes
 minimisers, the critical learning rate, and the balancedness / rank-one structure of
 gradient flow, as [`manifoldflow.theory.Check`][]s.
 
-Conventions of [`manifoldflow.models.deep_linear`][]: $R(W) = \frac1n\|y - X w_{\rm
+Conventions of `manifoldflow.models.deep_linear`: $R(W) = \frac1n\|y - X w_{\rm
 prod}\|^2$, $\hat\Sigma = X^\top X/n$, $w^*$ the minimum-norm least-squares solution,
 $S(W) = \lambda_{\max}(\nabla^2 R(W))$.
 

@@ -1,0 +1,18 @@
+"""Build-time hooks of the documentation site: each command's options are taken from
+its own parser, so the pages follow the code."""
+
+import os
+import re
+
+
+def _options(match: re.Match) -> str:
+    from manifoldflow.cli import _parser
+    from manifoldflow.experiments import EXPERIMENTS
+
+    os.environ["COLUMNS"] = "78"
+    _, subparsers = _parser(EXPERIMENTS)
+    return "```text\n" + subparsers[match[1]].format_help() + "```"
+
+
+def on_page_markdown(markdown, page, config, files):
+    return re.sub(r"<!-- options: ([\w-]+) -->", _options, markdown)
