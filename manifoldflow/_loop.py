@@ -37,7 +37,9 @@ from ._stop import AbstractStopCondition, StationarityStop
 
 
 class StepDiagnostics(eqx.Module):
-    """$R$, $\\|P_T\\nabla R\\|$, $\\max|F|$ at a point and the projection's result."""
+    r"""What the loop records at an accepted point: the sharpness $R$, the
+    stationarity $\|P_T\nabla R\|$, the constraint violation $\max_i|F_i|$, and
+    the result of the projection's linear solve there (lineax's `RESULTS`)."""
 
     sharpness: Scalar
     gradient_norm: Scalar

@@ -112,7 +112,11 @@ class TightenTolerances(AbstractNoiseFloorPolicy):
 
 
 class StopAtNoiseFloor(AbstractNoiseFloorPolicy):
-    """Ends the solve as `stagnated` at the noise floor."""
+    """Ends the solve as `stagnated` at the noise floor, without changing the
+    controller (use it to see where a given tolerance stops making progress).
+
+    **Arguments:** `patience`, accepted steps of evidence (module docstring).
+    """
 
     patience: int = eqx.field(static=True, default=200)
 
@@ -121,7 +125,8 @@ class StopAtNoiseFloor(AbstractNoiseFloorPolicy):
 
 
 class IgnoreNoiseFloor(AbstractNoiseFloorPolicy):
-    """Never detects a noise floor: the solve runs on to its other stops."""
+    """Never detects a noise floor: the solve runs on to its other stops
+    (stationarity, `t1`, `max_steps`). For a flow you know to be merely slow."""
 
     patience: int = eqx.field(static=True, default=0)
 

@@ -35,7 +35,12 @@ class AbstractStopCondition(eqx.Module):
 
 
 class StationarityStop(AbstractStopCondition):
-    r"""Stops once $\|P_T\nabla R\| \le$ `threshold` (result `stationary`)."""
+    r"""Stops once $\|P_T\nabla R\| \le$ `threshold` (result `stationary`): the
+    point is then an $\varepsilon$-stationary point of $R$ on $\Gamma$. `solve_flow`
+    adds it from its `stationarity` argument (none for `stationarity=0`).
+
+    **Arguments:** `threshold`, $\varepsilon \ge 0$.
+    """
 
     threshold: Float[ArrayLike, ""]
     result: ClassVar[RESULTS] = RESULTS.stationary

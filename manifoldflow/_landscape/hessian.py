@@ -72,7 +72,14 @@ def _hvp_batch(loss, params, vectors):
 
 
 def hessian_vector_product(loss, params: PyTree, vector) -> np.ndarray:
-    """$\\nabla^2 L(\\text{params})\\, v$ for a flat `vector` (forward over reverse)."""
+    r"""$\nabla^2 L(\text{params})\, v$ (forward over reverse mode).
+
+    **Arguments:** `loss`, a function of the pytree `params`; `vector`, a flat vector
+    with one entry per floating-point leaf entry of `params` (ravelled in pytree
+    order).
+
+    **Returns:** the product, a flat NumPy vector of the same size.
+    """
     params, flat = checked_parameters(params)
     return np.asarray(_hvp(loss, params, jnp.asarray(vector, flat.dtype)))
 

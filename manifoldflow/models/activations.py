@@ -149,7 +149,9 @@ class CubeBeta(AbstractActivation):
 
 
 def activation_from_name(name: str, beta: float = 1.0) -> AbstractActivation:
-    """`"cubic-linear"`, `"cube"` or `"cube-beta"` (with `beta`)."""
+    r"""The activation of a command-line name: `"cubic-linear"` ($z + z^3/3$, the
+    default of `manifoldflow two-layer`), `"cube"` ($z^3$) or `"cube-beta"`
+    ($z^3 + \beta z$, with `beta`); `InputError` for another name."""
     table = {"cubic-linear": CubicLinear(), "cube": Cube()}
     if name == "cube-beta":
         return CubeBeta(beta)

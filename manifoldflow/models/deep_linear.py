@@ -85,7 +85,9 @@ def end_to_end(weights, p) -> Array:
 
 
 def risk(weights, p, X, y) -> Array:
-    r"""$R(W) = \frac1n\|y - X w_{\rm prod}\|^2$."""
+    r"""The risk $R(W) = \frac1n\|y - X w_{\rm prod}\|^2$ of Marion & Chizat (2024)
+    (no factor $\frac12$), $w_{\rm prod} = W_1^\top\cdots W_L^\top p$, for the list
+    of layers `weights`, the output vector `p` and data `X` $(n, d)$, `y` $(n,)$."""
     return jnp.mean((X @ end_to_end(weights, p) - y) ** 2)
 
 

@@ -141,7 +141,9 @@ class LabelNoiseSGD(AbstractSimulator):
 
 
 class GradientDescent(AbstractSimulator):
-    r"""Plain GD on $L = \frac1n\sum_i F_i^2$ (no drift along $\Gamma$)."""
+    r"""Plain GD on $L = \frac1n\sum_i F_i^2$: without noise it converges to a point
+    of $\Gamma$ and does not drift along it (no `flow_constant`). The control for
+    the label-noise simulators."""
 
     def step(self, manifold, theta, eta, key):
         del key
