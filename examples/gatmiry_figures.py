@@ -6,10 +6,12 @@ the theorem's setting): all but one go to zero (rank one, Theorem 3.3). The flow
 solved with the constant of label-noise GD, c = sigma^2 / (2 n), and both are drawn
 against tau = eta^2 k.
 
-Figures 2--3: n > d, outside the theorem (d = 3, n = 6, m = 8), from several starts.
-The final feature matrix's singular values (its rank), the neurons' clusters (neurons
-whose feature vectors X theta_j coincide), and for one start the neurons' feature
-vectors over time in their first two principal components.
+Figures 2--3: n > d, outside the theorem, data uniform on [0, 1] as in the paper.
+Figure 3: d = 3, n = 4, m = 10, where rank one cannot fit and rank two is the smallest
+that can: the singular values beyond the second go to zero. Figure 2: d = 3, n = 5,
+m = 10 from six starts: the final rank, the neurons' clusters (neurons whose feature
+vectors X theta_j coincide), the minima reached, and for one start the neurons'
+feature vectors over time in their first two principal components.
 
 The network is written here as a researcher would: f(x) = sum_j a_j phi(theta_j . x)
 with phi(z) = z + z^3/3 and a fixed second layer a = 1 (the paper's), on the data of
@@ -17,7 +19,8 @@ with phi(z) = z + z^3/3 and a fixed second layer a = 1 (the paper's), on the dat
 
     python examples/gatmiry_figures.py [--quick] [--out DIR]
 
-Writes gatmiry_figures.json and gatmiry_figure_1.png, gatmiry_figures_2_3.png.
+Writes gatmiry_figures.json, gatmiry_figure_1.png and gatmiry_figures_2_3.png to
+--out (default examples/results).
 """
 
 import argparse
@@ -116,28 +119,26 @@ def clusters(features, tolerance=1e-6):
     return labels
 
 
-def figures_2_3(quick):
-    n, d, m = 6, 3, 8
-    starts = 2 if quick else 6
-    rng = np.random.default_rng(1)
-    X = jnp.asarray(rng.standard_normal((n, d)) / np.sqrt(d))
-    y = jnp.asarray(rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n))  # n > d
+def _n_above_d(n, m, starts, quick):
+    """Flows from `starts` random points for d = 3 < n, data uniform on [0, 1] (the
+    paper's data process), labels uniform on [0, 1]."""
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.uniform(0, 1, (n, 3)))
+    y = jnp.asarray(rng.uniform(0, 1, n))
     runs = []
     for start in range(starts):
-        manifold = manifold_for(X, y, m, jax.random.PRNGKey(100 + start))
+        manifold = manifold_for(X, y, m, jax.random.PRNGKey(start))
         solution = mf.solve_flow(
             manifold, max_steps=2_000 if quick else 100_000, throw=False
         )
-        Theta = np.asarray(manifold.to_parameters(solution.theta_final).theta)
-        features = Theta @ np.asarray(X).T  # (m, n): neuron j's feature vector
-        singular = np.linalg.svd(features, compute_uv=False)
-        labels = clusters(features)
         path = np.asarray(
             [
                 np.asarray(manifold.to_parameters(t).theta) @ np.asarray(X).T
                 for t in solution.ys
             ]
-        )  # (states, m, n)
+        )  # (states, m, n): neuron j's feature vector X theta_j at each kept state
+        singular = np.linalg.svd(path[-1], compute_uv=False)
+        labels = clusters(path[-1])
         runs.append(
             dict(
                 start=start,
@@ -149,17 +150,29 @@ def figures_2_3(quick):
                 clusters=int(labels.max() + 1),
                 labels=labels.tolist(),
                 ts=np.asarray(solution.ts).tolist(),
+                singular_path=np.linalg.svd(path, compute_uv=False).tolist(),
                 feature_path=path.tolist(),
             )
         )
         print(
-            f"n > d start {start}: {solution.result_name} after {solution.num_steps} "
-            f"steps, R = {solution.sharpness[-1]:.6g}, singular values "
-            + ", ".join(f"{s:.1e}" for s in singular)
+            f"d = 3, n = {n}, m = {m}, start {start}: {solution.result_name} after "
+            f"{solution.num_steps} steps, R = {solution.sharpness[-1]:.7g}, singular "
+            "values "
+            + ", ".join(f"{v:.1e}" for v in singular)
             + f"; {labels.max() + 1} clusters",
             flush=True,
         )
-    return dict(n=n, d=d, m=m, runs=runs)
+    return dict(n=n, d=3, m=m, runs=runs)
+
+
+def figures_2_3(quick):
+    """Figure 3: n = 4 > d = 3, where rank two is the smallest that fits. Figure 2:
+    n = 5, the neurons' clusters, from several starts."""
+    starts = 2 if quick else 4
+    return dict(
+        rank_two=_n_above_d(4, 10, starts, quick),
+        clusters=_n_above_d(5, 10, 2 if quick else 6, quick),
+    )
 
 
 def plot(one, two_three, out):
@@ -191,25 +204,38 @@ def plot(one, two_three, out):
     fig.tight_layout()
     fig.savefig(out / "gatmiry_figure_1.png", dpi=110)
 
-    runs = two_three["runs"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for run in runs:
-        axes[0].semilogy(
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    rank_two = two_three["rank_two"]
+    run = rank_two["runs"][0]
+    values = np.asarray(run["singular_path"])
+    for k in range(values.shape[1]):
+        axes[0].semilogy(run["ts"], np.maximum(values[:, k], 1e-17), label=f"s_{k + 1}")
+    axes[0].set(
+        xlabel="t",
+        ylabel="singular values of Theta X^T",
+        title=f"Figure 3: d = 3 < n = 4, m = {rank_two['m']}: rank two "
+        f"({len(rank_two['runs'])} starts: ranks "
+        + ", ".join(str(r["rank"]) for r in rank_two["runs"])
+        + ")",
+    )
+    axes[0].legend(fontsize=8)
+    group = two_three["clusters"]
+    for run in group["runs"]:
+        axes[1].semilogy(
             np.arange(1, len(run["singular_values"]) + 1),
             np.maximum(run["singular_values"], 1e-17),
             "o-",
-            label=f"start {run['start']}: rank {run['rank']} (<= d), "
-            f"{run['clusters']} clusters, R = {run['R_final']:.4g}",
+            label=f"start {run['start']}: rank {run['rank']}, "
+            f"{run['clusters']} clusters, R = {run['R_final']:.6g}",
         )
-    axes[0].set(
+    axes[1].set(
         xlabel="index",
         ylabel="singular value",
-        title=f"n > d (d={two_three['d']}, n={two_three['n']}, m={two_three['m']}): "
-        "final Theta X^T",
+        title=f"d = 3 < n = {group['n']}, m = {group['m']}: final Theta X^T",
     )
-    axes[0].set_xticks(np.arange(1, len(runs[0]["singular_values"]) + 1))
-    axes[0].legend(fontsize=7)
-    run = runs[0]
+    axes[1].set_xticks(np.arange(1, len(group["runs"][0]["singular_values"]) + 1))
+    axes[1].legend(fontsize=7)
+    run = group["runs"][0]
     path = np.asarray(run["feature_path"])  # (states, m, n)
     final = path[-1]
     mean = final.mean(axis=0)
@@ -217,13 +243,13 @@ def plot(one, two_three, out):
     projected = (path - mean) @ vt[:2].T  # (states, m, 2)
     for j in range(projected.shape[1]):
         colour = f"C{run['labels'][j] % 10}"
-        axes[1].plot(projected[:, j, 0], projected[:, j, 1], "-", color=colour, lw=0.8)
-        axes[1].plot(*projected[0, j], "o", color=colour, ms=4, mfc="none")
-        axes[1].plot(*projected[-1, j], "*", color=colour, ms=10)
-    axes[1].set(
+        axes[2].plot(projected[:, j, 0], projected[:, j, 1], "-", color=colour, lw=0.8)
+        axes[2].plot(*projected[0, j], "o", color=colour, ms=4, mfc="none")
+        axes[2].plot(*projected[-1, j], "*", color=colour, ms=10)
+    axes[2].set(
         xlabel="PC 1",
         ylabel="PC 2",
-        title="start 0: neurons' features X theta_j (o start, * end)",
+        title="Figure 2: start 0, X theta_j per neuron (o start, * end)",
     )
     fig.tight_layout()
     fig.savefig(out / "gatmiry_figures_2_3.png", dpi=110)
@@ -247,13 +273,20 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     summary = dict(
         figure_1={k: v for k, v in one.items()},
-        figures_2_3=dict(
-            two_three,
-            runs=[
-                {k: v for k, v in run.items() if k not in ("feature_path", "ts")}
-                for run in two_three["runs"]
-            ],
-        ),
+        figures_2_3={
+            name: dict(
+                group,
+                runs=[
+                    {
+                        k: v
+                        for k, v in run.items()
+                        if k not in ("feature_path", "singular_path", "ts")
+                    }
+                    for run in group["runs"]
+                ],
+            )
+            for name, group in two_three.items()
+        },
         wall_seconds=time.perf_counter() - started,
     )
     (args.out / "gatmiry_figures.json").write_text(json.dumps(summary, indent=1))
