@@ -1,4 +1,20 @@
+import os
+import tempfile
+
 import jax
 
 
 jax.config.update("jax_enable_x64", True)
+
+# A command run in-process without --no-cache would switch JAX's persistent
+# compilation cache on for the rest of the session: give it a private, empty folder
+# of its own, never the user's ~/.cache/manifoldflow/jax, whose entries other
+# processes may be writing.
+os.environ["MANIFOLDFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="manifoldflow-test-cache-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Every in-process command passes --no-cache: no test leaves the cache on.
+    assert jax.config.jax_compilation_cache_dir is None, (
+        "a test switched JAX's compilation cache on (a command without --no-cache)"
+    )

@@ -72,6 +72,7 @@ def test_an_ill_conditioned_end_is_not_a_pass(tmp_path):
 
 
 def test_depth_one_is_refused(capsys):
-    assert cli.main(["deep-matrix-sensing", "--depth", "1", "--no-progress"]) == 2
+    argv = ["deep-matrix-sensing", "--depth", "1", "--no-progress", "--no-cache"]
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "--depth 1" in err and "does not move" in err and "--depth 2" in err
