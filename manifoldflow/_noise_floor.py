@@ -48,8 +48,11 @@ def at_noise_floor(
 
 
 class AbstractNoiseFloorPolicy(eqx.Module):
-    """Detects the noise floor (`patience` accepted steps of evidence, see the module
-    docstring) and says what to do there: `respond(controller, times_responded)`
+    r"""Detects the noise floor and says what to do there. The evidence, over the last
+    `patience` accepted steps: $\|P_T\nabla R\|$ has not halved; $R$ has not
+    decreased by more than ten times its noise (the largest increase of $R$ between
+    two steps, at least $64\epsilon|R|$); $\|P_T\nabla R\|$ rose in at least a
+    quarter of the steps. Then `respond(controller, times_responded)`
     returns the step size controller to go on with and whether to go on (else the
     solve ends as `stagnated`). Both are traced; `max_responses` (static) bounds how
     often it goes on."""
@@ -115,7 +118,9 @@ class StopAtNoiseFloor(AbstractNoiseFloorPolicy):
     """Ends the solve as `stagnated` at the noise floor, without changing the
     controller (use it to see where a given tolerance stops making progress).
 
-    **Arguments:** `patience`, accepted steps of evidence (module docstring).
+    **Arguments:** `patience`, the accepted steps of evidence: over them
+    $\|P_T\nabla R\|$ has not halved, $R$ has not decreased by more than ten times
+    its own noise, and $\|P_T\nabla R\|$ rose in at least a quarter of the steps.
     """
 
     patience: int = eqx.field(static=True, default=200)

@@ -33,7 +33,9 @@ def _checked(solution: lx.Solution) -> tuple[Array, lx.RESULTS]:
 
 
 class AbstractProjector(eqx.Module):
-    """Computes tangent projections and solves with the Gram matrix $JJ^\\top$.
+    r"""Computes tangent projections and solves with the Gram matrix $JJ^\top$:
+    $P_T v = v - J^\top\lambda$ with $\lambda = (JJ^\top)^{-1}Jv = \arg\min_\lambda
+    \|v - J^\top\lambda\|$, the orthogonal projector onto $T_\theta\Gamma = \ker J$.
 
     Subclasses implement `solve_gram` (and may override `multipliers`, e.g. by a
     least-squares solve). Projectors whose linear solves report a result (CG's
@@ -108,7 +110,9 @@ class CholeskyProjector(AbstractProjector):
 
 class QRProjector(AbstractProjector):
     r"""Least squares $\min_\lambda \|v - J^\top\lambda\|$ by a QR factorisation of
-    $J^\top$: accuracy like $\kappa(J)$ rather than $\kappa(J)^2$. Materialises $J$.
+    $J^\top$, $P_T v = v - J^\top\lambda$: accuracy like $\kappa(J)$ rather than
+    $\kappa(J)^2$. Materialises $J$. Its Gram solves (`solve_gram`, used by the
+    retractions) are Cholesky's: only the projections get the $\kappa(J)$ accuracy.
     """
 
     def solve_gram(self, linearisation, rhs):

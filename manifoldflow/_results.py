@@ -9,8 +9,15 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
 
     Extends `diffrax.RESULTS` (and through it optimistix's and lineax's), so a failure
     inside a step keeps its cause: `RESULTS.promote(diffrax_result)` maps any of
-    them here. `stationary` is success; `t1_reached` and `interrupted` end a solve
-    without failing it.
+    them here. `stationary` is success; `t1_reached`, `interrupted` and
+    `max_steps_reached` end a solve without failing it.
+
+    **Items:** `stationary`, `t1_reached`, `max_steps_reached` (from diffrax),
+    `interrupted`, `stagnated` (the noise floor), `ill_conditioned` ($JJ^\top$
+    numerically singular), `initial_retraction_failed`, `retraction_failed`,
+    `projection_failed`, `step_failure` (non-finite values), `step_size_collapsed`,
+    and the failures of diffrax, optimistix and lineax it extends. Compare with them
+    (`solution.result == RESULTS.stationary`); `result_name(result)` gives the name.
     """
 
     stationary = "stationary: |P_T grad R| reached the stationarity threshold"

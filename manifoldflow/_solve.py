@@ -63,8 +63,9 @@ def flow_solve(
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
     adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
 ) -> FlowSolution:
-    r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`,
-    as one pure function: it works under `jax.jit`, `jax.vmap` (over starting
+    r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`
+    ($P_T$ and $R$ as in [`manifoldflow.solve_flow`][]; Li, Wang, Arora 2022;
+    Gatmiry et al. 2024), as one pure function: it works under `jax.jit`, `jax.vmap` (over starting
     points, data or constants: each member takes its own adaptive steps and ends on
     its own condition) and `jax.grad` (through `adjoint`).
 
@@ -149,7 +150,11 @@ def solve_flow(
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
     throw: bool = True,
 ) -> FlowSolution:
-    r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`.
+    r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`,
+    with $P_T = I - J^\top(JJ^\top)^{-1}J$ and $R = \sum_i w_i\|\nabla F_i\|^2$ (the
+    trace of the loss Hessian on $\Gamma$): the small-step limit of label-noise SGD in
+    the time $\tau = \eta^2 k$ (Li, Wang, Arora 2022, Corollary 5.2; Gatmiry et al.
+    2024, Theorem 1.1).
 
     Retracts $\theta_0$ onto $\Gamma$, then steps with `ProjectedSolver(solver)` until
     a stop condition holds (by default $\|P_T\nabla R\| \le$ `stationarity`, and
@@ -208,6 +213,11 @@ def solve_flow(
       inspect `solution.result`.
 
     **Returns:** a [`manifoldflow.FlowSolution`][] of NumPy arrays.
+
+    **Raises:** [`manifoldflow.InputError`][] for bad input (shapes, tolerances,
+    `saveat`, `t0`/`t1`/`dt0`, a start where $JJ^\top$ is already singular, a
+    retraction of $\theta_0$ that fails), each naming its `parameter` and the fix;
+    `RuntimeError` for a failed solve when `throw=True`.
     """
     start = time.perf_counter()
     theta0, targets, t1 = _validated(

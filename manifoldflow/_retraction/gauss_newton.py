@@ -20,7 +20,13 @@ class GaussNewtonRetraction(AbstractRetraction):
     Not confined to the affine space $\tilde\theta + \operatorname{range}
     J(\tilde\theta)^\top$, so it reaches $\Gamma$ from much farther away than the
     multiplier-form retractions: the default for the initial point of a solve. Its
-    correction is not normal at $\tilde\theta$, so `multipliers` are zeros.
+    correction is not normal at $\tilde\theta$, so `multipliers` are zeros. The step
+    $\alpha_k$ is halved from 1 until $\max|F|$ decreases.
+
+    **Arguments:** `atol`, `rtol`: the iteration stops once $\max_i|F_i| \le
+    \max(\text{atol}, \text{rtol}\cdot$ `manifold.constraint_scale()`$)$ (loosen
+    them where the rounding of $F$ is larger, e.g. outputs that are differences of
+    large terms); `max_steps`, its most iterations.
     """
 
     atol: float = 1e-13

@@ -66,7 +66,9 @@ class GradientFlowRetraction(AbstractRetraction):
 
     Pass it as `solve_flow(..., initial_retraction=GradientFlowRetraction())` to start
     the sharpness flow where label-noise SGD from an off-manifold $\theta_0$ enters
-    its second phase (see the module docstring).
+    its second phase: from $\theta_0$ off $\Gamma$, SGD first follows gradient flow
+    on $L$, and $\Phi(\theta_0) = \lim_{t\to\infty}\theta(t)$ is where it reaches
+    $\Gamma$ (Gatmiry et al. 2024, Lemma D.1; Li, Wang, Arora 2022, Section 4).
 
     Near $\Gamma$ gradient flow converges linearly and its remaining displacement from
     a residual $\delta$ is normal to $\Gamma$ up to $O(\delta^2)$, as is the

@@ -102,6 +102,10 @@ class ChordRetraction(AbstractMultiplierRetraction):
     Each iteration costs one evaluation of $F$; convergence is linear with a ratio
     proportional to the distance to $\Gamma$, so from a step's $O(\text{tol})$ offset
     one or two iterations suffice.
+
+    **Arguments:** `atol`, `rtol`: the iteration stops once $\max_i|F_i| \le
+    \max(\text{atol}, \text{rtol}\cdot$ `manifold.constraint_scale()`$)$;
+    `max_steps`, its most iterations (not reaching the tolerance is a failure).
     """
 
     atol: float = 1e-13
@@ -117,6 +121,10 @@ class NewtonRetraction(AbstractMultiplierRetraction):
     r"""Newton on $\lambda$: $\delta\lambda = -(J(\theta_k)J(\tilde\theta)^\top)^{-1} F$,
     quadratically convergent, re-linearising at every iterate (LU of an $n\times n$
     matrix formed from $n$ products with $J$). Prefer it for far-away starts.
+
+    **Arguments:** `atol`, `rtol`: the iteration stops once $\max_i|F_i| \le
+    \max(\text{atol}, \text{rtol}\cdot$ `manifold.constraint_scale()`$)$;
+    `max_steps`, its most iterations (not reaching the tolerance is a failure).
     """
 
     atol: float = 1e-13

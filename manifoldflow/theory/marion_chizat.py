@@ -42,7 +42,12 @@ class DataConstants(eqx.Module):
 
 
 def data_constants(X, y) -> DataConstants:
-    """The constants of the data that the theorems use."""
+    r"""The constants of the data that Marion & Chizat's theorems use:
+    $\hat\Sigma = X^\top X/n$, $w^* = X^+ y$, $a = w^{*\top}\hat\Sigma w^*/\|w^*\|^2$,
+    $\Lambda = \lambda_{\max}(\hat\Sigma)$, $R_{\min} = \frac1n\|Xw^* - y\|^2$.
+
+    **Arguments:** `X` $(n, d)$, `y` $(n,)$. **Returns:** a `DataConstants`.
+    """
     X, y = np.asarray(X, float), np.asarray(y, float)
     n = X.shape[0]
     Sigma = X.T @ X / n
@@ -215,6 +220,15 @@ def alignments(weights) -> list[float]:
 
 
 def lemma_1_balancedness(drift: float, *, gradient_flow: bool) -> Check:
+    r"""Lemma 1 of Marion & Chizat (2024): gradient flow conserves
+    $A_k = W_{k+1}^\top W_{k+1} - W_k W_k^\top$.
+
+    **Arguments:** `drift`, the largest relative change of $A_k$ along the path
+    ([`manifoldflow.theory.marion_chizat.balancedness_drift`][]); `gradient_flow`,
+    whether the path is gradient flow (the lemma does not apply to GD).
+
+    **Returns:** a [`manifoldflow.theory.Check`][]: the drift at most $10^{-9}$.
+    """
     name = "lemma_1_balancedness"
     claim = (
         "max_k |A_k(t) - A_k(0)|_F / max(1, max_k |W_k|_2^2) along the path, "
@@ -246,6 +260,16 @@ def full_rank_note(c: DataConstants) -> str:
 
 
 def theorem_2_layer_bound(c: DataConstants, weights, S: float, S_error: float) -> Check:
+    r"""Theorem 2 of Marion & Chizat (2024): at any minimiser $W$,
+    $S(W) \ge 2a\|w^*\|^2\sum_k \|W_k\|_2^{-2}$.
+
+    **Arguments:** `c` ([`manifoldflow.theory.marion_chizat.data_constants`][]), the
+    layers `weights` of the minimiser, its sharpness `S` and the error bound
+    `S_error` of that estimate.
+
+    **Returns:** a [`manifoldflow.theory.Check`][]; not applicable unless
+    $\hat\Sigma$ has full rank.
+    """
     name = "theorem_2_layer_bound"
     claim = "S(W) at the minimiser reached >= 2 a |w*|^2 sum_k |W_k|_2^-2 (Theorem 2)"
     if not c.full_rank:
@@ -257,6 +281,15 @@ def theorem_2_layer_bound(c: DataConstants, weights, S: float, S_error: float) -
 def theorem_1_lower_bound(
     c: DataConstants, p, depth: int, S: float, S_error, *, name="theorem_1_lower_bound"
 ) -> Check:
+    r"""Theorem 1 of Marion & Chizat (2024): every minimiser has
+    $S \ge 2La\|w^*\|^{2-2/L}\|p\|^{2/L}$.
+
+    **Arguments:** `c`, the output vector `p`, the depth $L$, the sharpness `S` and
+    its error bound `S_error`; `name` of the check.
+
+    **Returns:** a [`manifoldflow.theory.Check`][]; not applicable unless
+    $\hat\Sigma$ has full rank.
+    """
     claim = (
         "S(W) at the minimiser reached >= S_min >= 2 L a |w*|^(2-2/L) |p|^(2/L) "
         "(Theorems 1-2)"
@@ -270,6 +303,14 @@ def theorem_1_lower_bound(
 def corollary_2_upper_bound(
     c: DataConstants, depth: int, S: float, S_error: float, *, applicable: str
 ) -> Check:
+    r"""Corollary 2 of Marion & Chizat (2024): after gradient flow from a small
+    initialisation, $S \le 8L\Lambda\|w^*\|^{2-2/L}$.
+
+    **Arguments:** `c`, the depth $L$, `S`, `S_error`; `applicable`, empty when the
+    corollary's hypotheses hold, else the reason they do not.
+
+    **Returns:** a [`manifoldflow.theory.Check`][].
+    """
     name = "corollary_2_upper_bound"
     claim = (
         "S(W) after gradient flow from small initialisation <= 8 L Lambda "
@@ -308,6 +349,14 @@ def lemma_2_rank_one(weights, *, applicable: str) -> Check:
 
 
 def edge_of_stability(S: float, lr: float | None, converged: bool) -> Check:
+    r"""Linear stability: gradient descent at rate `lr` converges to a minimiser only
+    if its sharpness $S \le 2/\text{lr}$ (the check is named `linear_stability`).
+
+    **Arguments:** `S`, `lr` (`None` for gradient flow: not applicable), and whether
+    the run `converged`.
+
+    **Returns:** a [`manifoldflow.theory.Check`][].
+    """
     name = "linear_stability"
     claim = "gradient descent converged to a minimiser only if S(W) <= 2/lr"
     if lr is None:
