@@ -65,9 +65,10 @@ def flow_solve(
 ) -> FlowSolution:
     r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`
     ($P_T$ and $R$ as in [`manifoldflow.solve_flow`][]; Li, Wang, Arora 2022;
-    Gatmiry et al. 2024), as one pure function: it works under `jax.jit`, `jax.vmap` (over starting
-    points, data or constants: each member takes its own adaptive steps and ends on
-    its own condition) and `jax.grad` (through `adjoint`).
+    Gatmiry et al. 2024), as one pure function: it works under `jax.jit`,
+    `jax.vmap` (over starting points, data or constants: each member takes its own
+    adaptive steps and ends on its own condition) and `jax.grad` (through
+    `adjoint`).
 
     The arguments are those of [`manifoldflow.solve_flow`][] (numbers may be traced
     arrays), without its host-side ones (`window`, `save_every`, `max_states`,

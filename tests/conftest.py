@@ -10,7 +10,7 @@ jax.config.update("jax_enable_x64", True)
 # compilation cache on for the rest of the session: give it a private, empty folder
 # of its own, never the user's ~/.cache/manifoldflow/jax, whose entries other
 # processes may be writing.
-os.environ["MANIFOLDFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="manifoldflow-test-cache-")
+os.environ["MANIFOLDFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="manifoldflow-cache-")
 
 
 def pytest_sessionfinish(session, exitstatus):
