@@ -115,7 +115,7 @@ class TightenTolerances(AbstractNoiseFloorPolicy):
 
 
 class StopAtNoiseFloor(AbstractNoiseFloorPolicy):
-    """Ends the solve as `stagnated` at the noise floor, without changing the
+    r"""Ends the solve as `stagnated` at the noise floor, without changing the
     controller (use it to see where a given tolerance stops making progress).
 
     **Arguments:** `patience`, the accepted steps of evidence: over them

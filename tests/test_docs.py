@@ -3,9 +3,11 @@ order, in one namespace (as a reader would paste them). A block that is only
 illustrative is preceded by a line `<!-- not run: why -->` and is skipped. The docs'
 command-line pages must name every option of their command."""
 
+import os
 import pathlib
 import re
-import warnings
+import subprocess
+import sys
 
 import pytest
 
@@ -24,27 +26,44 @@ def python_blocks(path: pathlib.Path) -> list[tuple[int, str, bool]]:
     ]
 
 
+_RUNNER = """
+import pathlib, sys, warnings
+sys.path.insert(0, {tests!r})
+from test_docs import python_blocks
+path = pathlib.Path({path!r})
+namespace = {{"__name__": "docs_" + path.stem}}
+for line, code, runs in python_blocks(path):
+    if not runs:
+        continue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a spent step budget
+        try:
+            exec(compile(code, f"{{path.name}}:{{line}}", "exec"), namespace)
+        except Exception as error:
+            sys.exit(f"The Python block at {{path.name}}:{{line}} failed: "
+                     f"{{type(error).__name__}}: {{error}}")
+"""
+
+
 @pytest.mark.parametrize(
     "path",
     [p for p in PAGES if python_blocks(p)],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
-def test_every_python_block_runs(path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # anything a block writes stays out of the checkout
-    namespace: dict = {"__name__": f"docs_{path.stem}"}
-    for line, code, runs in python_blocks(path):
-        if not runs:
-            continue
-        with warnings.catch_warnings():
-            # A block may show a warning (e.g. a spent step budget) on purpose.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
-            except Exception as error:
-                raise AssertionError(
-                    f"The Python block at {path.relative_to(ROOT)}:{line} failed: "
-                    f"{type(error).__name__}: {error}"
-                ) from error
+def test_every_python_block_runs(path, tmp_path):
+    """In a process of its own per page, as a reader would run it (and so that
+    what a page compiles does not stay in the test process)."""
+    code = _RUNNER.format(tests=str(ROOT / "tests"), path=str(path))
+    env = dict(os.environ, MPLBACKEND="Agg")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,  # anything a block writes stays out of the checkout
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_skipped_blocks_say_why():
