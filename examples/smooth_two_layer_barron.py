@@ -55,7 +55,9 @@ def main(argv=None):
         "--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a tiny run (h = 6, n = 4, one start)"
+        "--quick",
+        action="store_true",
+        help="a tiny run (h = 6, n = 4, one start, 300 steps)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -75,7 +77,12 @@ def main(argv=None):
             jax.random.normal(key_a, (args.h,)) / np.sqrt(args.h),
         )
         manifold = mf.ZeroLossManifold(model, X, y, loss=mf.HalfMeanSquaredLoss())
-        solution = mf.solve_flow(manifold, stationarity=1e-8, throw=False)
+        solution = mf.solve_flow(
+            manifold,
+            stationarity=1e-8,
+            max_steps=300 if args.quick else 100_000,
+            throw=False,
+        )
         first = manifold.to_parameters(jnp.asarray(solution.ys[0]))
         last = manifold.to_parameters(solution.theta_final)
         run = dict(
