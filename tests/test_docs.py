@@ -9,8 +9,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -30,40 +28,42 @@ _RUNNER = """
 import pathlib, sys, warnings
 sys.path.insert(0, {tests!r})
 from test_docs import python_blocks
-path = pathlib.Path({path!r})
-namespace = {{"__name__": "docs_" + path.stem}}
-for line, code, runs in python_blocks(path):
-    if not runs:
-        continue
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a spent step budget
-        try:
-            exec(compile(code, f"{{path.name}}:{{line}}", "exec"), namespace)
-        except Exception as error:
-            sys.exit(f"The Python block at {{path.name}}:{{line}} failed: "
-                     f"{{type(error).__name__}}: {{error}}")
+failures = []
+for page in {pages!r}:
+    path = pathlib.Path(page)
+    namespace = {{"__name__": "docs_" + path.stem}}
+    for line, code, runs in python_blocks(path):
+        if not runs:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a spent budget
+            try:
+                exec(compile(code, f"{{path.name}}:{{line}}", "exec"), namespace)
+            except Exception as error:
+                kind = type(error).__name__
+                failures.append(f"{{page}}:{{line}}: {{kind}}: {{error}}")
+                break  # the page's later blocks depend on this one
+sys.exit("\\n".join(failures) or None)
 """
 
 
-@pytest.mark.parametrize(
-    "path",
-    [p for p in PAGES if python_blocks(p)],
-    ids=lambda p: str(p.relative_to(ROOT)),
-)
-def test_every_python_block_runs(path, tmp_path):
-    """In a process of its own per page, as a reader would run it (and so that
-    what a page compiles does not stay in the test process)."""
-    code = _RUNNER.format(tests=str(ROOT / "tests"), path=str(path))
-    env = dict(os.environ, MPLBACKEND="Agg")
+def test_every_python_block_runs(tmp_path):
+    """Every page's blocks in order, each page in a namespace of its own, all in one
+    process apart from the tests' (as a reader would run them, and so that what
+    they compile does not stay in the test process). Every failing block is
+    reported, by page and line."""
+    pages = [str(p) for p in PAGES if python_blocks(p)]
+    assert len(pages) >= 6
+    code = _RUNNER.format(tests=str(ROOT / "tests"), pages=pages)
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,  # anything a block writes stays out of the checkout
         capture_output=True,
         text=True,
-        env=env,
-        timeout=600,
+        env=dict(os.environ, MPLBACKEND="Agg"),
+        timeout=1200,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def test_skipped_blocks_say_why():
