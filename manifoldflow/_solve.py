@@ -606,23 +606,27 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
 
 
 def _coordinates(manifold, theta0) -> jax.Array:
-    """`theta0` as an array: array-likes as they are; a pytree of the model's
-    structure by the manifold's `to_coordinates`; `InputError` otherwise."""
-    leaves = jax.tree_util.tree_leaves(theta0)
-    if len(leaves) == 1 and leaves[0] is theta0 or isinstance(theta0, (list, tuple)):
-        try:
-            return _on_device(np.asarray(theta0, dtype=float))
-        except (TypeError, ValueError):
-            pass
+    """`theta0` as an array: arrays as they are; a pytree of the model's structure
+    (e.g. a tuple of layers) by the manifold's `to_coordinates`; other sequences of
+    numbers as arrays; `InputError` otherwise."""
+    if isinstance(theta0, (np.ndarray, jax.Array, float, int)):
+        return _on_device(theta0)
     to_coordinates = getattr(manifold, "to_coordinates", None)
     if to_coordinates is not None:
-        return to_coordinates(theta0)
-    raise InputError(
-        f"theta0 must be a vector of the manifold's {manifold.dimension} coordinates, "
-        f"got a {type(theta0).__name__}.",
-        fix="Pass e.g. manifold.initial_point() plus a displacement.",
-        parameter="theta0",
-    )
+        try:
+            return to_coordinates(theta0)
+        except InputError:
+            if not isinstance(theta0, (list, tuple)):
+                raise  # a pytree of another structure: its message says so
+    try:
+        return _on_device(np.asarray(theta0, dtype=float))
+    except (TypeError, ValueError):
+        raise InputError(
+            f"theta0 must be a vector of the manifold's {manifold.dimension} "
+            f"coordinates, got a {type(theta0).__name__}.",
+            fix="Pass e.g. manifold.initial_point() plus a displacement.",
+            parameter="theta0",
+        ) from None
 
 
 def _check_shape(manifold, theta0) -> None:

@@ -281,3 +281,15 @@ def test_constraint_manifold_input_errors():
         lambda x, args: x[:2] - args, x, jnp.ones(2), weights=[1.0, 0.0]
     )
     assert manifold.num_constraints == 2 and manifold.dimension == 3
+
+
+def test_a_tuple_of_layers_is_taken_as_the_model_it_stands_for():
+    """For a ConstraintManifold over a tuple of same-shape matrices, a tuple of that
+    structure is the pytree, not a 3-d array."""
+    manifold = deep_linear_problem(widths=(3, 3, 3, 3))
+    layers = manifold.to_parameters(manifold.initial_point())
+    assert isinstance(layers, tuple) and np.shape(np.asarray(layers)) == (3, 3, 3)
+    np.testing.assert_array_equal(
+        mf.solve_flow(manifold, layers, t1=0.01).ys[0],
+        mf.solve_flow(manifold, t1=0.01).ys[0],
+    )
