@@ -35,7 +35,12 @@ from .base import (
 
 class AbstractMultiplierRetraction(AbstractRetraction):
     r"""Retraction along $\operatorname{range} J(\tilde\theta)^\top$:
-    $\theta = \tilde\theta + J(\tilde\theta)^\top\lambda$, iterating on $\lambda$."""
+    $\theta = \tilde\theta + J(\tilde\theta)^\top\lambda$, iterating on $\lambda$.
+
+    **Arguments:** `atol`, `rtol`: the iteration stops once $\max_i|F_i| \le
+    \max(\text{atol}, \text{rtol}\cdot$ `manifold.constraint_scale()`$)$;
+    `max_steps`, its most iterations (not reaching the tolerance is a failure).
+    """
 
     @abc.abstractmethod
     def correction(
@@ -103,9 +108,7 @@ class ChordRetraction(AbstractMultiplierRetraction):
     proportional to the distance to $\Gamma$, so from a step's $O(\text{tol})$ offset
     one or two iterations suffice.
 
-    **Arguments:** `atol`, `rtol`: the iteration stops once $\max_i|F_i| \le
-    \max(\text{atol}, \text{rtol}\cdot$ `manifold.constraint_scale()`$)$;
-    `max_steps`, its most iterations (not reaching the tolerance is a failure).
+    **Arguments:** as [`manifoldflow.AbstractMultiplierRetraction`][].
     """
 
     atol: float = 1e-13
@@ -122,9 +125,7 @@ class NewtonRetraction(AbstractMultiplierRetraction):
     quadratically convergent, re-linearising at every iterate (LU of an $n\times n$
     matrix formed from $n$ products with $J$). Prefer it for far-away starts.
 
-    **Arguments:** `atol`, `rtol`: the iteration stops once $\max_i|F_i| \le
-    \max(\text{atol}, \text{rtol}\cdot$ `manifold.constraint_scale()`$)$;
-    `max_steps`, its most iterations (not reaching the tolerance is a failure).
+    **Arguments:** as [`manifoldflow.AbstractMultiplierRetraction`][].
     """
 
     atol: float = 1e-13
