@@ -58,7 +58,8 @@ from ._retraction import (
     NewtonRetraction as NewtonRetraction,
     RetractionSolution as RetractionSolution,
 )
-from ._solution import FlowSolution as FlowSolution
+from ._batch import solve_flows as solve_flows
+from ._solution import FlowSolution as FlowSolution, FlowSolutions as FlowSolutions
 from ._solve import flow_solve as flow_solve, solve_flow as solve_flow
 from ._solver import (
     ProjectedSolver as ProjectedSolver,

@@ -69,7 +69,10 @@ class FlowState(eqx.Module):
     num_rejected: Int[Array, ""]
     t0: Scalar
     t1: Scalar
-    # Step records: row 0 is the initial point, row k the k-th accepted step.
+    # Step records: row k holds the (record_start + k)-th accepted point (row 0 of a
+    # whole solve: the initial point); a host loop that empties them after each window
+    # moves record_start on, so that they need only hold one window.
+    record_start: Int[Array, ""]
     step_ts: Float[Array, " N"]
     sharpness: Float[Array, " N"]
     gradient_norm: Float[Array, " N"]
@@ -138,8 +141,10 @@ def _clip(tnext, t_end):
 
 
 def _record(state: FlowState, pred, diagnostics: StepDiagnostics) -> FlowState:
-    """Write the point of `state` (the `num_accepted`-th) into the step records."""
-    i = state.num_accepted
+    """Write the point of `state` (the `num_accepted`-th) into the step records (at
+    its row after `record_start`; nothing past their end)."""
+    i = state.num_accepted - state.record_start
+    pred = pred & (i < state.step_ts.shape[0])
     put = lambda buffer, value: eqxi.buffer_at_set(buffer, i, value, pred=pred)
     return eqx.tree_at(
         lambda s: (s.step_ts, s.sharpness, s.gradient_norm, s.constraint_violation),
@@ -174,7 +179,9 @@ def _save(state: FlowState, pred) -> FlowState:
 class Integrator(eqx.Module):
     """One solve's configuration: the flow, the projected solver, the step size
     controller, the stop conditions, the noise-floor policy, the initial retraction,
-    the progress meter and `max_steps`. Its methods are pure: `init` retracts the
+    the progress meter, `max_steps` and `records` (rows of the step records: by
+    default `max_steps + 1`, every point of a solve; a host loop that empties them
+    after each window of `w` attempts needs `w + 1`). Its methods are pure: `init` retracts the
     initial point and builds the [`FlowState`][manifoldflow._loop.FlowState], `run`
     steps it, `solve` does both and returns a [`manifoldflow.FlowSolution`][]."""
 
@@ -186,6 +193,7 @@ class Integrator(eqx.Module):
     initial_retraction: AbstractRetraction
     progress_meter: diffrax.AbstractProgressMeter
     max_steps: int = eqx.field(static=True)
+    records: int | None = eqx.field(static=True, default=None)
 
     def _controller(self, tolerances) -> diffrax.AbstractStepSizeController:
         _, static = eqx.partition(self.controller, eqx.is_array)
@@ -223,7 +231,7 @@ class Integrator(eqx.Module):
         result = RESULTS.where(
             retracted.converged, result, RESULTS.initial_retraction_failed
         )
-        size = self.max_steps + 1
+        size = self.max_steps + 1 if self.records is None else self.records
         nan = lambda shape: jnp.full(shape, jnp.nan, dtype)
         patience = self.noise_floor.patience
         num_saves = save_times.shape[0]
@@ -240,6 +248,7 @@ class Integrator(eqx.Module):
             num_rejected=jnp.array(0),
             t0=t0,
             t1=t1,
+            record_start=jnp.array(0),
             step_ts=jnp.full(size, jnp.inf, dtype),
             sharpness=nan(size),
             gradient_norm=nan(size),

@@ -130,3 +130,74 @@ class FlowSolution(eqx.Module):
             ),
             solve_seconds=self.wall_seconds,
         )
+
+
+class FlowSolutions(eqx.Module):
+    r"""The solutions of a batch of flows ([`manifoldflow.solve_flows`][]): a sequence
+    of [`manifoldflow.FlowSolution`][], one per member, each trimmed to its own steps
+    like a solution of [`manifoldflow.solve_flow`][].
+
+    `solutions[i]` is the i-th member, `len(solutions)` the batch size; iterating
+    gives the members in order. The batch-wide views are NumPy arrays with one entry
+    per member: `results` (names, e.g. `"stationary"`), `theta_final` (shape
+    `(batch, D)`), `t_final`, `num_steps`, `num_rejected_steps`, `sharpness_final`
+    ($R$ at the end), `gradient_norm_final` and `stationary`. `wall_seconds` is the
+    time of the whole batched solve (compilation included), `devices` the number of
+    devices the batch was laid out over.
+    """
+
+    members: tuple[FlowSolution, ...]
+    wall_seconds: float
+    devices: int = 1
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, index: int) -> FlowSolution:
+        return self.members[index]
+
+    def __iter__(self):
+        return iter(self.members)
+
+    def _each(self, get) -> np.ndarray:
+        return np.asarray([get(member) for member in self.members])
+
+    @property
+    def results(self) -> list[str]:
+        """Each member's result name."""
+        return [member.result_name for member in self.members]
+
+    @property
+    def stationary(self) -> np.ndarray:
+        return self._each(lambda s: s.stationary)
+
+    @property
+    def theta_final(self) -> np.ndarray:
+        return np.stack([np.asarray(s.theta_final) for s in self.members])
+
+    @property
+    def t_final(self) -> np.ndarray:
+        return self._each(lambda s: float(s.t_final))
+
+    @property
+    def num_steps(self) -> np.ndarray:
+        return self._each(lambda s: int(s.num_steps))
+
+    @property
+    def num_rejected_steps(self) -> np.ndarray:
+        return self._each(lambda s: int(s.num_rejected_steps))
+
+    @property
+    def sharpness_final(self) -> np.ndarray:
+        return self._each(lambda s: float(s.sharpness[-1]))
+
+    @property
+    def gradient_norm_final(self) -> np.ndarray:
+        return self._each(lambda s: float(s.gradient_norm[-1]))
+
+    def counts(self) -> dict[str, int]:
+        """How many members ended with each result, e.g. `{"stationary": 1024}`."""
+        counts: dict[str, int] = {}
+        for name in self.results:
+            counts[name] = counts.get(name, 0) + 1
+        return counts

@@ -491,6 +491,7 @@ def _integrator(
     max_steps,
     retract_every,
     progress_meter,
+    records=None,
 ) -> Integrator:
     """The flow, the projected solver and the policies of one solve, with the
     defaults of `solve_flow`. Numbers enter as arrays."""
@@ -516,6 +517,7 @@ def _integrator(
         initial_retraction,
         progress_meter,
         max_steps,
+        records,
     )
 
 
