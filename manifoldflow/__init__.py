@@ -5,6 +5,7 @@ import time as _time
 
 # When the import began (before JAX's): the command line reports its wall time from here.
 _IMPORT_STARTED = _time.perf_counter()
+__version__ = "0.1.0"
 
 from . import baselines as baselines, models as models, sgd as sgd, theory as theory
 from ._errors import InputError as InputError

@@ -9,6 +9,8 @@ trimmed NumPy `FlowSolution` (or raises with advice).
 """
 
 import math
+import os
+import pathlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import ArrayLike, Float, PyTree
 
+from . import _checkpoint
 from ._errors import InputError
 from ._flow import SharpnessFlow
 from ._loop import FlowState, Integrator
@@ -149,6 +152,7 @@ def solve_flow(
     max_states: int | None = None,
     retract_every: int = 1,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
+    checkpoint: str | os.PathLike | None = None,
     throw: bool = True,
 ) -> FlowSolution:
     r"""Solve the sharpness flow $\dot\theta = -c P_T\nabla R(\theta)$ on `manifold`,
@@ -206,6 +210,13 @@ def solve_flow(
     - `progress_meter`: a diffrax progress meter, e.g. `diffrax.TqdmProgressMeter()`;
       its progress is the larger of the fraction of $[t_0, t_1]$ covered and of the
       decades of $\|P_T\nabla R\|$ descended towards `stationarity`.
+    - `checkpoint`: a file to write the solve's state to after every window
+      (atomically: a temporary file, then a rename). If it already holds a checkpoint
+      of this same solve (same manifold, start, options, manifoldflow and JAX
+      versions), the solve continues from it and ends exactly as the uninterrupted
+      one would (CPU, float64: bit for bit); one of another solve, or a truncated or
+      corrupt one, raises `InputError` and is never used. It is left in place at the
+      end: a finished solve then returns at once.
     - `throw`: raise `RuntimeError` if the solve fails (any result but `stationary`,
       `t1_reached`, `interrupted` and `max_steps_reached`). Using up `max_steps` is a
       budget, not a failure: the solution comes back, with a `RuntimeWarning` that
@@ -275,7 +286,37 @@ def solve_flow(
         if targets is not None
         else _KeptStates(np.asarray(state.y), save_every, max_states - 1)
     )
-    state = _windows(integrator, state, window, kept)
+    attempts, on_window = min(4, window), None
+    if checkpoint is not None:
+        state, attempts, on_window = _checkpointing(
+            pathlib.Path(checkpoint),
+            manifold,
+            theta0,
+            state,
+            kept,
+            attempts,
+            dict(
+                solver=solver,
+                projector=projector,
+                retraction=retraction,
+                initial_retraction=initial_retraction,
+                constant=constant,
+                t0=t0,
+                t1=t1,
+                dt0=dt0,
+                stepsize_controller=stepsize_controller,
+                stationarity=stationarity,
+                stop=integrator.stops,
+                saveat=targets,
+                noise_floor=noise_floor,
+                max_steps=max_steps,
+                window=window,
+                save_every=save_every,
+                max_states=max_states,
+                retract_every=retract_every,
+            ),
+        )
+    state = _windows(integrator, state, window, kept, attempts, on_window)
     solution = _host_solution(
         state,
         retracted,
@@ -384,6 +425,16 @@ class _KeptStates:
             keep = self.index % self.stride == 0
             self.index, self.states = self.index[keep], self.states[keep]
 
+    def snapshot(self) -> dict:
+        """What `restore` needs to continue from here."""
+        return dict(
+            index=self.index, states=self.states, stride=self.stride, seen=self.seen
+        )
+
+    def restore(self, saved: dict) -> None:
+        self.index, self.states = np.asarray(saved["index"]), saved["states"]
+        self.stride, self.seen = int(saved["stride"]), int(saved["seen"])
+
     def result(self, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(indices, states)`, with the last accepted state."""
         if self.index[-1] == self.seen - 1:
@@ -394,13 +445,38 @@ class _KeptStates:
         )
 
 
-def _windows(integrator, state, window: int, kept: _KeptStates | None):
+def _checkpointing(path, manifold, theta0, state, kept, attempts, options):
+    """`(state, attempts, after each window)` of a solve checkpointed at `path`:
+    continued from the checkpoint there if it is this solve's."""
+    marks = _checkpoint.fingerprint(manifold, theta0, options)
+    if path.exists():
+        saved = _checkpoint.read(path, marks, state)
+        state, attempts = saved.state, saved.attempts
+        if kept is not None and saved.kept is not None:
+            kept.restore(saved.kept)
+
+    def on_window(state, attempts):
+        saved = None if kept is None else kept.snapshot()
+        _checkpoint.write(path, marks, _checkpoint.Checkpoint(state, attempts, saved))
+
+    return state, attempts, on_window
+
+
+def _windows(
+    integrator,
+    state,
+    window: int,
+    kept: _KeptStates | None,
+    attempts: int | None = None,
+    on_window=None,
+):
     """Run the loop in jitted windows until it ends, giving every accepted state to
     `kept` (if any); the final state. The first windows are short (4, 8, 16, ...
     attempts, one compiled program), so that Ctrl-C acts early also when steps are
-    slow; it returns what was computed (`interrupted`). The progress meter is
+    slow; it returns what was computed (`interrupted`). After each window,
+    `on_window(state, next attempts)` (a checkpoint). The progress meter is
     closed."""
-    attempts = min(4, window)
+    attempts = min(4, window) if attempts is None else attempts
     try:
         while is_result(state.result, RESULTS.successful):
             new, ys, count = _run(
@@ -416,6 +492,8 @@ def _windows(integrator, state, window: int, kept: _KeptStates | None):
                 kept.add(np.asarray(ys)[: int(count)])
             state = new
             attempts = min(2 * attempts, window)
+            if on_window is not None:
+                on_window(state, attempts)
     except KeyboardInterrupt:
         state = eqx.tree_at(lambda s: s.result, state, RESULTS.interrupted)
     finally:

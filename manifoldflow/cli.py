@@ -2,6 +2,7 @@
 write the results. Bad input: a one-line message and exit code 2."""
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -75,7 +76,105 @@ def _parser(experiments) -> tuple[argparse.ArgumentParser, dict]:
         common.add_argument(
             "--debug", action="store_true", help="show tracebacks of input errors"
         )
+        if experiment.checkpoints:
+            common.add_argument(
+                "--resume",
+                type=pathlib.Path,
+                default=None,
+                metavar="DIR",
+                help="continue the run in DIR (killed or interrupted) from its "
+                f"checkpoint ({CHECKPOINT}, written after every window of the "
+                "solve), with the options it was started with",
+            )
     return parser, subparsers
+
+
+CHECKPOINT = "checkpoint.mfck"
+RUN_FILE = "run.json"
+# Options of the output group: not part of what a run computes.
+_OUTPUT_OPTIONS = ("out", "json", "no_progress", "no_cache", "debug", "resume")
+
+
+def run_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The experiment's options of a parsed command (JSON-ready), without the
+    output group's."""
+    options = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest in _OUTPUT_OPTIONS + ("help",):
+            continue
+        value = getattr(args, action.dest)
+        options[action.dest] = str(value) if isinstance(value, pathlib.Path) else value
+    return options
+
+
+def argv_of(parser: argparse.ArgumentParser, options: dict) -> list[str]:
+    """The command-line arguments that give `options` (as from `run_options`)."""
+    argv = []
+    for action in parser._actions:
+        if action.dest not in options or not action.option_strings:
+            continue
+        value = options[action.dest]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [action.option_strings[0]] if value else []
+        elif value is not None:
+            argv += [action.option_strings[0], str(value)]
+    return argv
+
+
+def _resumed(subparser, args, argv) -> argparse.Namespace:
+    """The arguments of the run in `args.resume`, with this command's output
+    options; `InputError` if it is not a run of this experiment."""
+    folder = args.resume
+    record = folder / RUN_FILE
+    if not record.is_file():
+        raise InputError(
+            f"--resume {folder}: no {RUN_FILE} there, so it is not the output folder "
+            "of a manifoldflow run."
+        )
+    try:
+        saved = json.loads(record.read_text())
+        experiment, options = saved["experiment"], saved["options"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"--resume {folder}: {RUN_FILE} is unreadable ({error})."
+        ) from None
+    name = subparser.prog.split()[-1]
+    if experiment != name:
+        raise InputError(
+            f"--resume {folder} holds a run of {experiment}, not {name}: continue it "
+            f"with manifoldflow {experiment} --resume {folder}."
+        )
+    given = {
+        token.split("=")[0][2:].replace("-", "_")
+        for token in argv
+        if token.startswith("--")
+    } - set(_OUTPUT_OPTIONS)
+    if given:
+        listed = ", ".join(f"--{g.replace('_', '-')}" for g in sorted(given))
+        raise InputError(
+            f"--resume takes the options the run was started with ({RUN_FILE}): "
+            f"remove {listed}, or start a new run with another --out."
+        )
+    if not (folder / CHECKPOINT).is_file():
+        done = (folder / "summary.json").is_file()
+        raise InputError(
+            f"--resume {folder}: "
+            + (
+                "the run there finished (its summary.json is written): nothing to "
+                "resume."
+                if done
+                else f"no {CHECKPOINT} there (the run was stopped before its first "
+                "checkpoint): start it again."
+            )
+        )
+    flags = [
+        f"--{k.replace('_', '-')}"
+        for k in ("json", "no_progress", "no_cache", "debug")
+        if getattr(args, k)
+    ]
+    resumed = subparser.parse_args(argv_of(subparser, options) + flags)
+    resumed.out, resumed.resume = folder, folder
+    return resumed
 
 
 def _writable_folder(out: pathlib.Path) -> bool:
@@ -95,6 +194,14 @@ def _writable_folder(out: pathlib.Path) -> bool:
             "folder you can write to."
         ) from None
     return created
+
+
+def _record_run(out: pathlib.Path, experiment: str, options: dict) -> None:
+    """`run.json`: what `--resume` and the sweeps read back."""
+    record = dict(
+        experiment=experiment, options=options, manifoldflow=manifoldflow.__version__
+    )
+    (out / RUN_FILE).write_text(json.dumps(record, default=str))
 
 
 def _fitted(text: str, width: int = 100) -> str:
@@ -142,14 +249,30 @@ def main(argv=None) -> int:
         )
     configure_jax(cache=not args.no_cache)
     experiment = EXPERIMENTS[args.experiment]
+    subparser = subparsers[args.experiment]
     created = False
     try:
+        if getattr(args, "resume", None) is not None:
+            given = argv if argv is not None else sys.argv[1:]
+            args = _resumed(subparser, args, list(given)[1:])
         created = _writable_folder(args.out)
+        args.checkpoint = None
+        if experiment.checkpoints:
+            args.checkpoint = args.out / CHECKPOINT
+            if args.resume is None and args.checkpoint.exists():
+                raise InputError(
+                    f"--out {args.out} holds the checkpoint of an unfinished run: "
+                    f"continue it with --resume {args.out}, or delete "
+                    f"{args.checkpoint} to start again."
+                )
+        _record_run(args.out, experiment.name, run_options(subparser, args))
         problem = experiment.build(args)
         result = experiment.run(problem, progress=not args.no_progress)
     except InputError as error:
-        if created and not any(args.out.iterdir()):
-            args.out.rmdir()  # nothing was written: leave no empty folder behind
+        if created:  # nothing was computed: leave no folder behind
+            (args.out / RUN_FILE).unlink(missing_ok=True)
+            if not any(args.out.iterdir()):
+                args.out.rmdir()
         if args.debug:
             traceback.print_exc()
         _print(f"manifoldflow {experiment.name}: error: {error}", sys.stderr)
@@ -165,6 +288,8 @@ def main(argv=None) -> int:
     # Up to the results; the text below also counts writing the files.
     summary.update(checks_passed=passed, wall_seconds=elapsed())
     files = write_outcome(args.out, experiment, outcome, summary)
+    if args.checkpoint is not None and not outcome.interrupted:
+        args.checkpoint.unlink(missing_ok=True)  # the run is complete
     if passed:
         verdict = "ALL CHECKS PASSED"
     elif not outcome.finished and report.passed:

@@ -66,6 +66,9 @@ class AbstractExperiment(eqx.Module):
     """Summary keys kept in `summary.json` however large (others over ~1,000 numbers
     go to `summary.npz`)."""
     figure_size: ClassVar[tuple[float, float]] = (15.0, 4.0)
+    checkpoints: ClassVar[bool] = False
+    """Whether its one long solve writes a checkpoint (`args.checkpoint`, a path set
+    by the command line) that `--resume` continues."""
 
     @abc.abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

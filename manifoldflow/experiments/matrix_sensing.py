@@ -81,6 +81,7 @@ def _gradients(factors, A):
 
 class _SensingExperiment(AbstractExperiment):
     default_depth: ClassVar[int] = 2
+    checkpoints = True
     figure_size: ClassVar[tuple[float, float]] = (15.0, 4.0)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -123,7 +124,7 @@ class _SensingExperiment(AbstractExperiment):
             )
         if not (args.init_scale > 0 and np.isfinite(args.init_scale)):
             raise InputError(f"--init-scale must be positive, got {args.init_scale}.")
-        options = flow_options(args)
+        options = dict(flow_options(args), checkpoint=getattr(args, "checkpoint", None))
         A, y, M = sensing_data(args.d, args.rank, args.n, args.seed)
         model = sensing_init(args.d, depth, args.init_scale, args.seed)
         manifold = mf.ZeroLossManifold(model, A, y, loss=mf.HalfMeanSquaredLoss())

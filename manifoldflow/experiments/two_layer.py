@@ -159,6 +159,7 @@ class TwoLayerExperiment(AbstractExperiment):
         "features), Lemma 4.6 and Theorem 3.5 (linear rate) against the numbers."
     )
     example_arguments = ("--m", "4", "--d", "6", "--n", "3")
+    checkpoints = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--m", type=int, default=32, help="neurons")
@@ -202,7 +203,7 @@ class TwoLayerExperiment(AbstractExperiment):
 
     def build(self, args: argparse.Namespace) -> TwoLayerProblem:
 
-        options = flow_options(args)
+        options = dict(flow_options(args), checkpoint=getattr(args, "checkpoint", None))
         positive_sizes(m=args.m)
         check_seed(args.seed)
         X, y = _data(args)
