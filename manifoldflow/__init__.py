@@ -7,7 +7,13 @@ import time as _time
 _IMPORT_STARTED = _time.perf_counter()
 __version__ = "0.1.0"
 
-from . import baselines as baselines, models as models, sgd as sgd, theory as theory
+from . import (
+    baselines as baselines,
+    models as models,
+    sgd as sgd,
+    sweeps as sweeps,
+    theory as theory,
+)
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
 from ._landscape import (

@@ -200,7 +200,12 @@ def solve_flows(
     seconds = time.perf_counter() - start
     states, retracted = jax.tree.map(np.asarray, (states, retracted))
     members = tuple(
-        _member(books[i], states, retracted, i, float(constants[i]), stationarity)
+        eqx.tree_at(
+            lambda s: (s.wall_seconds, s.manifold),
+            _member(books[i], states, retracted, i, float(constants[i]), stationarity),
+            (seconds, manifolds[i] if manifolds else first),
+            is_leaf=lambda x: x is None,
+        )
         for i in range(size)
     )
     solutions = FlowSolutions(members, seconds, len(devices))

@@ -47,7 +47,7 @@ class FlowSolution(eqx.Module):
       tightened the tolerances (`num_tightened` of them).
     - `constant`, `stationarity`: the flow constant $c$ and the threshold used.
     - `wall_seconds`: time spent in `solve_flow` (compilation included; `None` from
-      `flow_solve`).
+      `flow_solve`; from `solve_flows`, the time of the whole batch).
     - `manifold`: the manifold, for `manifold.to_parameters(theta)` (`None` from
       `flow_solve`, which does not return its input).
     - `retraction`: how $\theta_0$ was brought onto $\Gamma$ (a

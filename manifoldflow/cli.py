@@ -9,9 +9,11 @@ import sys
 import textwrap
 import time
 import traceback
+from typing import Any
 
 import manifoldflow
 
+from . import sweeps
 from ._errors import InputError
 from ._jax_config import configure_jax
 from .experiments import EXPERIMENTS
@@ -44,6 +46,15 @@ def _parser(experiments) -> tuple[argparse.ArgumentParser, dict]:
     )
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     subparsers = {}
+    sweep = sub.add_parser(
+        "sweep",
+        help="many runs of one experiment from a TOML file (grid, batches, Dask)",
+        description=sweeps.__doc__.split("\n\n")[0].replace("`", ""),
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    sweeps.add_arguments(sweep)
+    subparsers["sweep"] = sweep
     for experiment in experiments.values():
         p = sub.add_parser(
             experiment.name,
@@ -247,6 +258,8 @@ def main(argv=None) -> int:
         subparsers[args.experiment].error(
             f"unrecognized arguments: {' '.join(unknown)}"
         )
+    if args.experiment == "sweep":
+        return sweeps.command(args)
     configure_jax(cache=not args.no_cache)
     experiment = EXPERIMENTS[args.experiment]
     subparser = subparsers[args.experiment]
@@ -255,21 +268,11 @@ def main(argv=None) -> int:
         if getattr(args, "resume", None) is not None:
             given = argv if argv is not None else sys.argv[1:]
             args = _resumed(subparser, args, list(given)[1:])
-        created = _writable_folder(args.out)
-        args.checkpoint = None
-        if experiment.checkpoints:
-            args.checkpoint = args.out / CHECKPOINT
-            if args.resume is None and args.checkpoint.exists():
-                raise InputError(
-                    f"--out {args.out} holds the checkpoint of an unfinished run: "
-                    f"continue it with --resume {args.out}, or delete "
-                    f"{args.checkpoint} to start again."
-                )
-        _record_run(args.out, experiment.name, run_options(subparser, args))
-        problem = experiment.build(args)
+        created = not args.out.exists()
+        problem = prepare(subparser, experiment, args)
         result = experiment.run(problem, progress=not args.no_progress)
     except InputError as error:
-        if created:  # nothing was computed: leave no folder behind
+        if created and args.out.is_dir():  # nothing was computed: leave no folder
             (args.out / RUN_FILE).unlink(missing_ok=True)
             if not any(args.out.iterdir()):
                 args.out.rmdir()
@@ -277,6 +280,29 @@ def main(argv=None) -> int:
             traceback.print_exc()
         _print(f"manifoldflow {experiment.name}: error: {error}", sys.stderr)
         return 2
+    return finish(experiment, args, problem, result)[0]
+
+
+def prepare(subparser, experiment, args) -> Any:
+    """The output folder (checked), `run.json`, and the experiment's problem, for
+    parsed arguments; `InputError` for bad input."""
+    _writable_folder(args.out)
+    args.checkpoint = None
+    if experiment.checkpoints:
+        args.checkpoint = args.out / CHECKPOINT
+        if getattr(args, "resume", None) is None and args.checkpoint.exists():
+            raise InputError(
+                f"--out {args.out} holds the checkpoint of an unfinished run: "
+                f"continue it with --resume {args.out}, or delete "
+                f"{args.checkpoint} to start again."
+            )
+    _record_run(args.out, experiment.name, run_options(subparser, args))
+    return experiment.build(args)
+
+
+def finish(experiment, args, problem, result, quiet=False) -> tuple[int, dict]:
+    """Check, summarise and write a computed run; print its table (unless `quiet`).
+    `(exit code, summary)`."""
     report = experiment.checks(problem, result)
     outcome = experiment.summarise(problem, result, report)
     passed = outcome.finished and report.passed
@@ -290,6 +316,9 @@ def main(argv=None) -> int:
     files = write_outcome(args.out, experiment, outcome, summary)
     if args.checkpoint is not None and not outcome.interrupted:
         args.checkpoint.unlink(missing_ok=True)  # the run is complete
+    code = 130 if outcome.interrupted else 0 if passed else 1
+    if quiet:
+        return code, summary
     if passed:
         verdict = "ALL CHECKS PASSED"
     elif not outcome.finished and report.passed:
@@ -303,9 +332,9 @@ def main(argv=None) -> int:
     )
     if _print(text, sys.stderr if args.json else sys.stdout) and args.json:
         _print((args.out / "summary.json").read_text(), sys.stdout)
-    if outcome.interrupted:
-        return 130
-    return 0 if passed else 1
+    return code, summary
+
+
 
 
 if __name__ == "__main__":

@@ -66,6 +66,16 @@ class AbstractExperiment(eqx.Module):
     """Summary keys kept in `summary.json` however large (others over ~1,000 numbers
     go to `summary.npz`)."""
     figure_size: ClassVar[tuple[float, float]] = (15.0, 4.0)
+    batch_options: ClassVar[tuple[str, ...]] = ("seed",)
+    """Options that change a problem's numbers but not its shapes: runs of a sweep
+    that differ only in these are given to `run_batch` together."""
+    headline_keys: ClassVar[tuple[str, ...]] = (
+        "R_final",
+        "num_steps",
+        "t_final",
+        "grad_norm_final",
+    )
+    """Summary scalars that a sweep records for each run (those present)."""
     checkpoints: ClassVar[bool] = False
     """Whether its one long solve writes a checkpoint (`args.checkpoint`, a path set
     by the command line) that `--resume` continues."""
@@ -82,6 +92,12 @@ class AbstractExperiment(eqx.Module):
     @abc.abstractmethod
     def run(self, problem: Any, *, progress: bool) -> Any:
         """Do the computation (e.g. `solve_flow`) and return its raw result."""
+
+    def run_batch(self, problems: list[Any]) -> list[Any] | None:
+        """The results of `run` for several problems of one shape, computed together
+        (e.g. by `manifoldflow.solve_flows`); `None` if this experiment does not
+        batch them (the sweep then runs them one at a time)."""
+        return None
 
     @abc.abstractmethod
     def checks(self, problem: Any, result: Any) -> Report:

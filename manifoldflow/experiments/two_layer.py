@@ -250,6 +250,22 @@ class TwoLayerExperiment(AbstractExperiment):
         except InputError as error:
             raise command_line_error(error) from None
 
+    def run_batch(self, problems: list[TwoLayerProblem]):
+        """Problems of one shape and the same solve options, as one
+        `manifoldflow.solve_flows`; `None` otherwise."""
+        options = [
+            {k: v for k, v in p.options.items() if k != "checkpoint"} for p in problems
+        ]
+        if any(repr(o) != repr(options[0]) for o in options):
+            return None
+        try:
+            solutions = mf.solve_flows(
+                [p.manifold for p in problems], throw=False, **options[0]
+            )
+        except InputError:
+            return None  # another shape or structure: one at a time
+        return list(solutions)
+
     def checks(self, problem: TwoLayerProblem, result) -> Report:
 
         report = gatmiry.two_layer_checks(

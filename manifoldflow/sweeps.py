@@ -1,0 +1,633 @@
+r"""Sweeps: many runs of one experiment from a TOML file (`manifoldflow sweep FILE.toml
+--out DIR`), and [`manifoldflow.sweeps.load`][] to read their results back.
+
+The file:
+
+```toml
+experiment = "two-layer"
+
+[fixed]          # options as on the command line (either spelling: init-scale, init_scale)
+n = 8
+d = 16
+
+[grid]           # lists: every combination is a run
+m = [4, 8, 16, 32]
+seed = [0, 1, 2, 3]
+
+[[runs]]         # optional: further runs, each its own options (with [fixed])
+m = 64
+seed = 0
+```
+
+Runs that differ only in their seed (the experiment's `batch_options`) have problems
+of one shape: they go together through the batched solve ([`manifoldflow.solve_flows`][])
+in one process. Groups of runs are spread over the workers of a Dask distributed
+cluster (a `LocalCluster` of one worker process per core, or `--scheduler
+tcp://HOST:PORT`); without `dask` and `distributed` installed (`pip install
+"manifoldflow[sweep]"`), the groups run one after another in this process.
+
+Each run writes its usual folder `DIR/runs/<id>/` (`<id>`: a hash of the experiment
+and its options). `DIR/runs.jsonl` gets one JSON object per finished run: `id`,
+`experiment`, `options`, `status` (`"finished"` or `"failed"`), `exit_code`,
+`result`, `checks_passed`, the experiment's headline scalars, `path`, and `error`
+for a failed one. Running the same sweep again skips the runs already there with the
+same options (a failed one is retried with `--retry-failed`). `DIR/sweep.png` plots
+the first headline scalar against each grid axis.
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import pathlib
+import re
+import sys
+import time
+import tomllib
+import traceback
+from typing import Any
+
+from ._errors import InputError
+
+
+RUNS_FILE = "runs.jsonl"
+_TOP_LEVEL = ("experiment", "fixed", "grid", "runs")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `manifoldflow sweep`."""
+    parser.add_argument(
+        "file", type=pathlib.Path, metavar="FILE.toml", help="the sweep"
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path("manifoldflow-sweep"),
+        help="folder for runs/<id>/, runs.jsonl and sweep.png",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="the address of a running Dask scheduler (omitted: a LocalCluster of "
+        "--workers processes, if dask and distributed are installed)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of the local cluster (omitted: one per core)",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run again the runs that failed in an earlier sweep into --out",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="keep no compiled programs across processes (JAX's compilation cache)",
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Reading the file.
+
+
+def _line_of(text: str, section: str | None, key: str) -> int | None:
+    """The line (1-based) where `key` is set in `section` (`None`: top level)."""
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"^\[\[?\s*([\w.-]+)\s*\]\]?", stripped)
+        if header:
+            current = header.group(1)
+            if section is None and current == key:
+                return number
+            continue
+        if current == section and re.match(
+            rf"^[\"']?{re.escape(key)}[\"']?\s*=", stripped
+        ):
+            return number
+    return None
+
+
+def _where(path, text, section, key) -> str:
+    line = _line_of(text, section, key)
+    return f"{path}" + (f", line {line}" if line else "")
+
+
+def plan(path: pathlib.Path) -> tuple[str, list[dict]]:
+    """`(experiment, runs)`: each run a dict of option destinations to values, all
+    checked against the experiment's options; `InputError` otherwise."""
+    from .cli import _OUTPUT_OPTIONS, _parser
+    from .experiments import EXPERIMENTS
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file.")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(f"{path} is not valid TOML: {error}.") from None
+    for key in data:
+        if key not in _TOP_LEVEL:
+            raise InputError(
+                f"{_where(path, text, None, key)}: unknown key {key!r}; a sweep has "
+                'experiment = "...", [fixed], [grid] and [[runs]].'
+            )
+    name = data.get("experiment")
+    if name not in EXPERIMENTS or name == "bench":
+        choices = ", ".join(n for n in EXPERIMENTS if n != "bench")
+        raise InputError(
+            f"{_where(path, text, None, 'experiment')}: experiment = {name!r} is not "
+            f"one of {choices}."
+        )
+    _, subparsers = _parser(EXPERIMENTS)
+    actions = {
+        a.dest: a
+        for a in subparsers[name]._actions
+        if a.option_strings and a.dest not in _OUTPUT_OPTIONS + ("help",)
+    }
+
+    def option(section, key, value, label):
+        dest = key.replace("-", "_")
+        if dest not in actions:
+            known = ", ".join(sorted(a.replace("_", "-") for a in actions))
+            raise InputError(
+                f"{_where(path, text, section, key)}: unknown option {key!r} of {name} "
+                f"(its options: {known})."
+            )
+        return dest, _converted(
+            actions[dest], value, f"{_where(path, text, section, key)}: {label}"
+        )
+
+    for section in ("fixed", "grid"):
+        if not isinstance(data.get(section, {}), dict):
+            raise InputError(f"{path}: [{section}] must be a table of options.")
+    fixed = dict(
+        option("fixed", k, v, f"{k} = {v!r}") for k, v in data.get("fixed", {}).items()
+    )
+    axes = {}
+    for key, values in data.get("grid", {}).items():
+        if not isinstance(values, list):
+            raise InputError(
+                f"{_where(path, text, 'grid', key)}: grid {key} = {values!r} must be a "
+                f"list, e.g. {key} = [{values!r}]."
+            )
+        if not values:
+            raise InputError(
+                f"{_where(path, text, 'grid', key)}: grid {key} is empty: give at least "
+                "one value (or remove it)."
+            )
+        converted = [
+            option("grid", key, v, f"grid {key} value {v!r}")[1] for v in values
+        ]
+        axes[key.replace("-", "_")] = converted
+    explicit = data.get("runs", [])
+    if not isinstance(explicit, list) or not all(isinstance(r, dict) for r in explicit):
+        raise InputError(f"{path}: runs must be [[runs]] tables of options.")
+    runs = []
+    if axes or not explicit:
+        for combination in itertools.product(*axes.values()):
+            runs.append({**fixed, **dict(zip(axes, combination))})
+    for run in explicit:
+        runs.append(
+            {
+                **fixed,
+                **dict(option("runs", k, v, f"{k} = {v!r}") for k, v in run.items()),
+            }
+        )
+    defaults = {dest: action.default for dest, action in actions.items()}
+    full = []
+    for run in runs:
+        options = {**defaults, **run}
+        full.append(
+            {
+                k: str(v) if isinstance(v, pathlib.Path) else v
+                for k, v in options.items()
+            }
+        )
+    return name, full
+
+
+def _converted(action: argparse.Action, value: Any, where: str) -> Any:
+    """`value` as the option's own type would read it; `InputError` otherwise."""
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise InputError(f"{where} must be true or false.")
+        return value
+    if isinstance(value, (dict, list)):
+        raise InputError(f"{where}: one value expected, got a {type(value).__name__}.")
+    kind = action.type or str
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InputError(f"{where} is not an integer.")
+    if kind is float and (
+        isinstance(value, bool) or not isinstance(value, (int, float))
+    ):
+        raise InputError(f"{where} is not a number.")
+    try:
+        converted = kind(value) if kind is not str else str(value)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{where}: {error}.") from None
+    if action.choices is not None and converted not in action.choices:
+        raise InputError(
+            f"{where} is not one of {', '.join(map(str, action.choices))}."
+        )
+    return converted
+
+
+def run_id(experiment: str, options: dict) -> str:
+    """A run's identity: a hash of its experiment and options."""
+    canonical = json.dumps([experiment, options], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------
+# Running groups of runs (in a worker process or here).
+
+
+def run_group(
+    experiment_name: str, runs: list[tuple[str, dict]], out: str, cache: bool
+) -> list[dict]:
+    """Run `runs` (`(id, options)`) of one experiment into `out/runs/<id>/`, those
+    that build problems of one shape as one batched solve; their records."""
+    from ._jax_config import configure_jax
+
+    configure_jax(cache=cache)
+    from . import cli
+    from .experiments import EXPERIMENTS
+
+    experiment = EXPERIMENTS[experiment_name]
+    _, subparsers = cli._parser(EXPERIMENTS)
+    subparser = subparsers[experiment_name]
+    records, prepared = [], []
+    for identity, options in runs:
+        folder = pathlib.Path(out) / "runs" / identity
+        start = time.perf_counter()
+        try:
+            argv = cli.argv_of(subparser, options) + ["--out", str(folder)]
+            args = subparser.parse_args(argv + ["--no-progress"])
+            # A new attempt: whatever an earlier one left is replaced.
+            (folder / cli.CHECKPOINT).unlink(missing_ok=True)
+            problem = cli.prepare(subparser, experiment, args)
+            prepared.append((identity, options, folder, args, problem, start))
+        except Exception as error:  # this run fails; the others go on
+            records.append(_failed(experiment_name, identity, options, folder, error))
+    results = None
+    if len(prepared) > 1:
+        start = time.perf_counter()
+        try:
+            results = experiment.run_batch([p[4] for p in prepared])
+        except Exception:
+            results = None  # one at a time below: each failure is then its own
+        share = (time.perf_counter() - start) / len(prepared)
+    for k, (identity, options, folder, args, problem, start) in enumerate(prepared):
+        try:
+            if results is None:
+                begun = time.perf_counter()
+                result = experiment.run(problem, progress=False)
+                seconds = time.perf_counter() - begun
+            else:
+                result, seconds = results[k], share
+            code, summary = cli.finish(experiment, args, problem, result, quiet=True)
+        except Exception as error:
+            records.append(_failed(experiment_name, identity, options, folder, error))
+            continue
+        record = dict(
+            id=identity,
+            experiment=experiment_name,
+            options=options,
+            status="finished",
+            exit_code=code,
+            result=summary.get("result"),
+            checks_passed=bool(summary.get("checks_passed")),
+            batched=results is not None,
+            solve_seconds=seconds,
+        )
+        for key in experiment.headline_keys:
+            if key in summary and key not in record:
+                record[key] = summary[key]
+        record["path"] = str(folder)
+        records.append(_json_ready(record))
+    return records
+
+
+def _failed(experiment, identity, options, folder, error) -> dict:
+    if isinstance(error, SystemExit):
+        message = "bad options (see the run's command line)"
+    elif isinstance(error, InputError):
+        message = str(error)
+    else:
+        message = "".join(traceback.format_exception_only(error)).strip()
+    return _json_ready(
+        dict(
+            id=identity,
+            experiment=experiment,
+            options=options,
+            status="failed",
+            exit_code=2 if isinstance(error, InputError) else 1,
+            result=None,
+            checks_passed=False,
+            error=message,
+            path=str(folder),
+        )
+    )
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------
+# The command.
+
+
+def _groups(experiment, runs: list[tuple[str, dict]], size: int) -> list[list]:
+    """Runs that differ only in the experiment's `batch_options`, in groups of at
+    most `size`."""
+    by_key: dict[str, list] = {}
+    for identity, options in runs:
+        key = json.dumps(
+            {k: v for k, v in options.items() if k not in experiment.batch_options},
+            sort_keys=True,
+            default=str,
+        )
+        by_key.setdefault(key, []).append((identity, options))
+    groups = []
+    for members in by_key.values():
+        for start in range(0, len(members), size):
+            groups.append(members[start : start + size])
+    return groups
+
+
+def _client(args):
+    """A Dask client, or `None` (with the reason) when dask is not installed."""
+    try:
+        import dask  # noqa: F401
+        from distributed import Client, LocalCluster
+    except ImportError:
+        if args.scheduler is not None:
+            raise InputError(
+                "--scheduler needs dask and distributed: pip install "
+                '"manifoldflow[sweep]".'
+            ) from None
+        return None, (
+            "this process, one group at a time (dask and distributed are not "
+            'installed: pip install "manifoldflow[sweep]" for one worker process '
+            "per core)"
+        )
+    if args.scheduler is not None:
+        try:
+            return Client(
+                args.scheduler, timeout="5s"
+            ), f"Dask scheduler {args.scheduler}"
+        except (OSError, TimeoutError, ValueError) as error:
+            raise InputError(
+                f"--scheduler {args.scheduler}: cannot reach a Dask scheduler there "
+                f"within 5 s ({type(error).__name__}: {error}). Start one (dask "
+                "scheduler) or omit --scheduler for a local cluster."
+            ) from None
+    workers = args.workers or os.cpu_count() or 1
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=40,
+    )
+    return Client(cluster), f"a local Dask cluster of {workers} worker processes"
+
+
+def _previous(path: pathlib.Path) -> dict[str, dict]:
+    records = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill: that run is run again
+                records[record["id"]] = record
+    return records
+
+
+def command(args: argparse.Namespace) -> int:
+    """`manifoldflow sweep`: its exit code (0: every run finished and passed its
+    checks, 1: some did not, 2: bad input)."""
+    from .cli import _print, _writable_folder
+
+    try:
+        if args.workers is not None and args.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {args.workers}.")
+        experiment_name, options = plan(args.file)
+        created = not args.out.exists()
+        _writable_folder(args.out)
+    except InputError as error:
+        _print(f"manifoldflow sweep: error: {error}", sys.stderr)
+        return 2
+    from .experiments import EXPERIMENTS
+
+    experiment = EXPERIMENTS[experiment_name]
+    runs_file = args.out / RUNS_FILE
+    previous = _previous(runs_file)
+    planned = {run_id(experiment_name, o): o for o in options}
+    todo, skipped = [], 0
+    for identity, opts in planned.items():
+        old = previous.get(identity)
+        if old is not None and (old["status"] == "finished" or not args.retry_failed):
+            skipped += 1
+            continue
+        todo.append((identity, opts))
+    failed_before = sum(
+        1 for i in planned if previous.get(i, {}).get("status") == "failed"
+    )
+    client, how = None, "this process"
+    if todo:
+        try:
+            client, how = _client(args)
+        except InputError as error:
+            if created and not any(args.out.iterdir()):
+                args.out.rmdir()
+            _print(f"manifoldflow sweep: error: {error}", sys.stderr)
+            return 2
+    lines = [f"sweep: {len(planned)} runs of {experiment_name}"]
+    if skipped:
+        lines.append(
+            f"  {skipped} already in {runs_file} with the same options: skipped"
+            + (
+                f" ({failed_before} of them failed: --retry-failed runs them again)"
+                if failed_before and not args.retry_failed
+                else ""
+            )
+        )
+    workers = 1 if client is None else max(1, len(client.scheduler_info()["workers"]))
+    groups = _groups(
+        experiment, todo, max(1, math.ceil(len(todo) / workers)) if todo else 1
+    )
+    lines.append(f"  {len(todo)} to run in {len(groups)} groups on {how}")
+    _print("\n".join(lines), sys.stderr)
+    start = time.perf_counter()
+    done = failed = 0
+    cache = not args.no_cache
+
+    def report(running: int) -> None:
+        _print(
+            f"  [{time.perf_counter() - start:7.1f} s] {done} of {len(todo)} done, "
+            f"{running} running, {failed} failed",
+            sys.stderr,
+        )
+
+    with open(runs_file, "a") as records_file:
+
+        def take(records):
+            nonlocal done, failed
+            for record in records:
+                records_file.write(json.dumps(record) + "\n")
+                done += 1
+                failed += record["status"] == "failed"
+            records_file.flush()
+
+        try:
+            if client is None:
+                for group in groups:
+                    report(len(group))
+                    take(run_group(experiment_name, group, str(args.out), cache))
+            else:
+                from distributed import as_completed
+
+                futures = {
+                    client.submit(
+                        run_group,
+                        experiment_name,
+                        g,
+                        str(args.out.resolve()),
+                        cache,
+                        pure=False,
+                    ): len(g)
+                    for g in groups
+                }
+                running = len(todo)
+                report(running)
+                for future in as_completed(futures):
+                    running -= futures[future]
+                    try:
+                        take(future.result())
+                    except Exception as error:  # a worker died: its runs failed
+                        group = groups[list(futures).index(future)]
+                        take(
+                            [
+                                _failed(
+                                    experiment_name, i, o, args.out / "runs" / i, error
+                                )
+                                for i, o in group
+                            ]
+                        )
+                    report(running)
+        except KeyboardInterrupt:
+            _print("sweep interrupted: the finished runs are in runs.jsonl", sys.stderr)
+            return 130
+        finally:
+            if client is not None:
+                client.close()
+    records = list(_previous(runs_file).values())
+    records = [r for r in records if r["id"] in planned]
+    figure = _plot(args.out, experiment, records, planned)
+    passed = sum(1 for r in records if r.get("checks_passed"))
+    _print(
+        f"sweep: {len(records)} of {len(planned)} runs recorded, {passed} passed every "
+        f"check, {sum(r['status'] == 'failed' for r in records)} failed "
+        f"({time.perf_counter() - start:.1f} s); wrote\n  {runs_file}"
+        + (f"\n  {figure}" if figure else ""),
+        sys.stderr,
+    )
+    return 0 if passed == len(planned) else 1
+
+
+def _plot(out: pathlib.Path, experiment, records, planned) -> pathlib.Path | None:
+    """`sweep.png`: the first headline scalar against each option that varies."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    finished = [r for r in records if r["status"] == "finished"]
+    scalars = [
+        k
+        for k in experiment.headline_keys
+        if finished and all(isinstance(r.get(k), (int, float)) for r in finished)
+    ]
+    varying = [
+        k
+        for k in next(iter(planned.values()))
+        if len({json.dumps(o[k], default=str) for o in planned.values()}) > 1
+    ]
+    if not scalars or not varying:
+        return None
+    scalar = scalars[0]
+    figure = Figure(figsize=(4.5 * len(varying), 3.6))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(varying), squeeze=False)[0]
+    for ax, key in zip(axes, varying):
+        values = [r["options"][key] for r in finished]
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        x = values if numeric else [str(v) for v in values]
+        y = [r[scalar] for r in finished]
+        ax.plot(x, y, "o", alpha=0.4, label="runs")
+        if numeric:
+            levels = sorted(set(values))
+            medians = [
+                float(np.median([b for a, b in zip(values, y) if a == v]))
+                for v in levels
+            ]
+            ax.plot(levels, medians, "-", color="C1", label="median")
+            ax.legend(fontsize=8)
+        ax.set(
+            xlabel=key.replace("_", "-"), ylabel=scalar, title=f"{scalar} against {key}"
+        )
+        if numeric and min(values) > 0 and max(values) / min(values) >= 8:
+            ax.set_xscale("log", base=2)
+    figure.tight_layout()
+    path = out / "sweep.png"
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def load(out: str | os.PathLike, as_frame: bool | None = None):
+    """The records of the sweep in `out` (`runs.jsonl`; the last record of each run).
+
+    `as_frame`: `True` a pandas DataFrame (options as columns `option.<name>`),
+    `False` a list of dicts; `None` (default) a DataFrame when pandas is installed,
+    else the list.
+    """
+    path = pathlib.Path(out) / RUNS_FILE
+    if not path.is_file():
+        raise InputError(f"{out}: no {RUNS_FILE} there (not the --out of a sweep).")
+    records = list(_previous(path).values())
+    if as_frame is False:
+        return records
+    try:
+        import pandas
+    except ImportError:
+        if as_frame:
+            raise InputError(
+                "as_frame=True needs pandas: pip install pandas."
+            ) from None
+        return records
+    rows = [
+        {
+            **{k: v for k, v in r.items() if k != "options"},
+            **{f"option.{k}": v for k, v in r["options"].items()},
+        }
+        for r in records
+    ]
+    return pandas.DataFrame(rows)
