@@ -82,7 +82,9 @@ def child(args):
 
 
 def fresh(args, kind, devices=1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
+    )
     done = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--batch", str(args.batch)]
         + ["--memory-steps", str(args.memory_steps)],
@@ -172,16 +174,32 @@ def main():
     figure = Figure(figsize=(10, 3.8))
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
-    names = ["solve_flows\n(batch)", "flow_solve jit\n(one by one)", "solve_flow\n(one by one)"]
-    values = [row["per_flow_batched_ms"], row["per_flow_jit_ms"], row["per_flow_solve_flow_ms"]]
+    names = [
+        "solve_flows\n(batch)",
+        "flow_solve jit\n(one by one)",
+        "solve_flow\n(one by one)",
+    ]
+    values = [
+        row["per_flow_batched_ms"],
+        row["per_flow_jit_ms"],
+        row["per_flow_solve_flow_ms"],
+    ]
     left.bar(names, values, color=["C0", "C1", "C2"])
-    left.set(ylabel="ms per flow", title=f"{args.batch} two-layer flows (m=8, d=16, n=8)")
+    left.set(
+        ylabel="ms per flow", title=f"{args.batch} two-layer flows (m=8, d=16, n=8)"
+    )
     k = [s["devices"] for s in scaling]
-    right.plot(k, [scaling[0]["run_s"] / s["run_s"] for s in scaling], "o-", label="measured")
+    right.plot(
+        k, [scaling[0]["run_s"] / s["run_s"] for s in scaling], "o-", label="measured"
+    )
     right.plot(k, k, "--", color="grey", label="ideal")
     right.axhline(2, color="C3", ls=":", label="2 real cores")
-    right.set(xlabel="forced CPU devices", ylabel="speed-up over 1 device", xticks=k,
-              title="one batch over K devices")
+    right.set(
+        xlabel="forced CPU devices",
+        ylabel="speed-up over 1 device",
+        xticks=k,
+        title="one batch over K devices",
+    )
     right.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(RESULTS / "many_flows.png", dpi=100)

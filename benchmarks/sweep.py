@@ -104,12 +104,19 @@ def main():
     figure = Figure(figsize=(6, 3.8))
     FigureCanvasAgg(figure)
     ax = figure.subplots()
-    names = ["sweep\n1 worker", "sweep\n2 workers", f"shell loop\n({args.loop} timed, x{runs // args.loop})"]
+    names = [
+        "sweep\n1 worker",
+        "sweep\n2 workers",
+        f"shell loop\n({args.loop} timed, x{runs // args.loop})",
+    ]
     values = [sweeps[1], sweeps[2], per_command * runs]
     ax.bar(names, values, color=["C0", "C0", "C2"])
     for x, v in enumerate(values):
         ax.text(x, v, f"{v:.0f} s", ha="center", va="bottom")
-    ax.set(ylabel="wall seconds", title=f"{runs} two-layer runs (m in {list(WIDTHS)}, d=16, n=8)")
+    ax.set(
+        ylabel="wall seconds",
+        title=f"{runs} two-layer runs (m in {list(WIDTHS)}, d=16, n=8)",
+    )
     figure.tight_layout()
     figure.savefig(RESULTS / "sweep.png", dpi=100)
     shutil.rmtree(work, ignore_errors=True)

@@ -14,6 +14,7 @@ from . import (
     sweeps as sweeps,
     theory as theory,
 )
+from ._batch import solve_flows as solve_flows
 from ._errors import InputError as InputError
 from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
 from ._landscape import (
@@ -65,7 +66,6 @@ from ._retraction import (
     NewtonRetraction as NewtonRetraction,
     RetractionSolution as RetractionSolution,
 )
-from ._batch import solve_flows as solve_flows
 from ._solution import FlowSolution as FlowSolution, FlowSolutions as FlowSolutions
 from ._solve import flow_solve as flow_solve, solve_flow as solve_flow
 from ._solver import (

@@ -1,14 +1,15 @@
 r"""`solve_flows`: many flows at once, as one program laid out over every device.
 
 The members of a batch share one compiled loop: `jax.vmap` of the loop of
-`flow_solve` (each member takes its own adaptive steps and ends on its own condition),
-its batch axis laid out over the devices with `jax.sharding` (a `Mesh` of the devices,
-`NamedSharding`), so that XLA gives each device its own slice of the members. (Not
-`jax.shard_map`: inside it arrays carry their sharding in their type, and lineax's
-linear solves refuse a right-hand side whose type differs from the operator's.) Like `solve_flow`, it runs in
-jitted windows: after each, the host takes the members' new step records and kept
-states and empties the device buffers, so that device memory holds one window
-whatever the number of steps; Ctrl-C between windows returns what was computed.
+`flow_solve` (each member takes its own adaptive steps and ends on its own
+condition), its batch axis laid out over the devices with `jax.sharding` (a `Mesh` of
+the devices, `NamedSharding`), so that XLA gives each device its own slice of the
+members. (Not `jax.shard_map`: inside it arrays carry their sharding in their type,
+and lineax's linear solves refuse a right-hand side whose type differs from the
+operator's.) Like `solve_flow`, it runs in jitted windows: after each, the host takes
+the members' new step records and kept states, so that device memory holds one
+window whatever the number of steps; Ctrl-C between windows returns what was
+computed.
 """
 
 import math
@@ -122,7 +123,7 @@ def solve_flows(
     manifolds, stacked = _manifolds(manifold)
     first = manifolds[0] if manifolds else manifold
     size = _batch_size(manifolds, theta0, constant)
-    starts, _, _ = _starts(manifolds, first, stacked, theta0, size)
+    starts = _starts(manifolds, first, stacked, theta0, size)
     _, targets, t1 = _validated(
         first,
         starts[0],
@@ -220,8 +221,8 @@ def solve_flows(
             warnings.warn(
                 f"solve_flows: {sum(failed.values())} of {size} members failed "
                 f"({', '.join(f'{k}: {v}' for k, v in failed.items())}); the others "
-                "are returned with them: see solutions.results, and solutions[i].message "
-                "for each.",
+                "are returned with them: see solutions.results, and "
+                "solutions[i].message for each.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -388,9 +389,9 @@ def _manifolds(manifold):
         if mine != shapes:
             diff = next(k for k, (u, v) in enumerate(zip(mine, shapes)) if u != v)
             raise InputError(
-                f"manifold[{i}] has an array of shape {mine[diff][0]} where manifold[0] "
-                f"has {shapes[diff][0]}: only data and models of one shape batch "
-                "together.",
+                f"manifold[{i}] has an array of shape {mine[diff][0]} where "
+                f"manifold[0] has {shapes[diff][0]}: only data and models of one "
+                "shape batch together.",
                 parameter="manifold",
             )
         parts.append(a)
@@ -408,8 +409,8 @@ def _batch_size(manifolds, theta0, constant) -> int:
                 sizes["theta0"] = theta0.shape[0]
             elif theta0.ndim != 1:
                 raise InputError(
-                    f"theta0 has shape {theta0.shape}: give (batch, D) starts, one (D,) "
-                    "start for every member, or a sequence of starts.",
+                    f"theta0 has shape {theta0.shape}: give (batch, D) starts, one "
+                    "(D,) start for every member, or a sequence of starts.",
                     parameter="theta0",
                 )
         elif isinstance(theta0, Sequence):
@@ -451,8 +452,8 @@ def _starts(manifolds, first, stacked, theta0, size):
     if theta0 is None:
         if stacked is None:
             point = first.initial_point()
-            return jnp.broadcast_to(point, (size,) + point.shape), None, None
-        return jnp.stack([m.initial_point() for m in manifolds]), None, None
+            return jnp.broadcast_to(point, (size,) + point.shape)
+        return jnp.stack([m.initial_point() for m in manifolds])
     if isinstance(theta0, (np.ndarray, jax.Array)):
         starts = jnp.asarray(theta0)
     else:
@@ -471,7 +472,7 @@ def _starts(manifolds, first, stacked, theta0, size):
             f"{first.dimension}).",
             parameter="theta0",
         )
-    return starts, None, None
+    return starts
 
 
 def _constants(constant, size, dtype) -> jax.Array:

@@ -181,9 +181,10 @@ class Integrator(eqx.Module):
     controller, the stop conditions, the noise-floor policy, the initial retraction,
     the progress meter, `max_steps` and `records` (rows of the step records: by
     default `max_steps + 1`, every point of a solve; a host loop that empties them
-    after each window of `w` attempts needs `w + 1`). Its methods are pure: `init` retracts the
-    initial point and builds the [`FlowState`][manifoldflow._loop.FlowState], `run`
-    steps it, `solve` does both and returns a [`manifoldflow.FlowSolution`][]."""
+    after each window of `w` attempts needs `w + 1`). Its methods are pure: `init`
+    retracts the initial point and builds the
+    [`FlowState`][manifoldflow._loop.FlowState], `run` steps it, `solve` does both
+    and returns a [`manifoldflow.FlowSolution`][]."""
 
     flow: SharpnessFlow
     solver: ProjectedSolver

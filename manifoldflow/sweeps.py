@@ -6,7 +6,7 @@ The file:
 ```toml
 experiment = "two-layer"
 
-[fixed]          # options as on the command line (either spelling: init-scale, init_scale)
+[fixed]          # options as on the command line (init-scale or init_scale)
 n = 8
 d = 16
 
@@ -20,10 +20,10 @@ seed = 0
 ```
 
 Runs that differ only in their seed (the experiment's `batch_options`) have problems
-of one shape: they go together through the batched solve ([`manifoldflow.solve_flows`][])
-in one process. Groups of runs are spread over the workers of a Dask distributed
-cluster (a `LocalCluster` of one worker process per core, or `--scheduler
-tcp://HOST:PORT`); without `dask` and `distributed` installed (`pip install
+of one shape: they go together through the batched solve
+([`manifoldflow.solve_flows`][]) in one process. Groups of runs are spread over the
+workers of a Dask distributed cluster (a `LocalCluster` of one worker process per
+core, or `--scheduler tcp://HOST:PORT`); without `dask` and `distributed` installed (`pip install
 "manifoldflow[sweep]"`), the groups run one after another in this process.
 
 Each run writes its usual folder `DIR/runs/<id>/` (`<id>`: a hash of the experiment
@@ -179,8 +179,8 @@ def plan(path: pathlib.Path) -> tuple[str, list[dict]]:
             )
         if not values:
             raise InputError(
-                f"{_where(path, text, 'grid', key)}: grid {key} is empty: give at least "
-                "one value (or remove it)."
+                f"{_where(path, text, 'grid', key)}: grid {key} is empty: give at "
+                "least one value (or remove it)."
             )
         converted = [
             option("grid", key, v, f"grid {key} value {v!r}")[1] for v in values

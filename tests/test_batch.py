@@ -133,7 +133,9 @@ _FORCED = textwrap.dedent(
     *_, manifold = two_layer_problem(m=4, n=3, d=6)
     starts = _starts(manifold, 6)
     everywhere = mf.solve_flows(manifold, starts, stationarity=1e-11)
-    one = mf.solve_flows(manifold, starts, stationarity=1e-11, devices=jax.devices()[:1])
+    one = mf.solve_flows(
+        manifold, starts, stationarity=1e-11, devices=jax.devices()[:1]
+    )
     print(json.dumps(dict(
         devices=len(jax.devices()),
         used=everywhere.devices,
