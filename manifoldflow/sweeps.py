@@ -23,8 +23,9 @@ Runs that differ only in their seed (the experiment's `batch_options`) have prob
 of one shape: they go together through the batched solve
 ([`manifoldflow.solve_flows`][]) in one process. Groups of runs are spread over the
 workers of a Dask distributed cluster (a `LocalCluster` of one worker process per
-core, or `--scheduler tcp://HOST:PORT`); without `dask` and `distributed` installed (`pip install
-"manifoldflow[sweep]"`), the groups run one after another in this process.
+core, or `--scheduler tcp://HOST:PORT`); without `dask` and `distributed` installed
+(`pip install "manifoldflow[sweep]"`), the groups run one after another in this
+process.
 
 Each run writes its usual folder `DIR/runs/<id>/` (`<id>`: a hash of the experiment
 and its options). `DIR/runs.jsonl` gets one JSON object per finished run: `id`,
