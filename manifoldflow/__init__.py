@@ -7,6 +7,11 @@ import time as _time
 _IMPORT_STARTED = _time.perf_counter()
 __version__ = "0.1.0"
 
+from . import _xla_flags
+
+
+_xla_flags.apply()  # before JAX's CPU backend starts: see _xla_flags.py
+
 from . import (
     baselines as baselines,
     models as models,

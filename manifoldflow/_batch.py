@@ -192,14 +192,14 @@ def solve_flows(
     retracted, states = _init(integrator, batched, starts, replicated, mesh)
     books = [_Book(keep_states, max_states) for _ in range(size)]
     if keep_states:
-        y0 = np.asarray(states.y)
+        y0 = _host(states.y)
         for i, book in enumerate(books):
             book.kept = _KeptStates(y0[i], 1, max_states - 1)
     states = _windows(
         integrator, batched, states, window, keep_states, books, mesh, progress
     )
     seconds = time.perf_counter() - start
-    states, retracted = jax.tree.map(np.asarray, (states, retracted))
+    states, retracted = _host((states, retracted))
     members = tuple(
         eqx.tree_at(
             lambda s: (s.wall_seconds, s.manifold),
@@ -241,18 +241,17 @@ class _Book:
 
 def _take(books, states: FlowState, rows, ys, counts) -> None:
     """Move the members' new step records (and accepted states) to their books."""
-    fields = [
-        np.asarray(x)
-        for x in (
+    fields = _host(
+        [
             states.step_ts,
             states.sharpness,
             states.gradient_norm,
             states.constraint_violation,
-        )
-    ]
-    rows = np.asarray(rows)
+        ]
+    )
+    rows = _host(rows)
     if ys is not None:
-        ys, counts = np.asarray(ys), np.asarray(counts)
+        ys, counts = _host((ys, counts))
     for i, book in enumerate(books):
         k = int(rows[i])
         if k > 0:
@@ -302,8 +301,22 @@ def _windows(integrator, batched, states, window, keep_states, books, mesh, prog
     return states
 
 
+def _host(tree):
+    """NumPy copies of the arrays of `tree`: of every member, also of those on other
+    processes' devices (under `jax.distributed`: gathered to every process)."""
+
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(copy, tree)
+
+
 def _running(states: FlowState, size: int) -> np.ndarray:
-    values = np.asarray(states.result._value)[:size]
+    values = _host(states.result._value)[:size]
     return values == int(RESULTS.successful._value)
 
 

@@ -540,7 +540,10 @@ def command(args: argparse.Namespace) -> int:
             return 130
         finally:
             if client is not None:
+                cluster = client.cluster  # a local one: its workers end with it
                 client.close()
+                if cluster is not None:
+                    cluster.close()
     records = list(_previous(runs_file).values())
     records = [r for r in records if r["id"] in planned]
     figure = _plot(args.out, experiment, records, planned)
