@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,67 @@ def test_the_batch_is_split_over_forced_host_devices():
     assert report["results"] == ["stationary"] * 6
     *_, manifold = two_layer_problem(m=4, n=3, d=6)
     assert report["difference"] <= _end_point_bound(manifold)
+
+
+_DISTRIBUTED = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    process, port = int(sys.argv[1]), sys.argv[2]
+    jax.distributed.initialize(
+        f"127.0.0.1:{port}", num_processes=2, process_id=process,
+        initialization_timeout=120,
+    )
+    import manifoldflow as mf
+    from tests.helpers import two_layer_problem
+    from tests.test_batch import _starts
+    *_, manifold = two_layer_problem(m=4, n=3, d=6)
+    solutions = mf.solve_flows(manifold, _starts(manifold, 6), stationarity=1e-11)
+    print(json.dumps(dict(
+        process=jax.process_index(),
+        devices=len(jax.devices()),
+        local=len(jax.local_devices()),
+        used=solutions.devices,
+        results=solutions.results,
+        theta=solutions.theta_final.tolist(),
+    )))
+    jax.distributed.shutdown()
+    """
+)
+
+
+def test_two_processes_under_jax_distributed():
+    """JAX's own multi-process runtime on CPU (two local processes, one device each,
+    collectives over gloo): the batch is laid out over both processes' devices, and
+    each process gets every member's solution, as one process would."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DISTRIBUTED, str(i), port],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for p, (out, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    *_, manifold = two_layer_problem(m=4, n=3, d=6)
+    alone = mf.solve_flows(manifold, _starts(manifold, 6), stationarity=EPS)
+    for i, report in enumerate(reports):
+        assert report["process"] == i and report["local"] == 1
+        assert report["devices"] == report["used"] == 2
+        assert report["results"] == ["stationary"] * 6
+        assert np.max(np.abs(np.asarray(report["theta"]) - alone.theta_final)) <= (
+            _end_point_bound(manifold)
+        )
