@@ -11,7 +11,7 @@ of each compiles):
   median time per command is multiplied by the number of runs (the whole loop takes
   about half an hour on this machine).
 
-    python benchmarks/sweep.py [--seeds 64] [--loop 16]
+    python benchmarks/sweep.py [--seeds 64] [--loop 8]
 
 Writes benchmarks/results/sweep.json and .png.
 """
@@ -45,7 +45,7 @@ def timed(argv, cache):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=64)
-    parser.add_argument("--loop", type=int, default=16)
+    parser.add_argument("--loop", type=int, default=8)
     args = parser.parse_args()
     runs = len(WIDTHS) * args.seeds
     work = tempfile.mkdtemp(prefix="manifoldflow-sweep-bench-")

@@ -591,9 +591,6 @@ def _init(integrator, batched, starts, shared, mesh):
 @eqx.filter_jit
 def _window(integrator, batched, states, attempts, window: int, mesh):
     def run(integ, state, attempts):
-        new, ys, count = integ.run(state, attempts, window=window)
-        rows = new.num_accepted + 1 - new.record_start
-        new = eqx.tree_at(lambda s: s.record_start, new, new.num_accepted + 1)
-        return new, rows, ys, count
+        return integ.run_window(state, attempts, window)
 
     return _sharded(run, integrator, batched, states, attempts, mesh)

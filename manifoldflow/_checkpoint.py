@@ -58,31 +58,27 @@ def fingerprint(manifold, theta0, options: dict) -> dict[str, str]:
 
 class Checkpoint(eqx.Module):
     """Where a windowed solve stands: `state` (the loop state, without the progress
-    meter's), `attempts` (the next window's size), and the kept states (`index`,
-    `states`, `stride`, `seen` of `_KeptStates`; `None` with output times)."""
+    meter's), `attempts` (the next window's size), and `host`: the NumPy arrays the
+    host keeps (the step records taken off the device, the kept states)."""
 
     state: Any
     attempts: int
-    kept: dict | None
+    host: dict[str, np.ndarray]
 
 
 def write(path: pathlib.Path, marks: dict[str, str], checkpoint: Checkpoint) -> None:
     """Write `checkpoint` to `path` atomically."""
     state = io.BytesIO()
     eqx.tree_serialise_leaves(state, _without_meter(checkpoint.state))
-    kept = io.BytesIO()
-    if checkpoint.kept is not None:
-        np.savez(kept, index=checkpoint.kept["index"], states=checkpoint.kept["states"])
-    payload = state.getvalue() + kept.getvalue()
+    host = io.BytesIO()
+    np.savez(host, **checkpoint.host)
+    payload = state.getvalue() + host.getvalue()
     header = dict(
         fingerprint=marks,
         attempts=checkpoint.attempts,
         steps=int(checkpoint.state.num_accepted),
         state_bytes=len(state.getvalue()),
-        kept_bytes=len(kept.getvalue()),
-        kept=None
-        if checkpoint.kept is None
-        else dict(stride=checkpoint.kept["stride"], seen=checkpoint.kept["seen"]),
+        host_bytes=len(host.getvalue()),
         sha256=hashlib.sha256(payload).hexdigest(),
     )
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -104,7 +100,7 @@ def read(path: pathlib.Path, marks: dict[str, str], like_state) -> Checkpoint:
         line_end = data.index(b"\n", len(_MAGIC))
         header = json.loads(data[len(_MAGIC) : line_end])
         payload = data[line_end + 1 :]
-        size = header["state_bytes"] + header["kept_bytes"]
+        size = header["state_bytes"] + header["host_bytes"]
         if len(payload) != size:
             raise ValueError(f"{len(payload)} of its {size} bytes of data are there")
         if hashlib.sha256(payload).hexdigest() != header["sha256"]:
@@ -139,13 +135,9 @@ def read(path: pathlib.Path, marks: dict[str, str], like_state) -> Checkpoint:
         like_state.meter_state,
         is_leaf=lambda x: x is None,
     )
-    kept = None
-    if header["kept"] is not None:
-        with np.load(io.BytesIO(payload[header["state_bytes"] :])) as arrays:
-            kept = dict(
-                index=arrays["index"], states=arrays["states"], **header["kept"]
-            )
-    return Checkpoint(state, int(header["attempts"]), kept)
+    with np.load(io.BytesIO(payload[header["state_bytes"] :])) as arrays:
+        host = {name: arrays[name] for name in arrays.files}
+    return Checkpoint(state, int(header["attempts"]), host)
 
 
 def _without_meter(state):

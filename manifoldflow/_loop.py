@@ -597,6 +597,18 @@ class Integrator(eqx.Module):
         result = RESULTS.where(exhausted, RESULTS.max_steps_reached, state.result)
         return eqx.tree_at(lambda s: s.result, state, result), ys, count
 
+    def run_window(
+        self, state: FlowState, max_attempts, window: int
+    ) -> tuple[FlowState, Int[Array, ""], Float[Array, "W D"], Int[Array, ""]]:
+        """`run` for a host loop that empties the step records after each window:
+        `(state, rows, states, count)`, where the first `rows` rows of the returned
+        state's step records are the points accepted in this window (the initial
+        point too, in the first), and the next window writes from row 0 again."""
+        new, ys, count = self.run(state, max_attempts, window=window)
+        rows = new.num_accepted + 1 - new.record_start
+        new = eqx.tree_at(lambda s: s.record_start, new, new.num_accepted + 1)
+        return new, rows, ys, count
+
     def solve(
         self,
         theta0,

@@ -249,6 +249,10 @@ def solve_flow(
         dt0=dt0,
     )
     dtype = theta0.dtype
+    if window is None:
+        window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
+    if max_states is None:
+        max_states = int(min(1024, max(16, 2**30 // (8 * manifold.dimension))))
     integrator = _integrator(
         manifold,
         dtype,
@@ -264,6 +268,7 @@ def solve_flow(
         max_steps=max_steps,
         retract_every=retract_every,
         progress_meter=progress_meter,
+        records=window + 1,
     )
     _check_rank(manifold, integrator.stops, theta0)
     retracted, state = _init(
@@ -277,10 +282,7 @@ def solve_flow(
     if not bool(retracted.converged):
         progress_meter.close(state.meter_state)
         raise _retraction_error(retracted, initial_retraction)
-    if window is None:
-        window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
-    if max_states is None:
-        max_states = int(min(1024, max(16, 2**30 // (8 * manifold.dimension))))
+    records = _Records()
     kept = (
         None
         if targets is not None
@@ -293,6 +295,7 @@ def solve_flow(
             manifold,
             theta0,
             state,
+            records,
             kept,
             attempts,
             dict(
@@ -316,10 +319,11 @@ def solve_flow(
                 retract_every=retract_every,
             ),
         )
-    state = _windows(integrator, state, window, kept, attempts, on_window)
+    state = _windows(integrator, state, window, records, kept, attempts, on_window)
     solution = _host_solution(
         state,
         retracted,
+        records,
         kept,
         constant=float(constant),
         stationarity=float(stationarity),
@@ -425,15 +429,18 @@ class _KeptStates:
             keep = self.index % self.stride == 0
             self.index, self.states = self.index[keep], self.states[keep]
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, np.ndarray]:
         """What `restore` needs to continue from here."""
         return dict(
-            index=self.index, states=self.states, stride=self.stride, seen=self.seen
+            kept_index=self.index,
+            kept_states=self.states,
+            kept_stride=np.asarray(self.stride),
+            kept_seen=np.asarray(self.seen),
         )
 
-    def restore(self, saved: dict) -> None:
-        self.index, self.states = np.asarray(saved["index"]), saved["states"]
-        self.stride, self.seen = int(saved["stride"]), int(saved["seen"])
+    def restore(self, saved: dict[str, np.ndarray]) -> None:
+        self.index, self.states = saved["kept_index"], saved["kept_states"]
+        self.stride, self.seen = int(saved["kept_stride"]), int(saved["kept_seen"])
 
     def result(self, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(indices, states)`, with the last accepted state."""
@@ -445,19 +452,47 @@ class _KeptStates:
         )
 
 
-def _checkpointing(path, manifold, theta0, state, kept, attempts, options):
+class _Records:
+    """The step records taken off the device after each window: `sharpness`,
+    `gradient_norm`, `constraint_violation` at `step_ts`, for every accepted point."""
+
+    names = ("step_ts", "sharpness", "gradient_norm", "constraint_violation")
+
+    def __init__(self):
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(self, state: FlowState, rows: int) -> None:
+        if rows > 0:
+            self.parts.append(
+                tuple(np.asarray(getattr(state, n))[:rows] for n in self.names)
+            )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            name: np.concatenate([part[k] for part in self.parts])
+            for k, name in enumerate(self.names)
+        }
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self.parts = [tuple(arrays[name] for name in self.names)]
+
+
+def _checkpointing(path, manifold, theta0, state, records, kept, attempts, options):
     """`(state, attempts, after each window)` of a solve checkpointed at `path`:
     continued from the checkpoint there if it is this solve's."""
     marks = _checkpoint.fingerprint(manifold, theta0, options)
     if path.exists():
         saved = _checkpoint.read(path, marks, state)
         state, attempts = saved.state, saved.attempts
-        if kept is not None and saved.kept is not None:
-            kept.restore(saved.kept)
+        records.restore(saved.host)
+        if kept is not None:
+            kept.restore(saved.host)
 
     def on_window(state, attempts):
-        saved = None if kept is None else kept.snapshot()
-        _checkpoint.write(path, marks, _checkpoint.Checkpoint(state, attempts, saved))
+        host = records.arrays()
+        if kept is not None:
+            host.update(kept.snapshot())
+        _checkpoint.write(path, marks, _checkpoint.Checkpoint(state, attempts, host))
 
     return state, attempts, on_window
 
@@ -466,20 +501,23 @@ def _windows(
     integrator,
     state,
     window: int,
+    records: _Records,
     kept: _KeptStates | None,
     attempts: int | None = None,
     on_window=None,
 ):
-    """Run the loop in jitted windows until it ends, giving every accepted state to
-    `kept` (if any); the final state. The first windows are short (4, 8, 16, ...
+    """Run the loop in jitted windows until it ends, giving the step records to
+    `records` and every accepted state to `kept` (if any); the final state. The first windows are short (4, 8, 16, ...
     attempts, one compiled program), so that Ctrl-C acts early also when steps are
     slow; it returns what was computed (`interrupted`). After each window,
     `on_window(state, next attempts)` (a checkpoint). The progress meter is
     closed."""
     attempts = min(4, window) if attempts is None else attempts
+    first = not records.parts  # a first window takes the initial point's records
     try:
-        while is_result(state.result, RESULTS.successful):
-            new, ys, count = _run(
+        while first or is_result(state.result, RESULTS.successful):
+            first = False
+            new, rows, ys, count = _run(
                 integrator,
                 state,
                 _on_device(attempts),
@@ -488,6 +526,7 @@ def _windows(
             # Wait for the window (dispatch is asynchronous) before taking it: an
             # interrupt while waiting returns the state of the windows before it.
             new, ys = jax.block_until_ready((new, ys))
+            records.add(new, int(rows))
             if kept is not None:
                 kept.add(np.asarray(ys)[: int(count)])
             state = new
@@ -517,15 +556,18 @@ def _init(integrator: Integrator, theta0, t0, t1, dt0, save_times):
 
 @eqx.filter_jit
 def _run(integrator: Integrator, state: FlowState, attempts, window: int):
-    return integrator.run(state, attempts, window=window)
+    return integrator.run_window(state, attempts, window)
 
 
-def _host_solution(state: FlowState, retracted, kept, **fields) -> FlowSolution:
+def _host_solution(
+    state: FlowState, retracted, records: _Records, kept, **fields
+) -> FlowSolution:
     """The solution in NumPy, trimmed to the steps taken (no eager JAX operation:
     each would stage a program); with `kept`, the states it kept as `ys`, else the
     states at the output times."""
-    n = int(state.num_accepted) + 1
-    step_ts = np.asarray(state.step_ts)[:n]
+    arrays = records.arrays()
+    step_ts = arrays["step_ts"]
+    n = step_ts.size
     if kept is not None:
         saved_index, ys = kept.result(np.asarray(state.y))
     else:
@@ -537,9 +579,9 @@ def _host_solution(state: FlowState, retracted, kept, **fields) -> FlowSolution:
         ts=step_ts[saved_index],
         ys=ys,
         step_ts=step_ts,
-        sharpness=np.asarray(state.sharpness)[:n],
-        gradient_norm=np.asarray(state.gradient_norm)[:n],
-        constraint_violation=np.asarray(state.constraint_violation)[:n],
+        sharpness=arrays["sharpness"],
+        gradient_norm=arrays["gradient_norm"],
+        constraint_violation=arrays["constraint_violation"],
         saved_index=saved_index,
         theta_final=state.y,
         t_final=float(step_ts[-1]),

@@ -313,6 +313,12 @@ def run_group(
                 record[key] = summary[key]
         record["path"] = str(folder)
         records.append(_json_ready(record))
+    # The next group has another shape: release this one's compiled programs, each a
+    # few hundred memory mappings, so that a long-lived worker never reaches the
+    # kernel's limit on them (vm.max_map_count, 65,530 by default).
+    import jax
+
+    jax.clear_caches()
     return records
 
 

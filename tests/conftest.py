@@ -2,6 +2,7 @@ import os
 import tempfile
 
 import jax
+import pytest
 
 
 jax.config.update("jax_enable_x64", True)
@@ -11,6 +12,15 @@ jax.config.update("jax_enable_x64", True)
 # of its own, never the user's ~/.cache/manifoldflow/jax, whose entries other
 # processes may be writing.
 os.environ["MANIFOLDFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="manifoldflow-cache-")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    # Each compiled XLA:CPU program holds a few hundred memory mappings until it is
+    # released: a process that keeps every program of the suite passes Linux's default
+    # limit of 65,530 (vm.max_map_count), and the next compilation crashes.
+    yield
+    jax.clear_caches()
 
 
 def pytest_sessionfinish(session, exitstatus):
