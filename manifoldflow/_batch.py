@@ -41,6 +41,7 @@ from ._solve import (
     _KeptStates,
     _on_device,
     _padded,
+    _Records,
     _validated,
 )
 from ._stop import AbstractStopCondition, ConditionStop
@@ -234,28 +235,19 @@ class _Book:
     its kept states (evenly spaced in steps, at most `max_states`)."""
 
     def __init__(self, keep_states: bool, max_states: int):
-        self.records: list[tuple[np.ndarray, ...]] = []
+        self.records = _Records()
         self.keep_states, self.max_states = keep_states, max_states
         self.kept: _KeptStates | None = None
 
 
 def _take(books, states: FlowState, rows, ys, counts) -> None:
     """Move the members' new step records (and accepted states) to their books."""
-    fields = _host(
-        [
-            states.step_ts,
-            states.sharpness,
-            states.gradient_norm,
-            states.constraint_violation,
-        ]
-    )
+    fields = _host([getattr(states, name) for name in _Records.names])
     rows = _host(rows)
     if ys is not None:
         ys, counts = _host((ys, counts))
     for i, book in enumerate(books):
-        k = int(rows[i])
-        if k > 0:
-            book.records.append(tuple(f[i, :k] for f in fields))
+        book.records.append(tuple(f[i] for f in fields), int(rows[i]))
         if ys is not None and book.kept is not None and counts[i] > 0:
             book.kept.add(ys[i, : int(counts[i])])
 
@@ -321,8 +313,9 @@ def _running(states: FlowState, size: int) -> np.ndarray:
 
 
 def _member(book: _Book, states, retracted, i, constant, stationarity) -> FlowSolution:
+    records = book.records.arrays()
     step_ts, sharpness, gradient_norm, violation = (
-        np.concatenate(parts) for parts in zip(*book.records)
+        records[name] for name in _Records.names
     )
     last = states.y[i]
     if book.kept is not None:

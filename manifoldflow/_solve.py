@@ -462,10 +462,13 @@ class _Records:
         self.parts: list[tuple[np.ndarray, ...]] = []
 
     def add(self, state: FlowState, rows: int) -> None:
+        """The first `rows` rows of `state`'s step records."""
+        self.append(tuple(np.asarray(getattr(state, n)) for n in self.names), rows)
+
+    def append(self, records: tuple[np.ndarray, ...], rows: int) -> None:
+        """The first `rows` rows of `records` (in the order of `names`)."""
         if rows > 0:
-            self.parts.append(
-                tuple(np.asarray(getattr(state, n))[:rows] for n in self.names)
-            )
+            self.parts.append(tuple(r[:rows] for r in records))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -507,11 +510,11 @@ def _windows(
     on_window=None,
 ):
     """Run the loop in jitted windows until it ends, giving the step records to
-    `records` and every accepted state to `kept` (if any); the final state. The first windows are short (4, 8, 16, ...
-    attempts, one compiled program), so that Ctrl-C acts early also when steps are
-    slow; it returns what was computed (`interrupted`). After each window,
-    `on_window(state, next attempts)` (a checkpoint). The progress meter is
-    closed."""
+    `records` and every accepted state to `kept` (if any); the final state. The
+    first windows are short (4, 8, 16, ... attempts, one compiled program), so that
+    Ctrl-C acts early also when steps are slow; it returns what was computed
+    (`interrupted`). After each window, `on_window(state, next attempts)` (a
+    checkpoint). The progress meter is closed."""
     attempts = min(4, window) if attempts is None else attempts
     first = not records.parts  # a first window takes the initial point's records
     try:
