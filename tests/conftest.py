@@ -27,10 +27,10 @@ def _release_compiled_programs():
     # Each compiled XLA:CPU program holds a few hundred memory mappings until it is
     # released: a process that keeps every program of the suite passes Linux's default
     # limit of 65,530 (vm.max_map_count), and the next compilation crashes. Released
-    # between modules once past half of it (a module adds a few thousand), so that
+    # between modules once past a third of it (a module adds a few thousand), so that
     # the modules still share the programs compiled before.
     yield
-    if _memory_mappings() > 30_000:
+    if _memory_mappings() > 20_000:
         jax.clear_caches()
 
 
