@@ -50,10 +50,14 @@ class SharpnessFlow(eqx.Module):
     projector: AbstractProjector = CholeskyProjector()
     constant: RealScalarLike = 1.0
 
-    def evaluate(self, theta: Float[Array, " D"]) -> FlowEvaluation:
-        """$P_T \\nabla R$, its multipliers and the linearisation at `theta`."""
+    def evaluate(
+        self, theta: Float[Array, " D"], guess: Float[Array, " n"] | None = None
+    ) -> FlowEvaluation:
+        """$P_T \\nabla R$, its multipliers and the linearisation at `theta`.
+        `guess`: a starting point for an iterative projector's multipliers (e.g.
+        those of a nearby point); direct projectors ignore it."""
         lin = self.manifold.linearise(theta)
-        g, lam, result = self.projector.project_with_result(lin, lin.gradient)
+        g, lam, result = self.projector.project_with_result(lin, lin.gradient, guess)
         return FlowEvaluation(g, lam, lin, result)
 
     def gradient_norm(self, theta: Float[Array, " D"]) -> Scalar:
@@ -63,8 +67,9 @@ class SharpnessFlow(eqx.Module):
     def __call__(self, t, theta, args):
         """$-c P_T\\nabla R(\\theta)$; NaN where the projection's linear solve failed,
         so that the step fails (and an adaptive controller retries it smaller) instead
-        of moving along an inaccurate direction."""
-        del t, args
-        evaluation = self.evaluate(theta)
+        of moving along an inaccurate direction. `args`: `None`, or the starting
+        guess of the multipliers (a solve passes those of its last accepted point)."""
+        del t
+        evaluation = self.evaluate(theta, args)
         ok = evaluation.result == lx.RESULTS.successful
         return jnp.where(ok, -self.constant * evaluation.riemannian_gradient, jnp.nan)

@@ -60,6 +60,8 @@ class FlowState(eqx.Module):
     t: Scalar
     dt: Scalar
     y: Float[Array, " D"]
+    # The multipliers at `y`: the starting guess of an iterative projector.
+    multipliers: Float[Array, " n"]
     solver_state: PyTree
     controller_state: PyTree
     tolerances: PyTree
@@ -107,8 +109,10 @@ def _buffers(state: FlowState):
     )
 
 
-def _diagnose(flow: SharpnessFlow, theta) -> tuple[FlowEvaluation, StepDiagnostics]:
-    evaluation = flow.evaluate(theta)
+def _diagnose(
+    flow: SharpnessFlow, theta, guess=None
+) -> tuple[FlowEvaluation, StepDiagnostics]:
+    evaluation = flow.evaluate(theta, guess)
     violation = jnp.max(jnp.abs(flow.manifold.constraint(theta)))
     diagnostics = StepDiagnostics(
         evaluation.sharpness, evaluation.gradient_norm, violation, evaluation.result
@@ -229,6 +233,10 @@ class Integrator(eqx.Module):
         solver_state = self.solver.init(term, t0, jnp.minimum(t0 + dt, t1), theta, None)
         evaluation, diagnostics = _diagnose(self.flow, theta)
         result = _point_result(self.stops, evaluation, diagnostics, theta)
+        multipliers = evaluation.multipliers
+        multipliers = jnp.where(
+            jnp.all(jnp.isfinite(multipliers)), multipliers, jnp.zeros_like(multipliers)
+        )
         result = RESULTS.where(
             retracted.converged, result, RESULTS.initial_retraction_failed
         )
@@ -240,6 +248,7 @@ class Integrator(eqx.Module):
             t=t0,
             dt=dt,
             y=theta,
+            multipliers=multipliers,
             solver_state=solver_state,
             controller_state=controller_state,
             tolerances=eqx.filter(self.controller, eqx.is_array),
@@ -384,19 +393,29 @@ class Integrator(eqx.Module):
             ),
         )
 
-    def _evaluate_accepted(self, keep, y1) -> tuple[StepDiagnostics, RESULTS]:
-        """Diagnostics and stop/failure result at an accepted end point (NaN and
-        `successful` for a rejected step, which costs no evaluation)."""
+    def _evaluate_accepted(
+        self, keep, y1, guess
+    ) -> tuple[StepDiagnostics, RESULTS, Float[Array, " n"]]:
+        """Diagnostics, stop/failure result and multipliers at an accepted end point
+        (NaN, `successful` and `guess` for a rejected step, which costs no
+        evaluation). `guess` starts an iterative projector."""
 
         def accepted(_):
-            evaluation, diagnostics = _diagnose(self.flow, y1)
-            return diagnostics, _point_result(self.stops, evaluation, diagnostics, y1)
+            evaluation, diagnostics = _diagnose(self.flow, y1, guess)
+            result = _point_result(self.stops, evaluation, diagnostics, y1)
+            lam = evaluation.multipliers
+            return (
+                diagnostics,
+                result,
+                jnp.where(jnp.all(jnp.isfinite(lam)), lam, guess),
+            )
 
         def rejected(_):
             nan = jnp.full((), jnp.nan, y1.dtype)
             return (
                 StepDiagnostics(nan, nan, nan, lx.RESULTS.successful),
                 RESULTS.successful,
+                guess,
             )
 
         # Under vmap, evaluate once if any member kept its step (not for every
@@ -453,7 +472,13 @@ class Integrator(eqx.Module):
         t_end = self._t_end(state)
         t1 = _clip(state.t + state.dt, t_end)
         y1, y_error, _, solver_state, step_result = self.solver.step(
-            term, state.t, t1, state.y, None, state.solver_state, state.made_jump
+            term,
+            state.t,
+            t1,
+            state.y,
+            state.multipliers,
+            state.solver_state,
+            state.made_jump,
         )
         if y_error is not None:
             y_error = jnp.where(jnp.isnan(y_error), jnp.inf, y_error)
@@ -472,7 +497,9 @@ class Integrator(eqx.Module):
         keep = jnp.asarray(keep)
         t = jnp.minimum(t, t_end)
         dt = self._next_step_size(state, t1, t, tnext)
-        diagnostics, point_result = self._evaluate_accepted(keep, y1)
+        diagnostics, point_result, multipliers = self._evaluate_accepted(
+            keep, y1, state.multipliers
+        )
         failure = self._step_failure(keep, step_result, solver_state, state.y)
         result = RESULTS.where(
             failure == RESULTS.successful, RESULTS.promote(controller_result), failure
@@ -502,6 +529,7 @@ class Integrator(eqx.Module):
                 s.t,
                 s.dt,
                 s.y,
+                s.multipliers,
                 s.solver_state,
                 s.controller_state,
                 s.made_jump,
@@ -514,6 +542,7 @@ class Integrator(eqx.Module):
                 t,
                 dt,
                 select(y1, state.y),
+                select(multipliers, state.multipliers),
                 jtu.tree_map(select, solver_state, state.solver_state),
                 controller_state,
                 select(made_jump, state.made_jump),

@@ -12,6 +12,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
+from . import _matrix_free
 from ._errors import InputError
 from ._loss import AbstractLoss, MeanSquaredLoss
 
@@ -22,17 +23,21 @@ class Linearisation(eqx.Module):
     **Fields:**
 
     - `jacobian`: $J = \partial F / \partial \theta$ as a lineax operator, $n \times D$.
-    - `gram`: $J J^\top$, a dense $n \times n$ array.
+    - `gram`: $J J^\top$, a dense $n \times n$ array, or `None` for a manifold that
+      cannot form it (then only iterative projectors apply).
     - `sharpness`: $R(\theta) = \sum_i w_i \|\nabla F_i\|^2$.
     - `gradient`: $\nabla R(\theta)$, shape $(D,)$.
+    - `gram_diagonal`: optional, the diagonal $\|\nabla F_i\|^2$ of $JJ^\top$ (a
+      Jacobi preconditioner for conjugate gradients).
 
     Under `jax.jit`, fields that a projector does not use are never computed.
     """
 
     jacobian: lx.AbstractLinearOperator
-    gram: Float[Array, "n n"]
+    gram: Float[Array, "n n"] | None
     sharpness: Scalar
     gradient: Float[Array, " D"]
+    gram_diagonal: Float[Array, " n"] | None = None
 
 
 class AbstractManifold(eqx.Module):
@@ -71,6 +76,12 @@ class AbstractManifold(eqx.Module):
     def constraint_scale(self) -> Scalar:
         """A scale for $|F|$ against which retraction tolerances are relative."""
         return jnp.asarray(1.0)
+
+    @property
+    def matrix_free(self) -> bool:
+        """Whether `linearise` works without the $n \times D$ Jacobian matrix
+        (products with $J$ and $J^\top$ by automatic differentiation)."""
+        return False
 
     def sharpness(self, theta: Float[Array, " D"]) -> Scalar:
         """$R(\\theta)$."""
@@ -277,9 +288,23 @@ class ZeroLossManifold(_AbstractPytreeManifold):
     - `y`: labels, shape `(n,)`.
     - `loss`: the per-sample loss, default [`manifoldflow.MeanSquaredLoss`][].
     - `filter_spec`: which leaves are trained; default `eqx.is_inexact_array`.
+    - `matrix_free`: `False` forms $J$ as a dense $n \times D$ matrix (fastest while
+      it fits); `True` never forms it: products with $J$ and $J^\top$ are
+      forward- and reverse-mode passes of the batched model, $\nabla R$ is summed
+      over chunks of per-example forward-over-reverse products, and the $n \times
+      n$ Gram matrix $JJ^\top$ is formed block by block from two chunks of
+      per-example gradients at a time, so memory is $O(\text{chunk}\cdot D + n^2 +
+      n\cdot\text{activations})$ rather than $O(nD)$, and every projector applies
+      ([`manifoldflow.CGProjector`][] skips the Gram matrix altogether). Default
+      `None`: matrix-free exactly when the dense path's memory (about six $n \times
+      D$ arrays) exceeds half of the memory available (the accelerator's, or the
+      host's free memory on CPU). `manifold.matrix_free` says which it is.
+    - `chunk_size`: examples per chunk of the matrix-free $\nabla R$ (default: about
+      128 MiB of per-example vectors).
 
     Raises [`manifoldflow.InputError`][] for bad data (see `check_data`), a model
-    that does not return a scalar, no trainable leaves, or $n > D$.
+    that does not return a scalar, no trainable leaves, $n > D$, or a `chunk_size`
+    below 1.
     """
 
     parameters: PyTree
@@ -287,6 +312,8 @@ class ZeroLossManifold(_AbstractPytreeManifold):
     X: Array
     y: Array
     weights: Array
+    use_matrix_free: bool = eqx.field(static=True)
+    chunk_size: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -296,6 +323,8 @@ class ZeroLossManifold(_AbstractPytreeManifold):
         *,
         loss: AbstractLoss = MeanSquaredLoss(),
         filter_spec: PyTree[bool | Callable[[Any], bool]] = eqx.is_inexact_array,
+        matrix_free: bool | None = None,
+        chunk_size: int | None = None,
     ):
         self.X, self.y = check_data(X, y)
         self.parameters, self.static = _partition_coordinates(model, filter_spec)
@@ -335,6 +364,41 @@ class ZeroLossManifold(_AbstractPytreeManifold):
                 "codimension n. Use fewer data points or a larger model."
             )
         self.weights = loss.curvature_weights(self.y)
+        itemsize = self.initial_point().dtype.itemsize
+        if matrix_free is None:
+            matrix_free = not _matrix_free.dense_fits(n, D, itemsize)
+        self.use_matrix_free = bool(matrix_free)
+        if chunk_size is None:
+            chunk_size = _matrix_free.default_chunk(n, D, itemsize)
+        if (
+            isinstance(chunk_size, bool)
+            or int(chunk_size) != chunk_size
+            or (chunk_size < 1)
+        ):
+            raise InputError(
+                f"chunk_size must be an integer >= 1 (examples per chunk of the "
+                f"matrix-free gradient of R), got {chunk_size!r}.",
+                parameter="chunk_size",
+            )
+        self.chunk_size = min(int(chunk_size), n)
+
+    @property
+    def matrix_free(self) -> bool:
+        return self.use_matrix_free
+
+    def linearise(self, theta):
+        if not self.use_matrix_free:
+            return super().linearise(theta)
+        value, gradient, squares, gram = _matrix_free.sharpness_and_gradient(
+            self._output, theta, self.X, self.weights, self.chunk_size
+        )
+        return Linearisation(
+            jacobian=_matrix_free.jacobian_operator(self.constraint, theta),
+            gram=gram,
+            sharpness=value,
+            gradient=gradient,
+            gram_diagonal=squares,
+        )
 
     def constraint_scale(self) -> Scalar:
         return jnp.maximum(1.0, jnp.max(jnp.abs(self.y)))

@@ -11,13 +11,18 @@ failure into a failed step with that cause.
 """
 
 import abc
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
+from ._custom_types import RealScalarLike
+
+from ._errors import InputError
 from ._manifold import Linearisation
 
 
@@ -63,16 +68,26 @@ class AbstractProjector(eqx.Module):
         return _finite(self.solve_gram(linearisation, rhs))
 
     def multipliers_with_result(
-        self, linearisation: Linearisation, vector: Float[Array, " D"]
+        self,
+        linearisation: Linearisation,
+        vector: Float[Array, " D"],
+        guess: Float[Array, " n"] | None = None,
     ) -> tuple[Float[Array, " n"], lx.RESULTS]:
-        """`multipliers` and the linear solve's result."""
+        """`multipliers` and the linear solve's result. `guess` is a starting point
+        for an iterative solve (e.g. the multipliers at a nearby point); direct
+        solves ignore it."""
+        del guess
         return _finite(self.multipliers(linearisation, vector))
 
     def project_with_result(
-        self, linearisation: Linearisation, vector: Float[Array, " D"]
+        self,
+        linearisation: Linearisation,
+        vector: Float[Array, " D"],
+        guess: Float[Array, " n"] | None = None,
     ) -> tuple[Float[Array, " D"], Float[Array, " n"], lx.RESULTS]:
-        r"""$(P_T v, \lambda, \text{result})$ with $P_T v = v - J^\top\lambda$."""
-        lam, result = self.multipliers_with_result(linearisation, vector)
+        r"""$(P_T v, \lambda, \text{result})$ with $P_T v = v - J^\top\lambda$;
+        `guess` as in `multipliers_with_result`."""
+        lam, result = self.multipliers_with_result(linearisation, vector, guess)
         return vector - linearisation.jacobian.transpose().mv(lam), lam, result
 
     def project(
@@ -88,8 +103,21 @@ def _finite(value: Array) -> tuple[Array, lx.RESULTS]:
     return value, lx.RESULTS.where(finite, lx.RESULTS.successful, lx.RESULTS.singular)
 
 
+def _dense_gram(linearisation: Linearisation, projector: str) -> Array:
+    """The Gram matrix; an error at trace time for a linearisation without one."""
+    if linearisation.gram is None:
+        raise InputError(
+            f"{projector} factorises the Gram matrix J J^T, which this manifold's "
+            "linearisation does not hold (gram is None).",
+            fix="Use projector=manifoldflow.CGProjector().",
+            parameter="projector",
+        )
+    return linearisation.gram
+
+
 def _gram_operator(linearisation: Linearisation) -> lx.MatrixLinearOperator:
-    return lx.MatrixLinearOperator(linearisation.gram, lx.positive_semidefinite_tag)
+    gram = _dense_gram(linearisation, "This projector")
+    return lx.MatrixLinearOperator(gram, lx.positive_semidefinite_tag)
 
 
 def _cholesky_solve(linearisation, rhs):
@@ -123,24 +151,109 @@ class QRProjector(AbstractProjector):
         return lx.linear_solve(jac_t, vector, lx.QR(), throw=False).value
 
 
+def conjugate_gradients(
+    matvec: Callable[[Array], Array],
+    rhs: Float[Array, " n"],
+    guess: Float[Array, " n"],
+    inverse_diagonal: Float[Array, " n"] | None,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
+    max_steps: int,
+) -> tuple[Float[Array, " n"], lx.RESULTS, Int[Array, ""]]:
+    r"""Preconditioned conjugate gradients for $A\lambda = b$, $A$ symmetric positive
+    (semi)definite, from `guess`, with the Jacobi preconditioner `inverse_diagonal`
+    (or none).
+
+    Stops when the residual is within its backward-error tolerance,
+    $\|b - A\lambda\| \le \text{atol} + \text{rtol}\,(\|b\| + \|A\|\,
+    \|\lambda\|)$, where $\|A\|$ is estimated from below by the largest Rayleigh
+    quotient $p^\top A p / p^\top p$ of the search directions: rounding in $A\lambda$
+    is of size $\epsilon\|A\|\|\lambda\|$, so this is reachable whatever the
+    condition of $A$ (a test on $\|b\|$ alone stalls at $\epsilon\,\kappa(A)$),
+    and it is what a direct solve achieves. The residual is recomputed from its
+    definition every 8 steps (rounding drift). Returns `(lambda, result,
+    num_steps)`: `max_steps_reached` at the cap, `singular` where a curvature
+    $p^\top A p$ was not positive before convergence.
+    """
+    precondition = (
+        (lambda r: r) if inverse_diagonal is None else (lambda r: inverse_diagonal * r)
+    )
+    rhs_norm = jnp.linalg.norm(rhs)
+
+    def converged(r, x, norm_estimate):
+        return jnp.linalg.norm(r) <= atol + rtol * (
+            rhs_norm + norm_estimate * jnp.linalg.norm(x)
+        )
+
+    r0 = rhs - matvec(guess)
+    z0 = precondition(r0)
+    zero = jnp.zeros((), rhs.dtype)
+    init = (guess, r0, z0, jnp.vdot(r0, z0), jnp.array(0), zero, jnp.array(False))
+
+    def cond(carry):
+        x, r, _, gamma, step, norm_estimate, broke = carry
+        return (
+            ~converged(r, x, norm_estimate) & (step < max_steps) & ~broke & (gamma > 0)
+        )
+
+    def body(carry):
+        x, r, p, gamma, step, norm_estimate, _ = carry
+        Ap = matvec(p)
+        curvature = jnp.vdot(p, Ap)
+        broke = ~(curvature > 0)
+        alpha = jnp.where(broke, 0, gamma / jnp.where(broke, 1, curvature))
+        norm_estimate = jnp.maximum(
+            norm_estimate, jnp.where(broke, 0, curvature / jnp.vdot(p, p))
+        )
+        x = x + alpha * p
+        step = step + 1
+        r = lax.cond(step % 8 == 0, lambda: rhs - matvec(x), lambda: r - alpha * Ap)
+        z = precondition(r)
+        gamma_new = jnp.vdot(r, z)
+        p = z + (gamma_new / jnp.where(gamma > 0, gamma, 1)) * p
+        return x, r, p, gamma_new, step, norm_estimate, broke
+
+    x, r, _, _, steps, norm_estimate, broke = lax.while_loop(cond, body, init)
+    done = converged(r, x, norm_estimate) | (jnp.linalg.norm(r) == 0)
+    result = lx.RESULTS.where(
+        done,
+        lx.RESULTS.successful,
+        lx.RESULTS.where(broke, lx.RESULTS.singular, lx.RESULTS.max_steps_reached),
+    )
+    return x, result, steps
+
+
 class CGProjector(AbstractProjector):
     r"""Matrix-free conjugate gradients on $\lambda \mapsto J(J^\top\lambda)$.
 
     Never forms $JJ^\top$; each iteration costs one product with $J$ and one with
     $J^\top$. Reaching `max_steps` is a failure (`max_steps_reached`), never a silent
-    inaccurate answer.
+    inaccurate answer. On a matrix-free manifold it never forms the Gram matrix
+    (that part of the linearisation is dead code under `jax.jit`).
+
+    A solve passes the multipliers of the last accepted point as the starting guess
+    (`guess`): they change slowly along the flow, so CG starts close to the answer.
+    Where the linearisation carries the diagonal $\|\nabla F_i\|^2$ of $JJ^\top$
+    (a matrix-free [`manifoldflow.ZeroLossManifold`][] does), it is a Jacobi
+    preconditioner. The stopping rule is a backward error (see
+    [`manifoldflow._projection.conjugate_gradients`][]): the residual of $JJ^\top
+    \lambda = b$ within `atol + rtol (|b| + |JJ^T| |lambda|)`, as accurate as a
+    Cholesky solve, and reachable however ill-conditioned $JJ^\top$ is.
 
     **Arguments:**
 
-    - `rtol`, `atol`: CG tolerances on the residual.
+    - `rtol`, `atol`: the tolerances of the stopping rule (2-norms).
     - `max_steps`: iteration cap (default: `10 n`, set at trace time).
+    - `precondition`: use the Jacobi preconditioner where available (default
+      `True`).
     """
 
-    rtol: float = 1e-13
-    atol: float = 1e-15
+    rtol: float = 1e-14
+    atol: float = 1e-300
     max_steps: int | None = None
+    precondition: bool = eqx.field(static=True, default=True)
 
-    def solve_gram_with_result(self, linearisation, rhs):
+    def solve_gram_with_result(self, linearisation, rhs, guess=None):
         jac = linearisation.jacobian
         if isinstance(jac, lx.MatrixLinearOperator):
             # Two products with the stored matrix: going through `jac.transpose()`
@@ -148,22 +261,27 @@ class CGProjector(AbstractProjector):
             matrix = jac.as_matrix()
             gram_mv = lambda lam: matrix @ (lam @ matrix)
         else:
-            gram_mv = lambda lam: jac.mv(jac.transpose().mv(lam))
-        operator = lx.FunctionLinearOperator(
-            gram_mv,
-            jax.eval_shape(lambda: rhs),
-            lx.positive_semidefinite_tag,
-        )
+            transpose = jac.transpose()
+            gram_mv = lambda lam: jac.mv(transpose.mv(lam))
+        inverse = None
+        diagonal = linearisation.gram_diagonal
+        if self.precondition and diagonal is not None:
+            # An all-zero row (a constraint with zero gradient) is left unscaled.
+            positive = diagonal > 0
+            inverse = jnp.where(positive, 1 / jnp.where(positive, diagonal, 1), 1)
+        guess = jnp.zeros_like(rhs) if guess is None else guess
         max_steps = 10 * rhs.shape[0] if self.max_steps is None else self.max_steps
-        solver = lx.CG(rtol=self.rtol, atol=self.atol, max_steps=max_steps)
-        return _checked(lx.linear_solve(operator, rhs, solver, throw=False))
+        value, result, _ = conjugate_gradients(
+            gram_mv, rhs, guess, inverse, self.rtol, self.atol, max_steps
+        )
+        return _checked(lx.Solution(value, result, {}, {}))
 
     def solve_gram(self, linearisation, rhs):
         return self.solve_gram_with_result(linearisation, rhs)[0]
 
-    def multipliers_with_result(self, linearisation, vector):
+    def multipliers_with_result(self, linearisation, vector, guess=None):
         return self.solve_gram_with_result(
-            linearisation, linearisation.jacobian.mv(vector)
+            linearisation, linearisation.jacobian.mv(vector), guess
         )
 
 
@@ -206,7 +324,8 @@ class SVDProjector(AbstractProjector):
         u, inverse, vt, _ = self._factors(linearisation)
         return vt.T @ (inverse * (u.T @ vector))
 
-    def project_with_result(self, linearisation, vector):
+    def project_with_result(self, linearisation, vector, guess=None):
+        del guess
         u, inverse, vt, keep = self._factors(linearisation)
         coefficients = jnp.where(keep, u.T @ vector, 0)
         projected = vector - u @ coefficients

@@ -25,9 +25,9 @@ class StabilisedSharpnessFlow(eqx.Module):
     gamma: float = 1.0
 
     def __call__(self, t, theta: Float[Array, " D"], args) -> Float[Array, " D"]:
-        del t, args
+        del t
         manifold, projector = self.flow.manifold, self.flow.projector
-        evaluation = self.flow.evaluate(theta)
+        evaluation = self.flow.evaluate(theta, args)
         lin = evaluation.linearisation
         F = manifold.constraint(theta)
         lam, result = projector.solve_gram_with_result(lin, F)

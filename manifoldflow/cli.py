@@ -335,7 +335,5 @@ def finish(experiment, args, problem, result, quiet=False) -> tuple[int, dict]:
     return code, summary
 
 
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -170,6 +170,11 @@ def manifold_catalogue():
         ("matrix-sensing", sensing_problem(depth=2)),
         ("deep-matrix-sensing", sensing_problem(depth=3)),
         ("smooth-two-layer", smooth_two_layer_problem()),
+        # Matrix-free: J never formed, grad R in chunks (2 does not divide n = 3).
+        (
+            "mlp-matrix-free",
+            mf.ZeroLossManifold(model, X, y, matrix_free=True, chunk_size=2),
+        ),
     )
 
 

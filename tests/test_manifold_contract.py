@@ -117,9 +117,14 @@ def test_linearisation_against_forward_mode(manifold):
     scale = np.abs(J_ref).max()
     J = np.asarray(lin.jacobian.as_matrix())
     np.testing.assert_allclose(J, J_ref, rtol=0, atol=1e3 * _EPS * scale)
+    gram_ref = J_ref @ J_ref.T
     np.testing.assert_allclose(
-        lin.gram, J_ref @ J_ref.T, rtol=0, atol=1e3 * _EPS * D * scale**2
+        lin.gram, gram_ref, rtol=0, atol=1e3 * _EPS * D * scale**2
     )
+    if lin.gram_diagonal is not None:
+        np.testing.assert_allclose(
+            lin.gram_diagonal, np.diag(gram_ref), rtol=0, atol=1e3 * _EPS * D * scale**2
+        )
     # (iii) R = sum_i w_i |J_i|^2: a sum of n D non-negative terms, so a relative
     # rounding error of at most about n D eps.
     np.testing.assert_allclose(lin.sharpness, ev.sharpness, rtol=10 * n * D * _EPS)

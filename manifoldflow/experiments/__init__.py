@@ -12,6 +12,7 @@ from .matrix_sensing import (
     DeepMatrixSensingExperiment as DeepMatrixSensingExperiment,
     MatrixSensingExperiment as MatrixSensingExperiment,
 )
+from .real_data import RealDataExperiment as RealDataExperiment
 from .sgd_vs_flow import SGDVersusFlowExperiment as SGDVersusFlowExperiment
 from .sparse_recovery import (
     SparseRecoveryExperiment as SparseRecoveryExperiment,
@@ -28,6 +29,7 @@ EXPERIMENTS: dict[str, AbstractExperiment] = {
         SparseRecoveryExperiment(),
         MatrixSensingExperiment(),
         DeepMatrixSensingExperiment(),
+        RealDataExperiment(),
         BenchExperiment(),
     )
 }

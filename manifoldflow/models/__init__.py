@@ -7,6 +7,11 @@ from .activations import (
     CubeBeta as CubeBeta,
     CubicLinear as CubicLinear,
 )
+from .datasets import (
+    Dataset as Dataset,
+    DATASETS as DATASETS,
+    load_dataset as load_dataset,
+)
 from .deep_linear import (
     deep_linear_data as deep_linear_data,
     DeepLinearNet as DeepLinearNet,

@@ -1,0 +1,671 @@
+r"""`manifoldflow real-data`: the flattest interpolant of an MLP on a real dataset,
+and its test error (Open Questions 1 and 2 of Li 2024, "open problems" slides).
+
+An `equinox.nn.MLP` with its standard initialisation is trained by Adam on the
+mean squared loss to interpolation, then put exactly on the zero-loss manifold by
+Gauss--Newton. From that interpolant the sharpness flow runs toward flatter
+interpolants, and label-noise GD runs at several step sizes $\eta$ to the matched
+time $\tau = \eta^2 k$. Along the flow and at every end point it measures $R =
+\operatorname{Tr}\nabla^2 L$, the stationarity, the test error, the parameter norm,
+the largest Hessian eigenvalue (Lanczos) and the distance from the interpolant.
+Whether the flatter interpolant generalises better is what it measures, not what it
+assumes.
+"""
+
+import argparse
+import dataclasses
+import math
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import manifoldflow as mf
+
+from .._errors import InputError
+from ..models.datasets import DATASETS, Dataset, load_dataset
+from ..sgd import LabelNoiseGD, simulate
+from ..theory import Check, check_ending, Report
+from ._options import (
+    add_flow_options,
+    check_seed,
+    flow_options,
+    positive_sizes,
+    progress_meter,
+    result_text,
+)
+from .base import AbstractExperiment, Outcome
+
+
+_ACTIVATIONS = {
+    "tanh": jnp.tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "softplus": jax.nn.softplus,
+}
+_REPORT_FRACTIONS = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0)
+"""Where along [0, t1] the flow's point is measured."""
+_INTERPOLATION_LOSS = 1e-10
+"""Adam stops at this training loss; Gauss--Newton then goes to max|F| ~ 1e-13."""
+
+
+def _float64(tree):
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, tree
+    )
+
+
+def num_parameters(features: int, width: int, depth: int) -> int:
+    """Parameters of `eqx.nn.MLP(features, "scalar", width, depth)`."""
+    return features * width + width + (depth - 1) * (width * width + width) + width + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RealDataProblem:
+    data: Dataset
+    model: Any
+    etas: list[float]
+    sigma: float
+    sgd_seeds: int
+    train_steps: int
+    learning_rate: float
+    matrix_free: bool | None
+    flow: dict
+    seed: int
+    settings: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """Measurements at one parameter vector."""
+
+    test_error: float
+    sharpness: float
+    gradient_norm: float
+    norm: float
+    lambda_max: float
+    lambda_max_error: float
+    distance: float
+    constraint: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RealDataResult:
+    manifold: Any
+    theta_interpolant: np.ndarray
+    training: dict
+    solution: Any
+    times: np.ndarray
+    points: list[Point]  # at `times`
+    sgd: list[dict]  # one per eta: eta, steps, tau, points (per seed), diverged
+    constant: float
+
+
+def _etas(text: str) -> list[float]:
+    try:
+        etas = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(
+            f"--etas must be comma-separated numbers, got {text!r}."
+        ) from None
+    if not etas or not all(math.isfinite(e) and e > 0 for e in etas):
+        raise InputError(f"--etas must be positive numbers, got {text!r}.")
+    return sorted(set(etas), reverse=True)
+
+
+def _mse(model, X, y):
+    return jnp.mean((jax.vmap(model)(X) - y) ** 2)
+
+
+@eqx.filter_jit
+def _adam_chunk(params, static, moments, step, X, y, lr, length):
+    """`length` Adam steps (beta 0.9, 0.999) on the mean squared loss."""
+
+    def one(carry, _):
+        params, (m, v), step = carry
+        loss, grad = jax.value_and_grad(lambda p: _mse(eqx.combine(p, static), X, y))(
+            params
+        )
+        step = step + 1
+        m = jax.tree_util.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grad)
+        v = jax.tree_util.tree_map(lambda a, g: 0.999 * a + 0.001 * g * g, v, grad)
+        scale_m, scale_v = 1 - 0.9**step, 1 - 0.999**step
+        params = jax.tree_util.tree_map(
+            lambda p, a, b: p - lr * (a / scale_m) / (jnp.sqrt(b / scale_v) + 1e-15),
+            params,
+            m,
+            v,
+        )
+        return (params, (m, v), step), loss
+
+    (params, moments, step), losses = jax.lax.scan(
+        one, (params, moments, step), None, length=length
+    )
+    return params, moments, step, losses
+
+
+def train_to_interpolation(model, X, y, *, learning_rate, max_steps):
+    """Adam from `model` until the training loss is below 1e-10 or `max_steps`:
+    `(trained model, steps, final loss, seconds)`."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    moments, step = (zeros, zeros), jnp.array(0)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    lr = jnp.asarray(learning_rate)
+    start = time.perf_counter()
+    loss, done = math.inf, 0
+    chunk = min(500, max_steps)
+    while done < max_steps and not loss <= _INTERPOLATION_LOSS:
+        params, moments, step, losses = _adam_chunk(
+            params, static, moments, step, X, y, lr, chunk
+        )
+        done += chunk
+        loss = float(losses[-1])
+        if not math.isfinite(loss):
+            break
+    return eqx.combine(params, static), done, loss, time.perf_counter() - start
+
+
+class RealDataExperiment(AbstractExperiment):
+    name = "real-data"
+    help = "an MLP on a real dataset: the flow toward the flattest interpolant"
+    description = __doc__.split("\n\n", 1)[1].strip()
+    example_arguments = (
+        "--n-train",
+        "24",
+        "--n-test",
+        "40",
+        "--width",
+        "12",
+        "--t1",
+        "0.05",
+        "--etas",
+        "0.04,0.03,0.02",
+        "--sigma",
+        "1",
+    )
+    figure_name = "real_data.png"
+    json_keys = ("report_times",)
+    batch_options = ()
+    headline_keys = (
+        "R_final",
+        "num_steps",
+        "t_final",
+        "grad_norm_final",
+        "test_error_interpolant",
+        "test_error_flow",
+        "test_error_sgd",
+        "test_error_change_flow",
+        "test_error_change_sgd",
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("data and model")
+        group.add_argument(
+            "--dataset",
+            default="digits",
+            help=f"one of {', '.join(sorted(DATASETS))} (scikit-learn's bundled "
+            "copies; needs the data extra)",
+        )
+        group.add_argument("--n-train", type=int, default=256, help="training examples")
+        group.add_argument("--n-test", type=int, default=500, help="test examples")
+        group.add_argument("--width", type=int, default=64, help="hidden width")
+        group.add_argument("--depth", type=int, default=2, help="hidden layers")
+        group.add_argument(
+            "--activation",
+            default="tanh",
+            choices=sorted(_ACTIVATIONS),
+            help="hidden activation (smooth: the flow needs second derivatives)",
+        )
+        group.add_argument(
+            "--seed", type=int, default=0, help="data split and initialisation"
+        )
+        group = parser.add_argument_group("training to interpolation (Adam)")
+        group.add_argument(
+            "--train-steps", type=int, default=40_000, help="most Adam steps"
+        )
+        group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+        group = parser.add_argument_group("label-noise GD at the matched time")
+        group.add_argument(
+            "--etas",
+            default="0.05,0.035,0.025",
+            help="step sizes, comma-separated (each runs tau/eta^2 steps)",
+        )
+        group.add_argument(
+            "--sigma",
+            type=float,
+            default=4.0,
+            help="label noise: flow constant c = sigma^2/(2n), tau = t1/c",
+        )
+        group.add_argument(
+            "--sgd-seeds", type=int, default=1, help="noise seeds per step size"
+        )
+        group = parser.add_argument_group("matrix-free path")
+        group.add_argument(
+            "--matrix-free",
+            default="auto",
+            choices=("auto", "yes", "no"),
+            help="never form the n x D Jacobian (auto: when it would not fit)",
+        )
+        add_flow_options(parser)
+        parser.set_defaults(t1=1.0)
+
+    def build(self, args: argparse.Namespace) -> RealDataProblem:
+        check_seed(args.seed)
+        positive_sizes(
+            n_train=args.n_train,
+            n_test=args.n_test,
+            width=args.width,
+            depth=args.depth,
+            train_steps=args.train_steps,
+            sgd_seeds=args.sgd_seeds,
+        )
+        if args.dataset not in DATASETS:
+            raise InputError(
+                f"--dataset {args.dataset!r} is not a dataset: choose one of "
+                f"{', '.join(sorted(DATASETS))}."
+            )
+        if not math.isfinite(args.t1):
+            raise InputError(
+                "--t1 must be finite here: the label-noise runs are matched to it."
+            )
+        if not (args.lr > 0 and math.isfinite(args.lr)):
+            raise InputError(f"--lr must be a positive number, got {args.lr}.")
+        if not (args.sigma > 0 and math.isfinite(args.sigma)):
+            raise InputError(f"--sigma must be a positive number, got {args.sigma}.")
+        etas = _etas(args.etas)
+        flow = flow_options(args)
+        data = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
+        features = data.X_train.shape[1]
+        D = num_parameters(features, args.width, args.depth)
+        if D < args.n_train:
+            raise InputError(
+                f"The MLP has D = {D} parameters for n = {args.n_train} training "
+                "examples: it cannot interpolate them (the zero-loss set is "
+                "generically empty).",
+                fix="Use a larger --width or --depth, or a smaller --n-train.",
+            )
+        tau = args.t1 * 2 * args.n_train / args.sigma**2
+        steps = sum(round(tau / eta**2) for eta in etas) * args.sgd_seeds
+        if steps > 50_000_000:
+            raise InputError(
+                f"The label-noise runs would take {steps:,} steps (tau = 2 n t1 / "
+                f"sigma^2 = {tau:.4g}, tau/eta^2 steps per eta).",
+                fix="Use a smaller --t1, larger --etas or a larger --sigma.",
+            )
+        model = eqx.nn.MLP(
+            features,
+            "scalar",
+            args.width,
+            args.depth,
+            activation=_ACTIVATIONS[args.activation],
+            key=jax.random.PRNGKey(args.seed),
+        )
+        settings = dict(
+            dataset=args.dataset,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            width=args.width,
+            depth=args.depth,
+            activation=args.activation,
+            seed=args.seed,
+            parameters=D,
+            solver=args.solver,
+        )
+        return RealDataProblem(
+            data=data,
+            model=_float64(model),
+            etas=etas,
+            sigma=args.sigma,
+            sgd_seeds=args.sgd_seeds,
+            train_steps=args.train_steps,
+            learning_rate=args.lr,
+            matrix_free={"auto": None, "yes": True, "no": False}[args.matrix_free],
+            flow=flow,
+            seed=args.seed,
+            settings=settings,
+        )
+
+    def run(self, problem: RealDataProblem, *, progress: bool) -> RealDataResult:
+        data = problem.data
+        trained, steps, loss, seconds = train_to_interpolation(
+            problem.model,
+            data.X_train,
+            data.y_train,
+            learning_rate=problem.learning_rate,
+            max_steps=problem.train_steps,
+        )
+        manifold = mf.ZeroLossManifold(
+            trained, data.X_train, data.y_train, matrix_free=problem.matrix_free
+        )
+        retracted = mf.GaussNewtonRetraction()(
+            manifold, mf.CholeskyProjector(), manifold.initial_point()
+        )
+        if not (math.isfinite(loss) and bool(retracted.converged)):
+            raise InputError(
+                f"Adam did not reach interpolation: training loss {loss:.3e} after "
+                f"{steps} steps, and Gauss-Newton from there reached max|F| = "
+                f"{float(retracted.residual):.3e}, not 0. A width of "
+                f"{problem.settings['width']} cannot fit these {data.y_train.size} "
+                "examples in that budget.",
+                fix="Use a larger --width or --depth, more --train-steps, or "
+                "another --lr.",
+            )
+        theta0 = np.asarray(retracted.theta)
+        t1 = problem.flow["t1"]
+        times = np.asarray(_REPORT_FRACTIONS) * t1
+        solution = mf.solve_flow(
+            manifold,
+            theta0,
+            saveat=list(times[1:]),
+            throw=False,
+            progress_meter=progress_meter(progress),
+            **problem.flow,
+        )
+        measure = _Measure(manifold, data, theta0)
+        points = [measure(theta0)]
+        for theta in np.asarray(solution.ys)[: len(solution.ts)]:
+            points.append(measure(theta))
+        simulator = LabelNoiseGD(sigma=problem.sigma)
+        constant = float(simulator.flow_constant(manifold))
+        t_reached = float(solution.t_final)
+        tau = t_reached / constant
+        runs = []
+        for eta in problem.etas:
+            k = max(1, round(tau / eta**2))
+            sim = simulate(
+                manifold,
+                jnp.asarray(theta0),
+                simulator,
+                eta=eta,
+                num_steps=k,
+                seeds=problem.sgd_seeds,
+                progress=progress,
+            )
+            finals = np.asarray(sim.final)
+            run_points, ok = [], []
+            for final, diverged in zip(finals, np.asarray(sim.diverged)):
+                if diverged:
+                    ok.append(False)
+                    continue
+                back = mf.GaussNewtonRetraction()(
+                    manifold, mf.CholeskyProjector(), jnp.asarray(final)
+                )
+                ok.append(bool(back.converged))
+                if back.converged:
+                    run_points.append(measure(np.asarray(back.theta)))
+            runs.append(
+                dict(
+                    eta=eta,
+                    steps=k,
+                    tau=k * eta**2,
+                    points=run_points,
+                    retracted=int(sum(ok)),
+                    diverged=int(np.sum(np.asarray(sim.diverged))),
+                )
+            )
+        return RealDataResult(
+            manifold=manifold,
+            theta_interpolant=theta0,
+            training=dict(steps=steps, loss=loss, seconds=seconds),
+            solution=solution,
+            times=np.concatenate([[0.0], np.asarray(solution.ts)]),
+            points=points,
+            sgd=runs,
+            constant=constant,
+        )
+
+    def checks(self, problem: RealDataProblem, result: RealDataResult) -> Report:
+        solution = result.solution
+        R = np.asarray(solution.sharpness)
+        rises = np.diff(R)
+        # R decreases along its own gradient flow; steps may wiggle by rounding.
+        largest_rise = float(np.max(rises / np.abs(R[:-1]), initial=-np.inf))
+        diverged = sum(run["diverged"] for run in result.sgd)
+        unretracted = sum(
+            problem.sgd_seeds - run["retracted"] - run["diverged"] for run in result.sgd
+        )
+        flow_end, start = result.points[-1], result.points[0]
+        sgd_end = result.sgd[-1]["points"]
+        checks = (
+            check_ending(
+                solution,
+                {
+                    "t1_reached": "the flow runs to --t1 (the flattest interpolant "
+                    "may be far); the label-noise runs are matched to it",
+                    "stationary": "the flow reached a stationary point",
+                },
+            ),
+            Check.compare(
+                "on_manifold",
+                "largest max|F| along the flow (the interpolation constraint)",
+                float(np.nanmax(solution.constraint_violation)),
+                upper=1e-10,
+            ),
+            Check.compare(
+                "sharpness_decreases",
+                "largest relative rise of R between accepted steps (a gradient flow "
+                "of R: none beyond rounding)",
+                largest_rise,
+                upper=1e-10,
+            ),
+            Check.compare(
+                "sgd_no_divergence",
+                "label-noise GD runs that diverged (a non-finite value)",
+                diverged,
+                upper=0,
+            ),
+            Check.compare(
+                "sgd_retraction",
+                "label-noise GD end points that do not retract onto Gamma",
+                unretracted,
+                upper=0,
+            ),
+            Check.compare(
+                "test_error_flow_change",
+                "test error at the flow's end minus at the interpolant (a "
+                "measurement of Open Question 1, not a prediction)",
+                flow_end.test_error - start.test_error,
+            ),
+            Check.compare(
+                "test_error_sgd_change",
+                "test error of label-noise GD (smallest eta, mean over seeds) "
+                "minus at the interpolant (a measurement)",
+                float(np.mean([p.test_error for p in sgd_end])) - start.test_error
+                if sgd_end
+                else math.nan,
+                condition=bool(sgd_end),
+            ),
+        )
+        return Report(checks, {})
+
+    def summarise(
+        self, problem: RealDataProblem, result: RealDataResult, report: Report
+    ) -> Outcome:
+        solution = result.solution
+        start, end = result.points[0], result.points[-1]
+        sgd_points = result.sgd[-1]["points"]
+
+        def mean(values):
+            return float(np.mean(values)) if values else math.nan
+
+        test_sgd = mean([p.test_error for p in sgd_points])
+        summary = dict(
+            problem.settings,
+            task=problem.data.task,
+            dataset_description=problem.data.description,
+            matrix_free=bool(result.manifold.matrix_free),
+            train_steps=result.training["steps"],
+            train_loss=result.training["loss"],
+            train_seconds=result.training["seconds"],
+            result=solution.result_name,
+            num_steps=solution.num_steps,
+            t_final=float(solution.t_final),
+            solve_seconds=float(solution.wall_seconds),
+            R_initial=start.sharpness,
+            R_final=end.sharpness,
+            grad_norm_final=end.gradient_norm,
+            max_constraint_violation=float(np.nanmax(solution.constraint_violation)),
+            test_error_interpolant=start.test_error,
+            test_error_flow=end.test_error,
+            test_error_sgd=test_sgd,
+            test_error_change_flow=end.test_error - start.test_error,
+            test_error_change_sgd=test_sgd - start.test_error,
+            lambda_max_interpolant=start.lambda_max,
+            lambda_max_flow=end.lambda_max,
+            flow_constant=result.constant,
+            report_times=[float(t) for t in result.times],
+            along_flow=[dataclasses.asdict(p) for p in result.points],
+            sgd=[
+                dict(
+                    eta=run["eta"],
+                    steps=run["steps"],
+                    tau=run["tau"],
+                    diverged=run["diverged"],
+                    retracted=run["retracted"],
+                    points=[dataclasses.asdict(p) for p in run["points"]],
+                )
+                for run in result.sgd
+            ],
+        )
+        arrays = dict(
+            step_ts=solution.step_ts,
+            sharpness=solution.sharpness,
+            gradient_norm=solution.gradient_norm,
+            constraint_violation=solution.constraint_violation,
+            report_times=result.times,
+            theta_interpolant=result.theta_interpolant,
+            theta_final=np.asarray(solution.theta_final),
+        )
+        s = problem.settings
+        rows = [
+            "",
+            "point                     test error      R        lambda_max  "
+            "|theta|   distance",
+        ]
+        rows.append(_row("interpolant (Adam + GN)", start))
+        rows.append(_row(f"flow at t={float(solution.t_final):.4g}", end))
+        for run in result.sgd:
+            for p in run["points"][:1]:
+                rows.append(_row(f"label-noise GD eta={run['eta']:g}", p))
+        headline = (
+            f"real-data: {s['dataset']} n_train={s['n_train']} n_test={s['n_test']} "
+            f"MLP width={s['width']} depth={s['depth']} {s['activation']} "
+            f"(D={s['parameters']}, "
+            f"{'matrix-free' if result.manifold.matrix_free else 'dense'}) "
+            f"seed={s['seed']}\n"
+            f"Adam: {result.training['steps']} steps to loss "
+            f"{result.training['loss']:.2e} ({result.training['seconds']:.1f} s)\n"
+            f"flow: {result_text(solution).rstrip('.')}: t={solution.t_final:.6g}, "
+            f"{solution.num_steps} steps ({solution.num_rejected_steps} rejected), "
+            f"solve {solution.wall_seconds:.2f} s; R {start.sharpness:.6g} -> "
+            f"{end.sharpness:.6g}" + "\n".join(rows)
+        )
+        figure_data = dict(
+            times=result.times,
+            points=result.points,
+            step_ts=solution.step_ts,
+            sharpness=solution.sharpness,
+            gradient_norm=solution.gradient_norm,
+            sgd=result.sgd,
+            t_final=float(solution.t_final),
+            task=problem.data.task,
+        )
+        return Outcome(
+            report=report,
+            summary=summary,
+            arrays=arrays,
+            headline=headline,
+            finished=bool(report["ending"].passed),
+            interrupted=solution.result_name == "interrupted",
+            figure_data=figure_data,
+        )
+
+    def plot(self, outcome: Outcome, figure) -> None:
+        data = outcome.figure_data
+        axes = figure.subplots(1, 3)
+        figure.subplots_adjust(left=0.06, right=0.985, bottom=0.14, top=0.9, wspace=0.3)
+        times = data["times"]
+        error_name = "test error" if data["task"] == "binary" else "test MSE"
+        axes[0].plot(times, [p.test_error for p in data["points"]], "o-", label="flow")
+        axes[1].semilogy(data["step_ts"], data["sharpness"], ".-", label="flow")
+        axes[2].semilogy(data["step_ts"], data["gradient_norm"], ".-")
+        markers = "sD^v<>"
+        for i, run in enumerate(data["sgd"]):
+            label = f"label-noise GD, eta={run['eta']:g}"
+            for j, p in enumerate(run["points"]):
+                kwargs = dict(marker=markers[i % 6], ls="none", alpha=0.8)
+                axes[0].plot(
+                    data["t_final"], p.test_error, label=None if j else label, **kwargs
+                )
+                axes[1].plot(
+                    data["t_final"], p.sharpness, label=None if j else label, **kwargs
+                )
+        axes[0].set(
+            xlabel="flow time t",
+            ylabel=error_name,
+            title=f"{error_name} along the flow",
+        )
+        axes[1].set(xlabel="flow time t", ylabel="R = Tr Hessian", title="sharpness")
+        axes[2].set(xlabel="flow time t", ylabel="|P_T grad R|", title="stationarity")
+        for ax in axes[:2]:
+            ax.legend(fontsize=7)
+
+
+def _row(label: str, p: Point) -> str:
+    return (
+        f"{label:<25} {p.test_error:<14.4g} {p.sharpness:<8.4g} "
+        f"{p.lambda_max:<11.4g} {p.norm:<9.4g} {p.distance:.4g}"
+    )
+
+
+class _Measure:
+    """The measurements of `Point` at a parameter vector on the manifold."""
+
+    def __init__(self, manifold, data: Dataset, theta0: np.ndarray):
+        self.manifold = manifold
+        self.data = data
+        self.theta0 = theta0
+        self.flow = mf.SharpnessFlow(manifold)
+        X, y = jnp.asarray(data.X_train), jnp.asarray(data.y_train)
+        self.X_test = jnp.asarray(data.X_test)
+        self.loss = _TrainingLoss(X, y)
+
+    def __call__(self, theta: np.ndarray) -> Point:
+        theta_j = jnp.asarray(theta)
+        R, g, F, predictions = _evaluate(self.flow, theta_j, self.X_test)
+        model = self.manifold.to_parameters(theta_j)
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        eigen = mf.hessian_max_eigenvalue(
+            eqx.Partial(self.loss, static=static), params, rtol=1e-6
+        )
+        return Point(
+            test_error=self.data.test_error(np.asarray(predictions)),
+            sharpness=float(R),
+            gradient_norm=float(g),
+            norm=float(np.linalg.norm(theta)),
+            lambda_max=float(eigen.value),
+            lambda_max_error=float(eigen.error),
+            distance=float(np.linalg.norm(theta - self.theta0)),
+            constraint=float(F),
+        )
+
+
+class _TrainingLoss(eqx.Module):
+    """The training loss as a function of the trainable arrays (for Lanczos)."""
+
+    X: jax.Array
+    y: jax.Array
+
+    def __call__(self, params, static):
+        return _mse(eqx.combine(params, static), self.X, self.y)
+
+
+@eqx.filter_jit
+def _evaluate(flow, theta, X_test):
+    evaluation = flow.evaluate(theta)
+    F = jnp.max(jnp.abs(flow.manifold.constraint(theta)))
+    predictions = jax.vmap(flow.manifold.to_parameters(theta))(X_test)
+    return evaluation.sharpness, evaluation.gradient_norm, F, predictions
