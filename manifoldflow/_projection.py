@@ -14,14 +14,12 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import RealScalarLike
-
 from ._errors import InputError
 from ._manifold import Linearisation
 

@@ -26,7 +26,7 @@ import numpy as np
 import manifoldflow as mf
 
 from .._errors import InputError
-from ..models.datasets import DATASETS, Dataset, load_dataset
+from ..models.datasets import Dataset, DATASETS, load_dataset
 from ..sgd import LabelNoiseGD, simulate
 from ..theory import Check, check_ending, Report
 from ._options import (
