@@ -53,7 +53,9 @@ class MeanSquaredLoss(AbstractLoss):
         return (jnp.asarray(prediction) - label) ** 2
 
     def curvature_weights(self, labels):
-        return jax.device_put(np.full(labels.shape[0], 2.0 / labels.shape[0]))
+        return jax.device_put(
+            np.full(labels.shape[0], 2.0 / labels.shape[0], labels.dtype)
+        )
 
     def label_noise_constant(self, sigma: float, num_data: int) -> float:
         return sigma**2 / (2 * num_data)
@@ -69,7 +71,9 @@ class HalfMeanSquaredLoss(AbstractLoss):
         return 0.5 * (jnp.asarray(prediction) - label) ** 2
 
     def curvature_weights(self, labels):
-        return jax.device_put(np.full(labels.shape[0], 1.0 / labels.shape[0]))
+        return jax.device_put(
+            np.full(labels.shape[0], 1.0 / labels.shape[0], labels.dtype)
+        )
 
     def label_noise_constant(self, sigma: float, num_data: int) -> float:
         return sigma**2 / (4 * num_data)

@@ -296,11 +296,17 @@ class ZeroLossManifold(_AbstractPytreeManifold):
       per-example gradients at a time, so memory is $O(\text{chunk}\cdot D + n^2 +
       n\cdot\text{activations})$ rather than $O(nD)$, and every projector applies
       ([`manifoldflow.CGProjector`][] skips the Gram matrix altogether). Default
-      `None`: matrix-free exactly when the dense path's memory (about six $n \times
+      `None`: matrix-free exactly when the dense path's memory (about four $n \times
       D$ arrays) exceeds half of the memory available (the accelerator's, or the
       host's free memory on CPU). `manifold.matrix_free` says which it is.
-    - `chunk_size`: examples per chunk of the matrix-free $\nabla R$ (default: about
-      128 MiB of per-example vectors).
+    - `chunk_size`: examples per chunk of the matrix-free $\nabla R$ and Gram matrix
+      (default: up to 2 GiB of per-example vectors, at most an eighth of the memory
+      available). Larger chunks are faster; the Gram matrix costs $n^2/\text{chunk}$
+      extra per-example gradients.
+
+    The manifold computes in the precision of the model's parameters: float32
+    parameters (for an accelerator) make the data float32 too, and the solve then
+    needs float32 tolerances (see [`manifoldflow.solve_flow`][]).
 
     Raises [`manifoldflow.InputError`][] for bad data (see `check_data`), a model
     that does not return a scalar, no trainable leaves, $n > D$, or a `chunk_size`
@@ -328,6 +334,11 @@ class ZeroLossManifold(_AbstractPytreeManifold):
     ):
         self.X, self.y = check_data(X, y)
         self.parameters, self.static = _partition_coordinates(model, filter_spec)
+        precision = self.initial_point().dtype
+        if precision == jnp.float32 and self.X.dtype != precision:
+            # float32 parameters (e.g. for an accelerator): the data follow them, so
+            # that the whole flow runs in float32.
+            self.X, self.y = self.X.astype(precision), self.y.astype(precision)
         example = jax.ShapeDtypeStruct(self.X.shape[1:], self.X.dtype)
         try:
             out = jax.eval_shape(model, example)

@@ -29,18 +29,24 @@ import lineax as lx
 from jaxtyping import Array, Float, Scalar
 
 
-_CHUNK_BYTES = 2**27
-"""Bytes of per-example gradients and their products held at once (128 MiB)."""
+_CHUNK_BYTES = 2**31
+"""Most bytes of per-example vectors held at once (2 GiB; at most an eighth of the
+memory available). Larger chunks are much faster: the per-example products of a
+chunk are matrix products of width `chunk` (at D = 1e6, n = 256 one evaluation took
+47 s in chunks of 4, 16 s in chunks of 33 and 4.1 s in chunks of 128)."""
 
-DENSE_COPIES = 6
+DENSE_COPIES = 4
 r"""Peak memory of the dense path in units of its $n \times D$ Jacobian: the matrix,
-the reverse pass through the per-example gradients and its temporaries."""
+the reverse pass through the per-example gradients and its temporaries (measured:
+about 3.4, `benchmarks/generic_scaling.py`)."""
 
 
 def default_chunk(n: int, D: int, itemsize: int) -> int:
-    """Examples per chunk: about `_CHUNK_BYTES` of per-example vectors (four of
-    size D each: the gradient, its tangent and their residuals), at least 1."""
-    return max(1, min(n, _CHUNK_BYTES // max(1, 4 * D * itemsize)))
+    """Examples per chunk: `_CHUNK_BYTES` (or an eighth of `available_memory()`, if
+    less) of per-example vectors, four of size D per example (the gradient, its
+    tangent and their residuals; measured about 3.1), at least 1."""
+    budget = min(_CHUNK_BYTES, available_memory() // 8)
+    return max(1, min(n, budget // max(1, 4 * D * itemsize)))
 
 
 def available_memory() -> int:

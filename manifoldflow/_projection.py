@@ -233,10 +233,11 @@ class CGProjector(AbstractProjector):
     (`guess`): they change slowly along the flow, so CG starts close to the answer.
     Where the linearisation carries the diagonal $\|\nabla F_i\|^2$ of $JJ^\top$
     (a matrix-free [`manifoldflow.ZeroLossManifold`][] does), it is a Jacobi
-    preconditioner. The stopping rule is a backward error (see
-    [`manifoldflow._projection.conjugate_gradients`][]): the residual of $JJ^\top
-    \lambda = b$ within `atol + rtol (|b| + |JJ^T| |lambda|)`, as accurate as a
-    Cholesky solve, and reachable however ill-conditioned $JJ^\top$ is.
+    preconditioner. The stopping rule is a backward error: the residual of $JJ^\top
+    \lambda = b$ within `atol + rtol (|b| + |JJ^T| |lambda|)` (2-norms; $\|JJ^\top\|$
+    estimated from below by the Rayleigh quotients of the search directions), as
+    accurate as a Cholesky solve, and reachable however ill-conditioned $JJ^\top$
+    is; a test on $|b|$ alone stalls at $\epsilon\,\kappa(JJ^\top)$.
 
     **Arguments:**
 

@@ -198,8 +198,11 @@ def solve_flow(
       never changes the controller. A slow flow whose $R$ still decreases is never
       taken for a noise floor.
     - `max_steps`: the most steps attempted (accepted and rejected); never exceeded.
-    - `window`: steps per jitted window (default from memory: the states of a window's
-      steps are kept).
+    - `window`: the most steps per jitted window (default from memory: the states of
+      a window's steps are kept). Windows start at 4 attempts and grow while one
+      takes under 2 s (shrinking when it takes over 8 s), so that Ctrl-C, the
+      progress meter and checkpoints act every few seconds even when a step of a
+      large model takes a minute.
     - `save_every`: keep every k-th accepted state in `ys` (diagnostics keep all).
     - `max_states`: without `saveat`, the most states kept in `ys`: when more steps
       are taken, every other kept state is dropped (so they stay evenly spaced in
@@ -500,6 +503,10 @@ def _checkpointing(path, manifold, theta0, state, records, kept, attempts, optio
     return state, attempts, on_window
 
 
+_WINDOW_SECONDS = 2.0
+"""A window's target wall time (see `_windows`)."""
+
+
 def _windows(
     integrator,
     state,
@@ -511,15 +518,20 @@ def _windows(
 ):
     """Run the loop in jitted windows until it ends, giving the step records to
     `records` and every accepted state to `kept` (if any); the final state. The
-    first windows are short (4, 8, 16, ... attempts, one compiled program), so that
-    Ctrl-C acts early also when steps are slow; it returns what was computed
-    (`interrupted`). After each window, `on_window(state, next attempts)` (a
+    first windows are short (4, 8, 16, ... attempts, one compiled program: the
+    number of attempts is an argument), and a window grows only while it takes less
+    than `_WINDOW_SECONDS` and shrinks when it takes more than four times that, so
+    that Ctrl-C, the progress meter and checkpoints act every few seconds however
+    slow a step is (a step of a large model can take a minute); Ctrl-C returns what
+    was computed (`interrupted`). Window sizes change no number: the loop carries
+    its whole state. After each window, `on_window(state, next attempts)` (a
     checkpoint). The progress meter is closed."""
     attempts = min(4, window) if attempts is None else attempts
     first = not records.parts  # a first window takes the initial point's records
     try:
         while first or is_result(state.result, RESULTS.successful):
             first = False
+            start = time.perf_counter()
             new, rows, ys, count = _run(
                 integrator,
                 state,
@@ -533,7 +545,11 @@ def _windows(
             if kept is not None:
                 kept.add(np.asarray(ys)[: int(count)])
             state = new
-            attempts = min(2 * attempts, window)
+            elapsed = time.perf_counter() - start
+            if elapsed < _WINDOW_SECONDS:
+                attempts = min(2 * attempts, window)
+            elif elapsed > 4 * _WINDOW_SECONDS:
+                attempts = max(1, attempts // 2)
             if on_window is not None:
                 on_window(state, attempts)
     except KeyboardInterrupt:

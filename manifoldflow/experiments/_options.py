@@ -86,10 +86,13 @@ def flow_options(args: argparse.Namespace) -> dict:
     )
 
 
-def progress_meter(progress: bool):
-    """The command line's progress bar (`diffrax.TqdmProgressMeter`), or none."""
+def progress_meter(progress: bool, refresh_steps: int = 20):
+    """The command line's progress bar (`diffrax.TqdmProgressMeter`, redrawn every
+    `refresh_steps` steps), or none."""
 
-    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
+    if not progress:
+        return diffrax.NoProgressMeter()
+    return diffrax.TqdmProgressMeter(refresh_steps=refresh_steps)
 
 
 def positive_sizes(**sizes: int) -> None:

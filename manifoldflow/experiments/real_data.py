@@ -47,13 +47,18 @@ _ACTIVATIONS = {
 }
 _REPORT_FRACTIONS = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0)
 """Where along [0, t1] the flow's point is measured."""
-_INTERPOLATION_LOSS = 1e-10
-"""Adam stops at this training loss; Gauss--Newton then goes to max|F| ~ 1e-13."""
+_INTERPOLATION_LOSS = {"float64": 1e-10, "float32": 1e-8}
+"""Adam stops at this training loss; Gauss--Newton then goes to the retraction's
+tolerance."""
+_FLOAT32 = dict(rtol=1e-6, atol=1e-6, stationarity=1e-5, constraint=1e-5)
+"""float32 floors: PID tolerances, stationarity and the retractions' atol."""
+_HELD = {"float64": 1e-10, "float32": 1e-4}
+"""The largest max|F| along the flow that the `on_manifold` check accepts."""
 
 
-def _float64(tree):
+def _cast(tree, dtype):
     return jax.tree_util.tree_map(
-        lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, tree
+        lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree
     )
 
 
@@ -72,6 +77,8 @@ class RealDataProblem:
     train_steps: int
     learning_rate: float
     matrix_free: bool | None
+    dtype: str
+    retraction: Any  # the retraction of the interpolant and of the SGD end points
     flow: dict
     seed: int
     settings: dict
@@ -146,18 +153,19 @@ def _adam_chunk(params, static, moments, step, X, y, lr, length):
     return params, moments, step, losses
 
 
-def train_to_interpolation(model, X, y, *, learning_rate, max_steps):
-    """Adam from `model` until the training loss is below 1e-10 or `max_steps`:
+def train_to_interpolation(model, X, y, *, learning_rate, max_steps, target=1e-10):
+    """Adam from `model` until the training loss is below `target` or `max_steps`:
     `(trained model, steps, final loss, seconds)`."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     moments, step = (zeros, zeros), jnp.array(0)
-    X, y = jnp.asarray(X), jnp.asarray(y)
-    lr = jnp.asarray(learning_rate)
+    X, y = jnp.asarray(X, dtype), jnp.asarray(y, dtype)
+    lr = jnp.asarray(learning_rate, dtype)
     start = time.perf_counter()
     loss, done = math.inf, 0
     chunk = min(500, max_steps)
-    while done < max_steps and not loss <= _INTERPOLATION_LOSS:
+    while done < max_steps and not loss <= target:
         params, moments, step, losses = _adam_chunk(
             params, static, moments, step, X, y, lr, chunk
         )
@@ -249,6 +257,13 @@ class RealDataExperiment(AbstractExperiment):
             choices=("auto", "yes", "no"),
             help="never form the n x D Jacobian (auto: when it would not fit)",
         )
+        group.add_argument(
+            "--dtype",
+            default="float64",
+            choices=("float64", "float32"),
+            help="precision of the model, data and flow (float32 for accelerators: "
+            "tolerances are raised to rtol, atol 1e-6, stationarity and max|F| 1e-5)",
+        )
         add_flow_options(parser)
         parser.set_defaults(t1=1.0)
 
@@ -276,7 +291,19 @@ class RealDataExperiment(AbstractExperiment):
         if not (args.sigma > 0 and math.isfinite(args.sigma)):
             raise InputError(f"--sigma must be a positive number, got {args.sigma}.")
         etas = _etas(args.etas)
+        constraint_tolerance = 1e-13
+        if args.dtype == "float32":
+            for name in ("rtol", "atol", "stationarity"):
+                setattr(args, name, max(getattr(args, name), _FLOAT32[name]))
+            constraint_tolerance = _FLOAT32["constraint"]
         flow = flow_options(args)
+        retraction = mf.GaussNewtonRetraction(atol=constraint_tolerance, rtol=1e-14)
+        if args.dtype == "float32":
+            retraction = mf.GaussNewtonRetraction(atol=constraint_tolerance, rtol=1e-6)
+            flow.update(
+                initial_retraction=retraction,
+                retraction=mf.ChordRetraction(atol=constraint_tolerance, rtol=1e-6),
+            )
         data = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
         features = data.X_train.shape[1]
         D = num_parameters(features, args.width, args.depth)
@@ -313,16 +340,19 @@ class RealDataExperiment(AbstractExperiment):
             seed=args.seed,
             parameters=D,
             solver=args.solver,
+            dtype=args.dtype,
         )
         return RealDataProblem(
             data=data,
-            model=_float64(model),
+            model=_cast(model, jnp.dtype(args.dtype)),
             etas=etas,
             sigma=args.sigma,
             sgd_seeds=args.sgd_seeds,
             train_steps=args.train_steps,
             learning_rate=args.lr,
             matrix_free={"auto": None, "yes": True, "no": False}[args.matrix_free],
+            dtype=args.dtype,
+            retraction=retraction,
             flow=flow,
             seed=args.seed,
             settings=settings,
@@ -336,11 +366,12 @@ class RealDataExperiment(AbstractExperiment):
             data.y_train,
             learning_rate=problem.learning_rate,
             max_steps=problem.train_steps,
+            target=_INTERPOLATION_LOSS[problem.dtype],
         )
         manifold = mf.ZeroLossManifold(
             trained, data.X_train, data.y_train, matrix_free=problem.matrix_free
         )
-        retracted = mf.GaussNewtonRetraction()(
+        retracted = problem.retraction(
             manifold, mf.CholeskyProjector(), manifold.initial_point()
         )
         if not (math.isfinite(loss) and bool(retracted.converged)):
@@ -361,7 +392,8 @@ class RealDataExperiment(AbstractExperiment):
             theta0,
             saveat=list(times[1:]),
             throw=False,
-            progress_meter=progress_meter(progress),
+            # Redrawn every step: a step of a large model can take a minute.
+            progress_meter=progress_meter(progress, refresh_steps=1),
             **problem.flow,
         )
         measure = _Measure(manifold, data, theta0)
@@ -373,8 +405,22 @@ class RealDataExperiment(AbstractExperiment):
         t_reached = float(solution.t_final)
         tau = t_reached / constant
         runs = []
+        limit = 2 / points[0].lambda_max  # GD's stability limit at the interpolant
         for eta in problem.etas:
             k = max(1, round(tau / eta**2))
+            if not eta < limit:  # it would diverge: not run, and the check says so
+                runs.append(
+                    dict(
+                        eta=eta,
+                        steps=k,
+                        tau=k * eta**2,
+                        points=[],
+                        retracted=0,
+                        diverged=0,
+                        unstable=True,
+                    )
+                )
+                continue
             sim = simulate(
                 manifold,
                 jnp.asarray(theta0),
@@ -390,7 +436,7 @@ class RealDataExperiment(AbstractExperiment):
                 if diverged:
                     ok.append(False)
                     continue
-                back = mf.GaussNewtonRetraction()(
+                back = problem.retraction(
                     manifold, mf.CholeskyProjector(), jnp.asarray(final)
                 )
                 ok.append(bool(back.converged))
@@ -404,6 +450,7 @@ class RealDataExperiment(AbstractExperiment):
                     points=run_points,
                     retracted=int(sum(ok)),
                     diverged=int(np.sum(np.asarray(sim.diverged))),
+                    unstable=False,
                 )
             )
         return RealDataResult(
@@ -424,9 +471,13 @@ class RealDataExperiment(AbstractExperiment):
         # R decreases along its own gradient flow; steps may wiggle by rounding.
         largest_rise = float(np.max(rises / np.abs(R[:-1]), initial=-np.inf))
         diverged = sum(run["diverged"] for run in result.sgd)
+        unstable = [run["eta"] for run in result.sgd if run["unstable"]]
         unretracted = sum(
-            problem.sgd_seeds - run["retracted"] - run["diverged"] for run in result.sgd
+            problem.sgd_seeds - run["retracted"] - run["diverged"]
+            for run in result.sgd
+            if not run["unstable"]
         )
+        limit = 2 / result.points[0].lambda_max
         flow_end, start = result.points[-1], result.points[0]
         sgd_end = result.sgd[-1]["points"]
         checks = (
@@ -440,16 +491,29 @@ class RealDataExperiment(AbstractExperiment):
             ),
             Check.compare(
                 "on_manifold",
-                "largest max|F| along the flow (the interpolation constraint)",
+                "largest max|F| along the flow (the interpolation constraint; "
+                f"{problem.dtype})",
                 float(np.nanmax(solution.constraint_violation)),
-                upper=1e-10,
+                upper=_HELD[problem.dtype],
             ),
             Check.compare(
                 "sharpness_decreases",
                 "largest relative rise of R between accepted steps (a gradient flow "
                 "of R: none beyond rounding)",
                 largest_rise,
-                upper=1e-10,
+                upper=1e-10 if problem.dtype == "float64" else 1e-4,
+            ),
+            Check.compare(
+                "sgd_stable",
+                f"step sizes at or above GD's stability limit 2/lambda_max = "
+                f"{limit:.3g} at the interpolant (not run: they diverge)",
+                len(unstable),
+                upper=0,
+                note=f"--etas below {limit:.3g} (unstable: "
+                + ", ".join(f"{e:g}" for e in unstable)
+                + ")"
+                if unstable
+                else "",
             ),
             Check.compare(
                 "sgd_no_divergence",
@@ -525,6 +589,7 @@ class RealDataExperiment(AbstractExperiment):
                     tau=run["tau"],
                     diverged=run["diverged"],
                     retracted=run["retracted"],
+                    unstable=run["unstable"],
                     points=[dataclasses.asdict(p) for p in run["points"]],
                 )
                 for run in result.sgd
@@ -629,9 +694,9 @@ class _Measure:
         self.data = data
         self.theta0 = theta0
         self.flow = mf.SharpnessFlow(manifold)
-        X, y = jnp.asarray(data.X_train), jnp.asarray(data.y_train)
-        self.X_test = jnp.asarray(data.X_test)
-        self.loss = _TrainingLoss(X, y)
+        # In the manifold's precision (float32 data for float32 parameters).
+        self.X_test = jnp.asarray(data.X_test, manifold.X.dtype)
+        self.loss = _TrainingLoss(manifold.X, manifold.y)
 
     def __call__(self, theta: np.ndarray) -> Point:
         theta_j = jnp.asarray(theta)
