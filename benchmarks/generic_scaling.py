@@ -13,7 +13,6 @@ Writes benchmarks/results/generic_scaling.json and .png.
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
