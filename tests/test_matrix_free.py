@@ -35,14 +35,14 @@ def _pair(model, X, y, **kwargs):
 
 
 def _problems():
-    """`(dense, matrix-free, solve?)`: trajectories of the MLP; the two-layer net at
-    its initial point only (its trajectory adds compile time, not coverage)."""
+    """`(dense, matrix-free, solve?)`: a trajectory of each path, for a small MLP
+    and for the two-layer net."""
     model, X, y = _mlp_problem()
     net, X2, y2, _, _ = two_layer_problem(m=6, n=5, d=7, seed=3)
     return [
         pytest.param((*_pair(model, X, y), True), id="mlp"),
         pytest.param(
-            (*_pair(net, X2, y2, filter_spec=net.filter_spec()), False), id="two-layer"
+            (*_pair(net, X2, y2, filter_spec=net.filter_spec()), True), id="two-layer"
         ),
     ]
 
