@@ -80,7 +80,6 @@ class RealDataProblem:
     dtype: str
     retraction: Any  # the retraction of the interpolant and of the SGD end points
     flow: dict
-    seed: int
     settings: dict
 
 
@@ -354,7 +353,6 @@ class RealDataExperiment(AbstractExperiment):
             dtype=args.dtype,
             retraction=retraction,
             flow=flow,
-            seed=args.seed,
             settings=settings,
         )
 
