@@ -21,7 +21,8 @@ from . import (
 )
 from ._batch import solve_flows as solve_flows
 from ._errors import InputError as InputError
-from ._flow import FlowEvaluation as FlowEvaluation, SharpnessFlow as SharpnessFlow
+from ._flow import SharpnessFlow as SharpnessFlow
+from ._geometry import FlowEvaluation as FlowEvaluation, Geometry as Geometry
 from ._landscape import (
     descent_converged as descent_converged,
     EigenEstimate as EigenEstimate,
@@ -46,6 +47,17 @@ from ._manifold import (
     ConstraintManifold as ConstraintManifold,
     Linearisation as Linearisation,
     ZeroLossManifold as ZeroLossManifold,
+)
+from ._minimise import (
+    AbstractRiemannianMinimiser as AbstractRiemannianMinimiser,
+    classify_point as classify_point,
+    minimise_sharpness as minimise_sharpness,
+    MinimiseRecords as MinimiseRecords,
+    MinimiseSolution as MinimiseSolution,
+    MinimumAtInfinity as MinimumAtInfinity,
+    RiemannianGradientDescent as RiemannianGradientDescent,
+    RiemannianTrustRegion as RiemannianTrustRegion,
+    Verdict as Verdict,
 )
 from ._noise_floor import (
     AbstractNoiseFloorPolicy as AbstractNoiseFloorPolicy,

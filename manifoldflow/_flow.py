@@ -6,26 +6,9 @@ import lineax as lx
 from jaxtyping import Array, Float, Scalar
 
 from ._custom_types import RealScalarLike
-from ._manifold import AbstractManifold, Linearisation
+from ._geometry import FlowEvaluation, Geometry
+from ._manifold import AbstractManifold
 from ._projection import AbstractProjector, CholeskyProjector
-
-
-class FlowEvaluation(eqx.Module):
-    """The Riemannian gradient $g = P_T\\nabla R$ at a point, with its by-products and
-    the result of the projection's linear solve (a lineax `RESULTS` item)."""
-
-    riemannian_gradient: Float[Array, " D"]
-    multipliers: Float[Array, " n"]
-    linearisation: Linearisation
-    result: lx.RESULTS
-
-    @property
-    def sharpness(self) -> Scalar:
-        return self.linearisation.sharpness
-
-    @property
-    def gradient_norm(self) -> Scalar:
-        return jnp.linalg.norm(self.riemannian_gradient)
 
 
 class SharpnessFlow(eqx.Module):
@@ -56,9 +39,12 @@ class SharpnessFlow(eqx.Module):
         """$P_T \\nabla R$, its multipliers and the linearisation at `theta`.
         `guess`: a starting point for an iterative projector's multipliers (e.g.
         those of a nearby point); direct projectors ignore it."""
-        lin = self.manifold.linearise(theta)
-        g, lam, result = self.projector.project_with_result(lin, lin.gradient, guess)
-        return FlowEvaluation(g, lam, lin, result)
+        return self.geometry.evaluate(theta, guess)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The flow's [`manifoldflow.Geometry`][] (its manifold and projector)."""
+        return Geometry(self.manifold, self.projector)
 
     def gradient_norm(self, theta: Float[Array, " D"]) -> Scalar:
         """$\\|P_T \\nabla R(\\theta)\\|$ (independent of `constant`)."""

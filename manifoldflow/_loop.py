@@ -27,7 +27,8 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
-from ._flow import FlowEvaluation, SharpnessFlow
+from ._flow import SharpnessFlow
+from ._geometry import FlowEvaluation
 from ._noise_floor import AbstractNoiseFloorPolicy
 from ._results import RESULTS
 from ._retraction import AbstractRetraction, RetractionSolution

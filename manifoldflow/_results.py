@@ -16,6 +16,7 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     `interrupted`, `stagnated` (the noise floor), `ill_conditioned` ($JJ^\top$
     numerically singular), `initial_retraction_failed`, `retraction_failed`,
     `projection_failed`, `step_failure` (non-finite values), `step_size_collapsed`,
+    `minimum_at_infinity` and `no_progress` (of [`manifoldflow.minimise_sharpness`][]),
     and the failures of diffrax, optimistix and lineax it extends. Compare with them
     (`solution.result == RESULTS.stationary`); `result_name(result)` gives the name.
     """
@@ -49,6 +50,17 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     projection_failed = (
         "the linear solve of the tangent projection failed (e.g. CG reached its "
         "iteration cap, or the Gram matrix is singular)"
+    )
+    minimum_at_infinity = (
+        "minimum at infinity likely: R kept falling while |theta| grew steadily and "
+        "|P_T grad R| did not converge (the infimum of R on the manifold is "
+        "approached as |theta| -> infinity; see the solution's trend)"
+    )
+    no_progress = (
+        "no progress: the optimiser's step (trust-region radius or line-search step) "
+        "shrank to rounding without decreasing R, with |P_T grad R| still above the "
+        "gradient tolerance (the tolerance is below what R's rounding allows, or the "
+        "Hessian products are inaccurate)"
     )
     step_size_collapsed = (
         "the step size collapsed: time stopped advancing although steps were accepted "

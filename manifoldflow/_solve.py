@@ -26,6 +26,7 @@ from jaxtyping import ArrayLike, Float, PyTree
 from . import _checkpoint
 from ._errors import InputError
 from ._flow import SharpnessFlow
+from ._geometry import pytree_coordinates
 from ._loop import FlowState, Integrator
 from ._manifold import AbstractManifold
 from ._noise_floor import AbstractNoiseFloorPolicy, TightenTolerances
@@ -747,27 +748,11 @@ def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
 
 
 def _coordinates(manifold, theta0) -> jax.Array:
-    """`theta0` as an array: arrays as they are; a pytree of the model's structure
-    (e.g. a tuple of layers) by the manifold's `to_coordinates`; other sequences of
-    numbers as arrays; `InputError` otherwise."""
+    """`theta0` as an array: arrays as they are, anything else by
+    `pytree_coordinates` (a pytree of the model's structure, or numbers)."""
     if isinstance(theta0, (np.ndarray, jax.Array, float, int)):
         return _on_device(theta0)
-    to_coordinates = getattr(manifold, "to_coordinates", None)
-    if to_coordinates is not None:
-        try:
-            return to_coordinates(theta0)
-        except InputError:
-            if not isinstance(theta0, (list, tuple)):
-                raise  # a pytree of another structure: its message says so
-    try:
-        return _on_device(np.asarray(theta0, dtype=float))
-    except (TypeError, ValueError):
-        raise InputError(
-            f"theta0 must be a vector of the manifold's {manifold.dimension} "
-            f"coordinates, got a {type(theta0).__name__}.",
-            fix="Pass e.g. manifold.initial_point() plus a displacement.",
-            parameter="theta0",
-        ) from None
+    return pytree_coordinates(manifold, theta0)
 
 
 def _check_shape(manifold, theta0) -> None:

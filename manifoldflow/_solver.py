@@ -9,6 +9,7 @@ import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree, Scalar
 
 from ._errors import InputError
+from ._geometry import Geometry
 from ._manifold import AbstractManifold
 from ._projection import AbstractProjector, CholeskyProjector
 from ._retraction import AbstractRetraction, ChordRetraction
@@ -147,9 +148,14 @@ class ProjectedSolver(diffrax.AbstractWrappedSolver):
             correction=zero,
         )
 
+    @property
+    def geometry(self) -> Geometry:
+        """The solver's [`manifoldflow.Geometry`][]: manifold, projector, retraction."""
+        return Geometry(self.manifold, self.projector, self.retraction)
+
     def retract(self, y):
         """Retract `y` onto the manifold (a `RetractionSolution`)."""
-        return self.retraction(self.manifold, self.projector, y)
+        return self.geometry.retract(y)
 
     def _retract_record(self, y: Float[Array, " D"]) -> tuple:
         retracted = self.retract(y)

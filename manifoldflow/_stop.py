@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Scalar
 
-from ._flow import FlowEvaluation
+from ._geometry import FlowEvaluation
 from ._results import RESULTS
 
 
