@@ -31,7 +31,8 @@ PROJECTORS = {
 
 
 def add_flow_options(parser: argparse.ArgumentParser) -> None:
-    """`--t1 --stationarity --solver --rtol --atol --max-steps --projector`."""
+    """`--t1 --stationarity --solver --rtol --atol --max-steps --projector
+    --polish` (the last is read by `_polish.polish_flow`, not `flow_options`)."""
     group = parser.add_argument_group("flow solve")
     group.add_argument("--t1", type=float, default=math.inf, help="end time")
     group.add_argument(
@@ -58,6 +59,12 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PROJECTORS),
         help="tangent projection: Cholesky of J J^T, QR of J^T, matrix-free CG, or "
         "SVD (for a rank-deficient J)",
+    )
+    group.add_argument(
+        "--polish",
+        action="store_true",
+        help="then minimise R on the manifold from the flow's end (Riemannian trust "
+        "region, to --stationarity) and check the polished point too",
     )
 
 

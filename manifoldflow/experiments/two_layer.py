@@ -21,7 +21,7 @@ from ..models import (
     TwoLayerManifold,
     TwoLayerNet,
 )
-from ..theory import check_ending, gatmiry, Report
+from ..theory import Check, check_ending, gatmiry, Report
 from ._options import (
     add_flow_options,
     check_seed,
@@ -31,6 +31,14 @@ from ._options import (
     positive_sizes,
     progress_meter,
     result_text,
+)
+from ._polish import (
+    polish_checks,
+    polish_flow,
+    polish_headline,
+    polish_summary,
+    renamed,
+    split,
 )
 from .base import AbstractExperiment, Outcome
 
@@ -48,6 +56,7 @@ class TwoLayerProblem(eqx.Module):
     manifold: Any
     options: dict
     settings: dict
+    args: argparse.Namespace
 
 
 def _data(args) -> tuple[np.ndarray, np.ndarray]:
@@ -236,12 +245,13 @@ class TwoLayerExperiment(AbstractExperiment):
             atol=args.atol,
             stationarity=args.stationarity,
         )
-        return TwoLayerProblem(X, y, net, structured, manifold, options, settings)
+        settings["polish"] = bool(args.polish)
+        return TwoLayerProblem(X, y, net, structured, manifold, options, settings, args)
 
     def run(self, problem: TwoLayerProblem, *, progress: bool):
 
         try:
-            return mf.solve_flow(
+            solution = mf.solve_flow(
                 problem.manifold,
                 **problem.options,
                 progress_meter=progress_meter(progress),
@@ -249,10 +259,13 @@ class TwoLayerExperiment(AbstractExperiment):
             )
         except InputError as error:
             raise command_line_error(error) from None
+        return polish_flow(problem.manifold, solution, problem.args)
 
     def run_batch(self, problems: list[TwoLayerProblem]):
         """Problems of one shape and the same solve options, as one
-        `manifoldflow.solve_flows`; `None` otherwise."""
+        `manifoldflow.solve_flows`; `None` otherwise (and when polishing)."""
+        if any(p.settings["polish"] for p in problems):
+            return None
         options = [
             {k: v for k, v in p.options.items() if k != "checkpoint"} for p in problems
         ]
@@ -267,17 +280,42 @@ class TwoLayerExperiment(AbstractExperiment):
         return list(solutions)
 
     def checks(self, problem: TwoLayerProblem, result) -> Report:
-
+        flow, polish = split(result)
         report = gatmiry.two_layer_checks(
             problem.structured,
-            result,
-            constraint_tolerance=_constraint_tolerance(problem, result),
+            flow,
+            constraint_tolerance=_constraint_tolerance(problem, flow),
         )
-        ending = check_ending(result, {"stationary": _STATIONARY})
-        return Report((ending, *report.checks), report.figures)
+        if polish is None:
+            ending = check_ending(flow, {"stationary": _STATIONARY})
+            return Report((ending, *report.checks), report.figures)
+        # Polishing: the flow only picks the basin, so it may end at --t1; the
+        # polished point is what must be stationary.
+        ending = check_ending(
+            flow, {"stationary": _STATIONARY, "t1_reached": _POLISHED}
+        )
+        checks = [
+            Check.not_applicable(c.name, c.claim, _POLISHED, measured=c.measured)
+            if c.name == "stationarity" and not c.passed
+            else c
+            for c in report.checks
+        ]
+        polished = _polish_checks(problem, flow, polish)
+        return Report((ending, *checks, *polished), report.figures)
 
     def summarise(self, problem: TwoLayerProblem, result, report: Report) -> Outcome:
-        return _summarise(problem, result, report)
+        flow, polish = split(result)
+        outcome = _summarise(problem, flow, report)
+        if polish is None:
+            return outcome
+        return eqx.tree_at(
+            lambda o: (o.summary, o.headline),
+            outcome,
+            (
+                dict(outcome.summary, **polish_summary(polish, flow)),
+                outcome.headline + "\n" + polish_headline(polish),
+            ),
+        )
 
     def plot(self, outcome: Outcome, figure) -> None:
         _plot(outcome.figure_data, figure)
@@ -287,6 +325,33 @@ _STATIONARY = (
     "|P_T grad R| reached the stationarity threshold: the end point is the flow's "
     "limit, where the theorems' statements about stationary points apply"
 )
+
+
+_POLISHED = (
+    "--polish: the flow picks the basin and the polished point is checked for "
+    "stationarity (polish_stationary) and against Theorem 3.3 (polish_*)"
+)
+
+
+def _polish_checks(problem: TwoLayerProblem, flow, polish) -> list:
+    """The polish's own checks, and Theorem 3.3 at the polished point (with the
+    Lemma 4.6 bound from the gradient norm it reached)."""
+    structured = problem.structured
+    u = _reduced(problem, polish.theta)
+    delta = float(polish.gradient_norm)
+    return [
+        *polish_checks(polish, flow, problem.args.stationarity),
+        renamed(gatmiry.theorem_3_3_optimum(structured, u, delta)),
+        renamed(gatmiry.theorem_3_3_minimum_sharpness(structured, u, delta)),
+    ]
+
+
+def _reduced(problem: TwoLayerProblem, theta) -> np.ndarray:
+    """The structured manifold's coordinates of a point of either path."""
+    if problem.manifold is problem.structured:
+        return np.asarray(theta)
+    net = problem.manifold.to_parameters(theta)
+    return np.asarray(problem.structured.coordinates(net.theta))
 
 
 def _constraint_tolerance(problem: TwoLayerProblem, solution) -> float:
