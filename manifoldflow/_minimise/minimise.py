@@ -26,19 +26,22 @@ from .verdict import classify, Verdict
 
 class MinimumAtInfinity(eqx.Module):
     r"""The test that ends a minimisation as `RESULTS.minimum_at_infinity`: over
-    each of the last two windows of `window` iterations, $R$ fell, $\|\theta\|$ grew
-    by more than `growth` (relative), and the second window's growth was at least
-    `persistence` times the first's: growth that does not die out, as it would
-    (geometrically) on the way to a finite minimiser. A heuristic, so the result
-    says "likely"; the solution's `trend()` gives the fitted rates.
+    each of the last two windows of `window` iterations, $\|	heta\|$ grew by more
+    than `growth` (relative), the second window's growth was at least `persistence`
+    times the first's (growth that does not die out, as it does, geometrically, on
+    the way to a finite minimiser), and $R$ fell, but by less than `stall`
+    (relative) in each: diminishing returns while $\|	heta\|$ keeps growing. A
+    heuristic, so the result says "likely"; the solution's `trend()` gives the
+    fitted rates.
 
-    **Arguments:** `window` (iterations, default 10), `growth` (default 0.01),
-    `persistence` (default 0.9).
+    **Arguments:** `window` (iterations, default 20), `growth` (default 0.01),
+    `persistence` (default 0.9), `stall` (default 0.01).
     """
 
-    window: int = eqx.field(static=True, default=10)
+    window: int = eqx.field(static=True, default=20)
     growth: float = 0.01
     persistence: float = 0.9
+    stall: float = 0.01
 
     def __check_init__(self):
         if not (isinstance(self.window, int) and self.window >= 1):
@@ -55,18 +58,23 @@ class MinimumAtInfinity(eqx.Module):
         norm, sharpness = records.theta_norm, records.sharpness
         a, b, c = (jnp.maximum(step - k * W, 0) for k in (2, 1, 0))
         first, second = norm[b] - norm[a], norm[c] - norm[b]
+
+        def falls_slowly(before, after):
+            drop = sharpness[before] - sharpness[after]
+            return (drop > 0) & (drop < self.stall * jnp.abs(sharpness[after]))
+
         return (
             (step >= 2 * W)
             & (first > self.growth * norm[a])
             & (second > self.growth * norm[b])
             & (second >= self.persistence * first)
-            & (sharpness[c] < sharpness[b])
-            & (sharpness[b] < sharpness[a])
+            & falls_slowly(a, b)
+            & falls_slowly(b, c)
         )
 
 
 class MinimiseRecords(eqx.Module):
-    """Per-iteration records of [`manifoldflow.minimise_sharpness`][], row 0 the
+    r"""Per-iteration records of [`manifoldflow.minimise_sharpness`][], row 0 the
     start, row k after iteration k: `sharpness`, `gradient_norm` ($\|P_T\nabla
     R\|$), `theta_norm`, `constraint_violation` ($\max_i|F_i|$), `step_size` (the
     trust-region radius or line-search step used), `inner_iterations`

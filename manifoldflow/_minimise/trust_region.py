@@ -145,8 +145,9 @@ class RiemannianTrustRegion(AbstractRiemannianMinimiser):
       the tangent dimension $D - n$, at most 1000.
     - `kappa`, `theta`: the truncated-CG stopping rule $\|r\| \le \|r_0\|
       \min(\|r_0\|^\theta, \kappa)$ (defaults 0.1 and 1: quadratic convergence).
-    - `curvature_iterations`: Lanczos iterations of the saddle check (default 30,
-      at most the tangent dimension); 0 turns it off.
+    - `curvature_iterations`: Lanczos iterations of the saddle check (default 10,
+      at most the tangent dimension: Lanczos resolves the extreme eigenvalues
+      first, so clearly negative curvature shows within a few); 0 turns it off.
     - `curvature_tolerance`: relative threshold of negative curvature (default
       1e-8).
     - `seed`: seed of the Lanczos starting vectors.
@@ -158,7 +159,7 @@ class RiemannianTrustRegion(AbstractRiemannianMinimiser):
     max_inner_iterations: int | None = eqx.field(static=True, default=None)
     kappa: float = 0.1
     theta: float = 1.0
-    curvature_iterations: int = eqx.field(static=True, default=30)
+    curvature_iterations: int = eqx.field(static=True, default=10)
     curvature_tolerance: float = 1e-8
     seed: int = eqx.field(static=True, default=0)
 
