@@ -8,7 +8,6 @@ import functools
 import time
 
 import equinox as eqx
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,9 +164,13 @@ def run_pymanopt(manifold, theta0, tolerance, max_steps):
         problem, initial_point=np.asarray(theta0), Delta_bar=radius, Delta0=radius / 8
     )
     seconds = time.perf_counter() - start
-    return jnp.asarray(result.point), seconds, dict(
-        steps=int(result.iterations),
-        gradient_evaluations=counts["gradient"],
-        hessian_products=counts["hessian"],
-        result=str(result.stopping_criterion)[:60],
+    return (
+        jnp.asarray(result.point),
+        seconds,
+        dict(
+            steps=int(result.iterations),
+            gradient_evaluations=counts["gradient"],
+            hessian_products=counts["hessian"],
+            result=str(result.stopping_criterion)[:60],
+        ),
     )

@@ -42,9 +42,33 @@ def _check(manifold, theta):
     )
 
 
+@eqx.filter_jit
+def _dense(manifold, theta):
+    """R, its plain gradient and J by autodiff of the constraint alone (no part of
+    the library's geometry: no projector, no linearisation, no multipliers)."""
+    jacobian = jax.jacrev(manifold.constraint)
+
+    def sharpness(t):
+        return jnp.sum(manifold.weights * jnp.sum(jacobian(t) ** 2, axis=1))
+
+    return sharpness(theta), jax.grad(sharpness)(theta), jacobian(theta)
+
+
 def independent_check(manifold, theta):
-    R, g, F = _check(manifold, jnp.asarray(theta))
-    return dict(R=float(R), gradient_norm=float(g), constraint_violation=float(F))
+    """The library's R and |P_T grad R| at `theta`, and the same two recomputed
+    independently: R and grad R by autodiff of the constraint, the projection by
+    NumPy's least squares (SVD)."""
+    theta = jnp.asarray(theta)
+    R, g, F = _check(manifold, theta)
+    R_dense, gradient, J = (np.asarray(a) for a in _dense(manifold, theta))
+    multipliers = np.linalg.lstsq(J.T, gradient, rcond=None)[0]
+    return dict(
+        R=float(R),
+        gradient_norm=float(g),
+        constraint_violation=float(F),
+        R_independent=float(R_dense),
+        gradient_norm_independent=float(np.linalg.norm(gradient - J.T @ multipliers)),
+    )
 
 
 def two_layer(m, d, n, seed=0):
@@ -59,8 +83,8 @@ def two_layer(m, d, n, seed=0):
 def deep_linear(d, depth, seed=0):
     """Marion and Chizat's setting: minimisers of the risk of x -> p^T W_L..W_1 x on
     noisy Gaussian data (n = 50), from a residual initialisation retracted onto
-    them; reference: the exact sharpness of the balanced aligned rank-one
-    minimiser."""
+    them; reference: the trace at the flattest aligned rank-one minimiser
+    (`marion_chizat.flattest_trace`)."""
     from manifoldflow.models.deep_linear import (
         deep_linear_data,
         minimiser_manifold,
@@ -75,7 +99,7 @@ def deep_linear(d, depth, seed=0):
         manifold, mf.CholeskyProjector(), manifold.initial_point()
     )
     constants = marion_chizat.data_constants(X, y)
-    reference = marion_chizat.balanced_sharpness(constants, np.asarray(net.p), depth)
+    reference = marion_chizat.flattest_trace(constants, np.asarray(net.p), depth)
     return manifold, retracted.theta, reference
 
 
@@ -110,11 +134,15 @@ def run_flow(manifold, theta0, t1, stationarity):
         manifold, theta0, t1=t1, stationarity=stationarity, throw=False
     )
     seconds = time.perf_counter() - start
-    return solution.ys[-1], seconds, dict(
-        steps=int(solution.num_steps),
-        gradient_evaluations=int(solution.num_steps) * 13,  # Dopri8: 13 stages
-        hessian_products=0,
-        result=solution.result_name,
+    return (
+        solution.ys[-1],
+        seconds,
+        dict(
+            steps=int(solution.num_steps),
+            gradient_evaluations=int(solution.num_steps) * 13,  # Dopri8: 13 stages
+            hessian_products=0,
+            result=solution.result_name,
+        ),
     )
 
 
@@ -131,12 +159,16 @@ def run_minimise(manifold, theta0, solver, tolerance, max_steps):
     )
     seconds = time.perf_counter() - start
     accepted = int(np.sum(solution.records.accepted[1:]))
-    return solution.theta, seconds, dict(
-        steps=int(solution.num_steps),
-        accepted=accepted,
-        gradient_evaluations=int(solution.num_steps) + 1,
-        hessian_products=solution.hessian_products,
-        result=solution.result_name,
+    return (
+        solution.theta,
+        seconds,
+        dict(
+            steps=int(solution.num_steps),
+            accepted=accepted,
+            gradient_evaluations=int(solution.num_steps) + 1,
+            hessian_products=solution.hessian_products,
+            result=solution.result_name,
+        ),
     )
 
 
@@ -153,16 +185,29 @@ def measure(name, fn, manifold, repeats):
     )
     print(
         f"  {name:>18}: R={row['R']:.10g} |grad|={row['gradient_norm']:.2e} "
+        f"(independent {row['gradient_norm_independent']:.2e}) "
         f"|F|={row['constraint_violation']:.1e} steps={row['steps']} "
-        f"Hv={row['hessian_products']} first={first:.2f}s median={row['median_seconds']:.2f}s "
+        f"Hv={row['hessian_products']} first={first:.2f}s "
+        f"median={row['median_seconds']:.2f}s "
         f"({row['result']})",
         flush=True,
     )
     return row
 
 
-def problem_rows(label, manifold, theta0, R_star, *, t1, tolerance, polish_t1,
-                 max_steps, repeats, peers):
+def problem_rows(
+    label,
+    manifold,
+    theta0,
+    R_star,
+    *,
+    t1,
+    tolerance,
+    polish_t1,
+    max_steps,
+    repeats,
+    peers,
+):
     print(f"{label}: D={manifold.dimension} n={manifold.num_constraints}", flush=True)
     rows = [
         measure(
@@ -173,7 +218,9 @@ def problem_rows(label, manifold, theta0, R_star, *, t1, tolerance, polish_t1,
         ),
         measure(
             "flow+polish",
-            lambda: _flow_then_polish(manifold, theta0, polish_t1, tolerance, max_steps),
+            lambda: _flow_then_polish(
+                manifold, theta0, polish_t1, tolerance, max_steps
+            ),
             manifold,
             repeats,
         ),
@@ -208,8 +255,15 @@ def problem_rows(label, manifold, theta0, R_star, *, t1, tolerance, polish_t1,
                     repeats,
                 )
             )
-    return dict(problem=label, D=manifold.dimension, n=manifold.num_constraints,
-                R_star=R_star, t1=t1, tolerance=tolerance, rows=rows)
+    return dict(
+        problem=label,
+        D=manifold.dimension,
+        n=manifold.num_constraints,
+        R_star=R_star,
+        t1=t1,
+        tolerance=tolerance,
+        rows=rows,
+    )
 
 
 def _flow_then_polish(manifold, theta0, t1, tolerance, max_steps):
@@ -249,8 +303,9 @@ def plot(payload, path):
                 va="bottom",
                 fontsize=7,
             )
-        axis.set_title(f"{problem['problem']} (D={problem['D']}, n={problem['n']})",
-                       fontsize=9)
+        axis.set_title(
+            f"{problem['problem']} (D={problem['D']}, n={problem['n']})", fontsize=9
+        )
         axis.set_ylabel("median wall time (s)")
         axis.tick_params(axis="x", labelrotation=30, labelsize=8)
         axis.margins(y=0.3)
@@ -262,7 +317,9 @@ def plot(payload, path):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--problems", default="two-layer,deep-linear,digits,digits-wide")
+    parser.add_argument(
+        "--problems", default="two-layer,deep-linear,digits,digits-wide"
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args()
@@ -272,17 +329,37 @@ def main():
     if "two-layer" in wanted:
         m, d, n = (8, 16, 6) if args.quick else (64, 256, 64)
         manifold, theta0, R_star = two_layer(m, d, n)
-        problems.append(problem_rows(
-            f"two-layer m={m} d={d}", manifold, theta0, R_star, t1=math.inf,
-            tolerance=1e-10, polish_t1=1.0, max_steps=1000, repeats=repeats,
-            peers=not args.no_peers))
+        problems.append(
+            problem_rows(
+                f"two-layer m={m} d={d}",
+                manifold,
+                theta0,
+                R_star,
+                t1=math.inf,
+                tolerance=1e-10,
+                polish_t1=1.0,
+                max_steps=1000,
+                repeats=repeats,
+                peers=not args.no_peers,
+            )
+        )
     if "deep-linear" in wanted:
         d, depth = (4, 2) if args.quick else (10, 4)
         manifold, theta0, reference = deep_linear(d, depth)
-        problems.append(problem_rows(
-            f"deep linear d={d} L={depth}", manifold, theta0, reference, t1=math.inf,
-            tolerance=1e-10, polish_t1=1.0, max_steps=1000, repeats=repeats,
-            peers=not args.no_peers))
+        problems.append(
+            problem_rows(
+                f"deep linear d={d} L={depth}",
+                manifold,
+                theta0,
+                reference,
+                t1=math.inf,
+                tolerance=1e-10,
+                polish_t1=1.0,
+                max_steps=1000,
+                repeats=repeats,
+                peers=not args.no_peers,
+            )
+        )
     for key, width in (("digits", 16), ("digits-wide", 160)):
         if key not in wanted:
             continue
@@ -290,10 +367,20 @@ def main():
         width = 8 if args.quick else width
         manifold, theta0, _ = digits_mlp(width, n)
         t1 = 10.0 if args.quick else 1000.0
-        problems.append(problem_rows(
-            f"digits MLP 64-{width}-1 tanh", manifold, theta0, None, t1=t1,
-            tolerance=1e-8, polish_t1=10.0, max_steps=500, repeats=repeats,
-            peers=not args.no_peers))
+        problems.append(
+            problem_rows(
+                f"digits MLP 64-{width}-1 tanh",
+                manifold,
+                theta0,
+                None,
+                t1=t1,
+                tolerance=1e-8,
+                polish_t1=10.0,
+                max_steps=500,
+                repeats=repeats,
+                peers=not args.no_peers,
+            )
+        )
     payload = dict(machine=machine(), quick=args.quick, problems=problems)
     name = "flattest_quick" if args.quick else "flattest"
     print(write_json(name, payload))

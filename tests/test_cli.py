@@ -15,16 +15,33 @@ QUIET = ["--no-progress", "--no-cache"]
 SMALL = ["--m", "4", "--d", "6", "--n", "3", *QUIET]
 
 
+# The runs with --polish: the flow stops at --t1, the polish goes on to stationarity.
+# (Their runs without it: test_two_layer_command_writes_results, test_sparse.py,
+# test_matrix_sensing.py; deep-linear's polish: test_deep_linear_trace_flow_...)
+POLISH = {
+    "two-layer": ["--t1", "0.5", "--polish"],
+    "sparse-recovery": ["--t1", "1", "--polish"],
+    "matrix-sensing": ["--t1", "0.5", "--polish"],
+}
+
+
 # real-data's one run is in test_real_data.py, with its numbers checked.
 @pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - {"real-data"}))
 def test_every_experiment_runs_at_a_tiny_size_and_writes_its_files(name, tmp_path):
     experiment = EXPERIMENTS[name]
+    polish = POLISH.get(name, [])
     code = cli.main(
-        [name, *experiment.example_arguments, *QUIET, "--out", str(tmp_path)]
+        [name, *experiment.example_arguments, *polish, *QUIET, "--out", str(tmp_path)]
     )
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["checks_passed"] is True
+    if polish:
+        checks = {c["name"]: c for c in summary["checks"]}
+        assert checks["polish_stationary"]["result"] == "PASS"
+        assert summary.get("polish_result") == "stationary" or all(
+            run["polish_result"] == "stationary" for run in summary["runs"]
+        )
     assert summary["checks"] and all("bound_text" in c for c in summary["checks"])
     assert (tmp_path / "trajectory.npz").stat().st_size > 0
     assert (tmp_path / experiment.figure_name).stat().st_size > 10_000
@@ -325,9 +342,20 @@ def test_deep_linear_bad_options(arguments, message, capsys):
 
 
 def test_deep_linear_trace_flow_on_the_minimisers(tmp_path):
-    code = cli.main([*DEEP_SMALL, "--trace-flow", "--out", str(tmp_path)])
+    code = cli.main([*DEEP_SMALL, "--trace-flow", "--polish", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert code == 0 and summary["trace_flow_result"] == "stationary"
+    # The trace flow and the polish end at the flattest rank-one minimiser, whose
+    # trace is recomputed here from the data (Sigma = X^T X / n, w* = X^+ y).
+    X, y = np.asarray(summary["X"]), np.asarray(summary["y"])
+    Sigma, w = X.T @ X / len(y), np.linalg.lstsq(X, y, rcond=None)[0]
+    a, L = w @ Sigma @ w / (w @ w), 3
+    flattest = (
+        2 * L * (w @ w) ** (1 - 1 / L) * (np.trace(Sigma) * a ** (L - 1)) ** (1 / L)
+    )
+    assert summary["trace_final"] == pytest.approx(flattest, rel=1e-9)
+    assert summary["polish_R"] == pytest.approx(flattest, rel=1e-9)
+    assert summary["polish_grad_norm"] <= 1e-10
     assert summary["trace_final"] <= summary["trace_initial"]
     assert summary["S_trace_flow"] >= summary["S_lower"] * (1 - 1e-9)
     # The flow stays on the minimisers: w_prod is still the least-squares solution.

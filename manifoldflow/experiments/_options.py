@@ -30,9 +30,10 @@ PROJECTORS = {
 }
 
 
-def add_flow_options(parser: argparse.ArgumentParser) -> None:
-    """`--t1 --stationarity --solver --rtol --atol --max-steps --projector
-    --polish` (the last is read by `_polish.polish_flow`, not `flow_options`)."""
+def add_flow_options(parser: argparse.ArgumentParser, *, polish: bool = True) -> None:
+    """`--t1 --stationarity --solver --rtol --atol --max-steps --projector`, and
+    `--polish` unless `polish=False` (it is read by `_polish.polish_end`, not
+    `flow_options`)."""
     group = parser.add_argument_group("flow solve")
     group.add_argument("--t1", type=float, default=math.inf, help="end time")
     group.add_argument(
@@ -60,6 +61,8 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
         help="tangent projection: Cholesky of J J^T, QR of J^T, matrix-free CG, or "
         "SVD (for a rank-deficient J)",
     )
+    if not polish:
+        return
     group.add_argument(
         "--polish",
         action="store_true",

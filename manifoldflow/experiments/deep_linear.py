@@ -31,6 +31,7 @@ from ..models.deep_linear import (
 from ..theory import Check, check_ending, marion_chizat as mc, Report
 from ..theory.marion_chizat import balancedness_drift, data_constants
 from ._options import check_seed, positive_sizes, progress_meter
+from ._polish import polish_headline, polish_summary
 from .base import AbstractExperiment, Outcome
 
 
@@ -63,6 +64,7 @@ class DeepLinearRun:
     how: str
     constants: Any  # marion_chizat.DataConstants
     drift: float
+    polish: Any = None  # a MinimiseSolution on the minimisers (--polish)
 
 
 class DeepLinearProblem(eqx.Module):
@@ -75,6 +77,7 @@ class DeepLinearProblem(eqx.Module):
     init: str
     trace_flow: bool
     settings: dict
+    polish: bool = False
 
 
 class DeepLinearExperiment(AbstractExperiment):
@@ -147,6 +150,14 @@ class DeepLinearExperiment(AbstractExperiment):
             help="then run the sharpness (trace) flow on the set of minimisers from "
             "the minimiser reached, and report where it lands",
         )
+        parser.add_argument(
+            "--polish",
+            action="store_true",
+            help="then minimise Tr Hess R on the set of minimisers from the minimiser "
+            "reached (Riemannian trust region, to |P_T grad| <= 1e-10) and check the "
+            "point against the flattest rank-one minimiser (and the trace flow's end, "
+            "with --trace-flow)",
+        )
 
     def build(self, args: argparse.Namespace) -> DeepLinearProblem:
 
@@ -202,8 +213,19 @@ class DeepLinearExperiment(AbstractExperiment):
             lr=args.lr,
             steps=steps if args.lr else None,
         )
+        settings["trace_flow"] = bool(args.trace_flow)
+        settings["polish"] = bool(args.polish)
         return DeepLinearProblem(
-            net, loss, X, y, args.lr, steps, args.init, args.trace_flow, settings
+            net,
+            loss,
+            X,
+            y,
+            args.lr,
+            steps,
+            args.init,
+            args.trace_flow,
+            settings,
+            args.polish,
         )
 
     def run(self, problem: DeepLinearProblem, *, progress: bool) -> DeepLinearRun:
@@ -230,9 +252,15 @@ class DeepLinearExperiment(AbstractExperiment):
         if not path.diverged:
             final = hessian_max_eigenvalue(loss, list(path.final), rtol=1e-10)
         converged, how = self._converged(problem, path, constants)
-        flow = None
+        flow = polish = None
         if problem.trace_flow and converged and constants.full_rank:
             flow = self._trace_flow(problem, path.final, progress)
+        interrupted = flow is not None and flow.solution.result_name == "interrupted"
+        if problem.polish and converged and constants.full_rank and not interrupted:
+            manifold = minimiser_manifold(
+                path.final, problem.net.p, problem.X, problem.y
+            )
+            polish = mf.minimise_sharpness(manifold, throw=False)
         return DeepLinearRun(
             path=path,
             sharpness=sharpness,
@@ -242,6 +270,7 @@ class DeepLinearExperiment(AbstractExperiment):
             how=how,
             constants=constants,
             drift=float(np.max(balancedness_drift(path.params))),
+            polish=polish,
         )
 
     def _trace_flow(self, problem, start, progress) -> TraceFlowRun:
@@ -374,7 +403,23 @@ class DeepLinearExperiment(AbstractExperiment):
                     upper=float(solution.sharpness[0]),
                 ),
                 mc.theorem_1_lower_bound(c, p, depth, flow.S.value, flow.S.error),
+                mc.flattest_trace_check(
+                    c,
+                    p,
+                    depth,
+                    float(solution.sharpness[-1]),
+                    name="trace_flow_at_flattest",
+                    what="the trace flow's end",
+                ),
             ]
+        if problem.polish:
+            checks += mc.polish_checks(
+                c,
+                p,
+                depth,
+                result.polish,
+                None if flow is None else float(flow.solution.sharpness[-1]),
+            )
         return Report(
             tuple(checks),
             {},
@@ -453,6 +498,10 @@ class DeepLinearExperiment(AbstractExperiment):
                 balancedness_trace_flow_start=mc.balancedness_size(weights_final),
                 balancedness_trace_flow_end=mc.balancedness_size(flow.weights),
             )
+        if full_rank:
+            summary["trace_flattest"] = mc.flattest_trace(c, p, depth)
+        if result.polish is not None:
+            summary.update(polish_summary(result.polish))
         headline = (
             f"{problem.settings['method']} on a depth-{depth} linear network "
             f"(widths {list(net.widths)}, {problem.init} init, scale "
@@ -487,6 +536,13 @@ class DeepLinearExperiment(AbstractExperiment):
                 f"t = {summary['trace_flow_t_final']:.4g}), S -> "
                 f"{summary['S_trace_flow']:.8g}"
             )
+        if "trace_flattest" in summary and (flow is not None or problem.polish):
+            headline += (
+                "\nflattest rank-one minimiser (derived): Tr Hess R = "
+                f"{summary['trace_flattest']:.12g}"
+            )
+        if result.polish is not None:
+            headline += "\n" + polish_headline(result.polish)
         arrays = dict(
             times=path.times,
             risk=path.loss,

@@ -263,7 +263,9 @@ class RealDataExperiment(AbstractExperiment):
             help="precision of the model, data and flow (float32 for accelerators: "
             "tolerances are raised to rtol, atol 1e-6, stationarity and max|F| 1e-5)",
         )
-        add_flow_options(parser)
+        # No --polish: it measures generalisation mid-flow (at --t1); the flattest
+        # point of a real model is measured with minimise_sharpness in Python.
+        add_flow_options(parser, polish=False)
         parser.set_defaults(t1=1.0)
 
     def build(self, args: argparse.Namespace) -> RealDataProblem:

@@ -38,6 +38,16 @@ from ._options import (
     positive_sizes,
     progress_meter,
 )
+from ._polish import (
+    accept_t1,
+    excused,
+    polish_checks,
+    polish_end,
+    POLISH_ENDING,
+    polish_headline,
+    polish_summary,
+    renamed,
+)
 from .base import AbstractExperiment, Outcome
 
 
@@ -72,6 +82,23 @@ class SparseProblem(eqx.Module):
     starts: tuple
     options: dict
     settings: dict
+    args: argparse.Namespace
+
+
+class _Point(eqx.Module):
+    """A point of Gamma: its sharpness and model."""
+
+    R: float
+    u: np.ndarray
+    v: np.ndarray
+    w: np.ndarray
+
+    @classmethod
+    def of(cls, manifold, theta, R) -> "_Point":
+        model = manifold.to_parameters(theta)
+        return cls(
+            float(R), np.asarray(model.u), np.asarray(model.v), np.asarray(model.w)
+        )
 
 
 class _Run(eqx.Module):
@@ -81,6 +108,8 @@ class _Run(eqx.Module):
     v: np.ndarray
     w: np.ndarray
     singular_values: np.ndarray
+    polish: Any = None  # the MinimiseSolution from the flow's end (--polish)
+    polished: _Point | None = None
 
 
 class SparseRecoveryExperiment(AbstractExperiment):
@@ -157,9 +186,20 @@ class SparseRecoveryExperiment(AbstractExperiment):
             projector=args.projector,
             solver=args.solver,
             stationarity=args.stationarity,
+            polish=bool(args.polish),
         )
         return SparseProblem(
-            Z, y, w_star, w_lp, residual, spread, manifold, starts, options, settings
+            Z,
+            y,
+            w_star,
+            w_lp,
+            residual,
+            spread,
+            manifold,
+            starts,
+            options,
+            settings,
+            args,
         )
 
     def run(self, problem: SparseProblem, *, progress: bool) -> list[_Run]:
@@ -179,6 +219,9 @@ class SparseRecoveryExperiment(AbstractExperiment):
             theta = solution.theta_final
             model = problem.manifold.to_parameters(theta)
             J = np.asarray(problem.manifold.jacobian_matrix(theta))
+            polish = polish_end(
+                problem.manifold, solution, problem.args, problem.options["projector"]
+            )
             runs.append(
                 _Run(
                     solution,
@@ -187,6 +230,10 @@ class SparseRecoveryExperiment(AbstractExperiment):
                     np.asarray(model.v),
                     np.asarray(model.w),
                     np.linalg.svd(J, compute_uv=False),
+                    polish,
+                    None
+                    if polish is None
+                    else _Point.of(problem.manifold, polish.theta, polish.sharpness),
                 )
             )
             if solution.result_name == "interrupted":
@@ -194,73 +241,18 @@ class SparseRecoveryExperiment(AbstractExperiment):
         return runs
 
     def checks(self, problem: SparseProblem, result: list[_Run]) -> Report:
-        w_lp = problem.w_lp
-        l1 = float(np.sum(np.abs(w_lp)))
-        trace_gap = max(
-            abs(float(r.solution.sharpness[-1]) - 4 * float(r.u @ r.u + r.v @ r.v))
-            / (4 * float(r.u @ r.u + r.v @ r.v))
-            for r in result
-        )
-        distance = max(float(np.max(np.abs(r.w - w_lp))) for r in result)
-        sharpness_gap = max(
-            abs(float(r.solution.sharpness[-1]) - 4 * l1) / (4 * l1) for r in result
-        )
-        overlap = max(float(np.max(np.minimum(r.u**2, r.v**2))) for r in result)
-        l1_gap = max(abs(float(np.sum(np.abs(r.w))) - l1) / l1 for r in result)
+        l1 = float(np.sum(np.abs(problem.w_lp)))
+        flows = [_Point(float(r.solution.sharpness[-1]), r.u, r.v, r.w) for r in result]
         violation = max(float(np.max(r.solution.constraint_violation)) for r in result)
+        polished = [r for r in result if r.polish is not None]
+        limit = _limit_checks(problem, flows, "the flow's limit")
+        if polished and any(r.solution.result_name == "t1_reached" for r in result):
+            limit = excused(limit, POLISH_ENDING)
         checks = [
-            check_ending([r.solution for r in result], _ENDINGS),
-            Check.compare(
-                "trace_on_gamma",
-                "Tr Hess L = 4(|u|^2 + |v|^2) on Gamma (L = (1/2n) sum (f - y)^2, "
-                "z in {-1,1}^d): relative difference at the limit, every start",
-                trace_gap,
-                upper=1e-12,
+            check_ending(
+                [r.solution for r in result], accept_t1(_ENDINGS, bool(polished))
             ),
-            (
-                Check.compare(
-                    "flow_limit_is_basis_pursuit",
-                    "the flattest interpolant is the minimum-l1 one: "
-                    "max|w_flow - w_lp| "
-                    "over starts, w_lp from scipy's linprog (unique here)",
-                    distance,
-                    upper=LP_TOLERANCE,
-                )
-                if problem.lp_spread <= UNIQUE_SPREAD
-                else Check.not_applicable(
-                    "flow_limit_is_basis_pursuit",
-                    "the flattest interpolant is the minimum-l1 one: "
-                    "max|w_flow - w_lp| "
-                    "over starts",
-                    f"basis pursuit has many solutions here (the minimum-l1 face is "
-                    f"{problem.lp_spread:.2g} wide): the flow may land on any of them; "
-                    "see l1_of_limit",
-                    measured=distance,
-                )
-            ),
-            Check.compare(
-                "l1_of_limit",
-                "the flow's limit is a minimum-l1 interpolant: | |w_flow|_1 - "
-                "|w_lp|_1 | / |w_lp|_1, every start",
-                l1_gap,
-                prediction=0.0,
-                upper=LP_TOLERANCE,
-            ),
-            Check.compare(
-                "sharpness_at_l1_minimum",
-                "min over Gamma of Tr Hess L is 4 |w_lp|_1: relative gap of R at the "
-                "limit, every start",
-                sharpness_gap,
-                prediction=0.0,
-                upper=LP_TOLERANCE,
-            ),
-            Check.compare(
-                "disjoint_supports",
-                "equality in |u|^2 + |v|^2 >= |u*u - v*v|_1 needs disjoint supports: "
-                "max_k min(u_k^2, v_k^2) at the limit",
-                overlap,
-                upper=LP_TOLERANCE,
-            ),
+            *limit,
             Check.compare(
                 "constraint_held",
                 "max|F| = max_i |f(z_i) - y_i| along every path",
@@ -268,6 +260,19 @@ class SparseRecoveryExperiment(AbstractExperiment):
                 upper=1e-12,
             ),
         ]
+        if polished:
+            checks += polish_checks(
+                [r.polish for r in polished],
+                [r.solution for r in polished],
+                problem.args.stationarity,
+            )
+            checks += [
+                renamed(c)
+                for c in _limit_checks(
+                    problem, [r.polished for r in polished], "the polished point"
+                )
+            ]
+        distance = max(float(np.max(np.abs(p.w - problem.w_lp))) for p in flows)
         return Report(
             tuple(checks),
             dict(l1_lp=l1, lp_distance=distance, lp_residual=problem.lp_residual),
@@ -300,6 +305,11 @@ class SparseRecoveryExperiment(AbstractExperiment):
                     collapsed_coordinates=int(np.sum(r.u**2 + r.v**2 <= 1e-12)),
                 )
             )
+            if r.polish is not None:
+                per_start[-1].update(
+                    polish_summary(r.polish, s),
+                    polish_lp_distance=float(np.max(np.abs(r.polished.w - w_lp))),
+                )
         first = result[0]
         finished = bool(report["ending"].passed)
         interrupted = any(r.solution.result_name == "interrupted" for r in result)
@@ -366,6 +376,12 @@ class SparseRecoveryExperiment(AbstractExperiment):
                 f"{p['sigma_min_J']:.1e} (rank {p['numerical_rank_J']} of "
                 f"{problem.y.size}), {p['collapsed_coordinates']} coordinates collapsed"
             )
+        for i, r in enumerate(result):
+            if r.polish is not None:
+                lines.append(
+                    f"  start {i} {polish_headline(r.polish)}; max|w - w_lp| = "
+                    f"{per_start[i]['polish_lp_distance']:.1e}"
+                )
         return Outcome(
             report=report,
             summary=summary,
@@ -417,3 +433,68 @@ class SparseRecoveryExperiment(AbstractExperiment):
             ylabel="u_k^2 + v_k^2",
             title=f"support red, rest grey ({data['shown']})",
         )
+
+
+def _limit_checks(problem: SparseProblem, points: list[_Point], what: str) -> list:
+    """The flattest interpolant is basis pursuit's: the checks at `points` (one per
+    start), worst start reported."""
+    w_lp = problem.w_lp
+    l1 = float(np.sum(np.abs(w_lp)))
+    trace_gap = max(
+        abs(p.R - 4 * float(p.u @ p.u + p.v @ p.v)) / (4 * float(p.u @ p.u + p.v @ p.v))
+        for p in points
+    )
+    distance = max(float(np.max(np.abs(p.w - w_lp))) for p in points)
+    sharpness_gap = max(abs(p.R - 4 * l1) / (4 * l1) for p in points)
+    overlap = max(float(np.max(np.minimum(p.u**2, p.v**2))) for p in points)
+    l1_gap = max(abs(float(np.sum(np.abs(p.w))) - l1) / l1 for p in points)
+    claim = f"the flattest interpolant is the minimum-l1 one: max|w - w_lp| at {what}"
+    return [
+        Check.compare(
+            "trace_on_gamma",
+            "Tr Hess L = 4(|u|^2 + |v|^2) on Gamma (L = (1/2n) sum (f - y)^2, "
+            f"z in {{-1,1}}^d): relative difference at {what}, every start",
+            trace_gap,
+            upper=1e-12,
+        ),
+        (
+            Check.compare(
+                "flow_limit_is_basis_pursuit",
+                claim + " over starts, w_lp from scipy's linprog (unique here)",
+                distance,
+                upper=LP_TOLERANCE,
+            )
+            if problem.lp_spread <= UNIQUE_SPREAD
+            else Check.not_applicable(
+                "flow_limit_is_basis_pursuit",
+                claim + " over starts",
+                f"basis pursuit has many solutions here (the minimum-l1 face is "
+                f"{problem.lp_spread:.2g} wide): the flow may land on any of them; "
+                "see l1_of_limit",
+                measured=distance,
+            )
+        ),
+        Check.compare(
+            "l1_of_limit",
+            f"{what} is a minimum-l1 interpolant: | |w|_1 - |w_lp|_1 | / "
+            "|w_lp|_1, every start",
+            l1_gap,
+            prediction=0.0,
+            upper=LP_TOLERANCE,
+        ),
+        Check.compare(
+            "sharpness_at_l1_minimum",
+            "min over Gamma of Tr Hess L is 4 |w_lp|_1: relative gap of R at "
+            f"{what}, every start",
+            sharpness_gap,
+            prediction=0.0,
+            upper=LP_TOLERANCE,
+        ),
+        Check.compare(
+            "disjoint_supports",
+            "equality in |u|^2 + |v|^2 >= |u*u - v*v|_1 needs disjoint supports: "
+            f"max_k min(u_k^2, v_k^2) at {what}",
+            overlap,
+            upper=LP_TOLERANCE,
+        ),
+    ]

@@ -259,7 +259,9 @@ class TwoLayerExperiment(AbstractExperiment):
             )
         except InputError as error:
             raise command_line_error(error) from None
-        return polish_flow(problem.manifold, solution, problem.args)
+        return polish_flow(
+            problem.manifold, solution, problem.args, problem.options["projector"]
+        )
 
     def run_batch(self, problems: list[TwoLayerProblem]):
         """Problems of one shape and the same solve options, as one

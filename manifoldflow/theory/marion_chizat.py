@@ -19,7 +19,8 @@ Provenance of each formula (the printed forms of the paper could not all be read
   $p$, the per-minimiser lower bound $S(W) \ge 2a\|w^*\|^2\sum_k\|W_k\|_2^{-2}$, the
   exact sharpness of the balanced aligned rank-one minimiser, and Lemma 2 (i) in the
   form $\|W_k\|_F^2 - \|W_k\|_2^2 \le \sum_{j\ge k}(\|A_j\|_2 - \operatorname{tr}A_j)$
-  for $d_L = 1$.
+  for $d_L = 1$, and the trace $\operatorname{Tr}\nabla^2 R$ of the flattest aligned
+  rank-one minimiser (`flattest_trace`), where the trace flow ends.
 """
 
 import equinox as eqx
@@ -97,6 +98,95 @@ def balanced_sharpness(c: DataConstants, p, depth: int) -> float:
     g = root @ e
     matrix = c.Sigma + (depth - 1) * np.outer(g, g)
     return float(2 * _scale(c.w_star, p, depth) * np.linalg.eigvalsh(matrix)[-1])
+
+
+def flattest_trace(c: DataConstants, p, depth: int) -> float:
+    r"""The smallest $\operatorname{Tr}\nabla^2 R$ over the aligned rank-one
+    minimisers, $2L\|w^*\|^{2-2/L}\|p\|^{2/L}(\operatorname{tr}\hat\Sigma\;
+    a^{L-1})^{1/L}$ (derived here).
+
+    At a minimiser $\operatorname{Tr}\nabla^2R = 2\sum_k\|p^\top W_{>k}\|^2
+    \operatorname{tr}(W_{<k}\hat\Sigma W_{<k}^\top)$. On the chain $W_k = s_k u_{k+1}
+    u_k^\top$ ($u_1 = w^*/\|w^*\|$, $u_{L+1} = p/\|p\|$, $\prod_k s_k =
+    \|w^*\|/\|p\|$) it is $2\|p\|^2(\prod_k s_k)^2(\operatorname{tr}\hat\Sigma/s_1^2 +
+    a\sum_{k\ge2}s_k^{-2})$ ($a = u_1^\top\hat\Sigma u_1$), least, by the AM--GM
+    inequality, at $s_k^2 \propto$ its coefficient: the value above. The scales
+    differ from layer to layer, so this minimiser is not balanced unless
+    $\operatorname{tr}\hat\Sigma = a$. The trace flow on the minimisers is
+    predicted to end there (checked by `trace_flow_at_flattest`)."""
+    trace = float(np.trace(c.Sigma))
+    return float(
+        2
+        * depth
+        * _scale(c.w_star, p, depth)
+        * (trace * c.a ** (depth - 1)) ** (1 / depth)
+    )
+
+
+def flattest_trace_check(
+    c: DataConstants, p, depth: int, R: float, *, name: str, what: str
+) -> Check:
+    r"""`R` (the trace at `what`) against
+    [`flattest_trace`][manifoldflow.theory.marion_chizat.flattest_trace], to a relative
+    1e-9; not applicable unless $\hat\Sigma$ has full rank."""
+    claim = (
+        f"Tr Hess R at {what} is the least over aligned rank-one minimisers, "
+        "2 L |w*|^(2-2/L) |p|^(2/L) (tr Sigma a^(L-1))^(1/L) (derived): relative gap"
+    )
+    if not c.full_rank:
+        return Check.not_applicable(name, claim, full_rank_note(c))
+    R_star = flattest_trace(c, p, depth)
+    return Check.compare(name, claim, abs(R - R_star) / R_star, upper=1e-9)
+
+
+def polish_checks(c: DataConstants, p, depth: int, polish, R_trace_flow=None) -> list:
+    """The checks of a minimisation of the trace on the minimisers (`polish`, a
+    [`manifoldflow.MinimiseSolution`][], or `None` when there was no minimiser to
+    start from): stationary, still a minimiser, at [`flattest_trace`][
+    manifoldflow.theory.marion_chizat.flattest_trace], and at the trace flow's end
+    `R_trace_flow` when given."""
+    if polish is None:
+        return [
+            Check.not_applicable(
+                "polish_stationary",
+                "the polished point is stationary",
+                full_rank_note(c) or "no minimiser was reached to polish from",
+            )
+        ]
+    checks = [
+        Check.compare(
+            "polish_stationary",
+            "|P_T grad Tr Hess R| at the polished point <= 1e-10 (the optimiser's "
+            f"ending: {polish.result_name})",
+            polish.gradient_norm,
+            upper=1e-10,
+        ),
+        Check.compare(
+            "polish_constraint",
+            "max |Sigma^(1/2) (w_prod - w*)| at the polished point (still a minimiser)",
+            polish.constraint_violation,
+            upper=1e-12,
+        ),
+        flattest_trace_check(
+            c,
+            p,
+            depth,
+            float(polish.sharpness),
+            name="polish_at_flattest",
+            what="the polished point",
+        ),
+    ]
+    if R_trace_flow is not None:
+        checks.append(
+            Check.compare(
+                "polish_is_trace_flow_end",
+                "the polish and the trace flow from the same minimiser end at the "
+                "same Tr Hess R: relative difference",
+                abs(float(polish.sharpness) - R_trace_flow) / R_trace_flow,
+                upper=1e-9,
+            )
+        )
+    return checks
 
 
 def balanced_minimiser(c: DataConstants, p, widths) -> list[np.ndarray]:
