@@ -240,6 +240,19 @@ def problem_rows(
             manifold,
             repeats,
         ),
+        # Like pymanopt's: no Lanczos check of the curvature before stopping.
+        measure(
+            "RTR, no saddle check",
+            lambda: run_minimise(
+                manifold,
+                theta0,
+                mf.RiemannianTrustRegion(curvature_iterations=0),
+                tolerance,
+                max_steps,
+            ),
+            manifold,
+            repeats,
+        ),
     ]
     if peers:
         try:
@@ -322,6 +335,9 @@ def main():
     )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--name", default=None, help="results/NAME.json and .png (default flattest)"
+    )
     args = parser.parse_args()
     repeats = args.repeats if args.repeats is not None else (0 if args.quick else 2)
     wanted = args.problems.split(",")
@@ -361,8 +377,8 @@ def main():
             )
         )
     for key, width in (("digits", 16), ("digits-wide", 160)):
-        if key not in wanted:
-            continue
+        if key not in wanted or (args.quick and key == "digits-wide"):
+            continue  # --quick: one small digits MLP
         n = 32 if args.quick else 64
         width = 8 if args.quick else width
         manifold, theta0, _ = digits_mlp(width, n)
@@ -382,7 +398,7 @@ def main():
             )
         )
     payload = dict(machine=machine(), quick=args.quick, problems=problems)
-    name = "flattest_quick" if args.quick else "flattest"
+    name = args.name or ("flattest_quick" if args.quick else "flattest")
     print(write_json(name, payload))
     plot(payload, RESULTS / f"{name}.png")
 
