@@ -22,6 +22,7 @@ from . import (
 from ._batch import solve_flows as solve_flows
 from ._errors import InputError as InputError
 from ._flow import SharpnessFlow as SharpnessFlow
+from ._implicit import newton_krylov as newton_krylov
 from ._geometry import FlowEvaluation as FlowEvaluation, Geometry as Geometry
 from ._landscape import (
     descent_converged as descent_converged,

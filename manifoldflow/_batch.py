@@ -33,18 +33,16 @@ from ._projection import AbstractProjector, CholeskyProjector
 from ._results import result_name, RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
 from ._solution import FlowSolution, FlowSolutions
-from ._solve import (
-    _check_rank,
-    _coordinates,
-    _ENDINGS,
-    _integrator,
-    _KeptStates,
-    _on_device,
-    _padded,
-    _Records,
-    _validated,
-)
+from ._solve import _ENDINGS, _integrator, _KeptStates, _padded, _Records
 from ._stop import AbstractStopCondition, ConditionStop
+from ._validate import (
+    check_integer,
+    check_rank,
+    coordinates,
+    NOT_FINITE,
+    on_device,
+    validated,
+)
 
 
 _AXIS = "batch"
@@ -125,7 +123,7 @@ def solve_flows(
     first = manifolds[0] if manifolds else manifold
     size = _batch_size(manifolds, theta0, constant)
     starts = _starts(manifolds, first, stacked, theta0, size)
-    _, targets, t1 = _validated(
+    _, targets, t1 = validated(
         first,
         starts[0],
         solver=solver,
@@ -141,6 +139,7 @@ def solve_flows(
         t1=t1,
         dt0=dt0,
     )
+    check_integer("retract_every", retract_every, 1)
     if not np.all(np.isfinite(np.asarray(starts))):
         bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(starts)), axis=1))
         raise InputError(
@@ -185,10 +184,10 @@ def solve_flows(
     starts = jax.device_put(pad(starts), sharding)
     integrator = _laid_out(integrator, batched, mesh)
     replicated = (
-        _on_device(t0, dtype),
-        _on_device(t1, dtype),
-        None if dt0 is None else _on_device(dt0, dtype),
-        _on_device(_padded(targets), dtype),
+        on_device(t0, dtype),
+        on_device(t1, dtype),
+        None if dt0 is None else on_device(dt0, dtype),
+        on_device(_padded(targets), dtype),
     )
     retracted, states = _init(integrator, batched, starts, replicated, mesh)
     books = [_Book(keep_states, max_states) for _ in range(size)]
@@ -266,7 +265,7 @@ def _windows(integrator, batched, states, window, keep_states, books, mesh, prog
                 integrator,
                 batched,
                 states,
-                _on_device(attempts),
+                on_device(attempts),
                 window if keep_states else 0,
                 mesh,
             )
@@ -464,9 +463,16 @@ def _starts(manifolds, first, stacked, theta0, size):
         starts = jnp.asarray(theta0)
     else:
         members = manifolds or [first] * size
-        starts = jnp.stack(
-            [jnp.asarray(_coordinates(m, t)) for m, t in zip(members, theta0)]
-        )
+        points = [jnp.asarray(coordinates(m, t)) for m, t in zip(members, theta0)]
+        for i, point in enumerate(points):
+            if point.shape != (first.dimension,):
+                raise InputError(
+                    f"theta0[{i}] has shape {tuple(point.shape)}, the manifold has "
+                    f"{first.dimension} coordinates: every start must have shape "
+                    f"({first.dimension},) (or be a pytree of the model's structure).",
+                    parameter="theta0",
+                )
+        starts = jnp.stack(points)
     dtype = jnp.promote_types(starts.dtype, first.initial_point().dtype)
     starts = starts.astype(dtype)
     if starts.ndim == 1:
@@ -512,13 +518,20 @@ def _check_ranks(integrator, stacked, first, starts) -> None:
         grams = _grams(first, starts)
     else:
         grams = _member_grams(stacked, starts)
-    eigenvalues = np.linalg.eigvalsh(np.asarray(grams))
+    grams = np.asarray(grams)
+    finite = np.all(np.isfinite(grams.reshape(grams.shape[0], -1)), axis=1)
+    if not np.all(finite):
+        i = int(np.flatnonzero(~finite)[0])
+        raise InputError(
+            f"member {i}: {NOT_FINITE}", parameter="theta0"
+        )
+    eigenvalues = np.linalg.eigvalsh(grams)
     bad = np.flatnonzero(~(eigenvalues[:, 0] * min(bounds) > eigenvalues[:, -1]))
     if bad.size:
         i = int(bad[0])
         member = first if stacked is None else _member_manifold(stacked, i)
         try:
-            _check_rank(member, integrator.stops, starts[i])
+            check_rank(member, integrator.stops, starts[i])
         except InputError as error:
             raise InputError(
                 f"member {i} (of {bad.size} such): {error}", parameter="theta0"

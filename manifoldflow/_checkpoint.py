@@ -3,9 +3,11 @@ controller state, records, noise-floor history), the kept states, and the window
 schedule, so that a killed solve continues where it was and ends exactly as the
 uninterrupted one.
 
-A checkpoint carries a fingerprint of everything that determines the solve (the
-manifold's arrays and structure, the start, every option, the versions of
-manifoldflow and JAX). It is written atomically (a temporary file, then a rename) and
+A checkpoint carries a fingerprint of everything that determines the solve: the
+program itself (the lowered text of the compiled loop, which holds the model's code,
+its closures and constants, the solver and every shape and dtype), the manifold's
+arrays and structure, the start, every option, and the versions of manifoldflow and
+JAX. No change of model code, lambda, closure or dependency goes unseen. It is written atomically (a temporary file, then a rename) and
 read back only if it is whole (its own SHA-256) and its fingerprint is the solve's:
 otherwise `InputError`, never a silent use.
 """
@@ -44,11 +46,18 @@ def _digest(tree: Any) -> str:
     return hasher.hexdigest()
 
 
-def fingerprint(manifold, theta0, options: dict) -> dict[str, str]:
-    """The parts that must match for a checkpoint to continue a solve."""
+def fingerprint(
+    manifold, theta0, options: dict, programs: tuple[str, ...]
+) -> dict[str, str]:
+    """The parts that must match for a checkpoint to continue a solve; `programs`:
+    the lowered texts of the programs the solve runs."""
     from . import __version__
 
+    hasher = hashlib.sha256()
+    for text in programs:
+        hasher.update(_ADDRESS.sub("", text).encode())
     return dict(
+        program=hasher.hexdigest(),
         manifold=_digest(manifold),
         theta0=_digest(np.asarray(theta0)),
         options=_digest(options),
@@ -66,10 +75,42 @@ class Checkpoint(eqx.Module):
     host: dict[str, np.ndarray]
 
 
+def check_path(path: pathlib.Path) -> None:
+    """`InputError` unless a checkpoint can be written at `path` (and read, if one
+    is there), before any work."""
+    if path.is_dir():
+        raise InputError(
+            f"The checkpoint path {path} is a folder.",
+            fix=f"Give the path of a file in it, e.g. checkpoint={str(path / 'solve.mfck')!r}.",
+            parameter="checkpoint",
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(
+            f"The checkpoint path {path}: its folder {folder} does not exist.",
+            fix="Create the folder first, or choose a path in an existing one.",
+            parameter="checkpoint",
+        )
+    probe = folder / f".{path.name}.{os.getpid()}.probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        if path.exists():
+            with open(path, "rb") as file:
+                file.read(1)
+    except OSError as error:
+        raise InputError(
+            f"The checkpoint {path} cannot be written or read "
+            f"({error.strerror or error}).",
+            fix="Choose a path in a folder you can write to.",
+            parameter="checkpoint",
+        ) from None
+
+
 def write(path: pathlib.Path, marks: dict[str, str], checkpoint: Checkpoint) -> None:
     """Write `checkpoint` to `path` atomically."""
     state = io.BytesIO()
-    eqx.tree_serialise_leaves(state, _without_meter(checkpoint.state))
+    eqx.tree_serialise_leaves(state, without_meter(checkpoint.state))
     host = io.BytesIO()
     np.savez(host, **checkpoint.host)
     payload = state.getvalue() + host.getvalue()
@@ -115,6 +156,8 @@ def read(path: pathlib.Path, marks: dict[str, str], like_state) -> Checkpoint:
     differs = [k for k in marks if header["fingerprint"].get(k) != marks[k]]
     if differs:
         names = dict(
+            program="the program (the model's code, a closure or constant in it, the "
+            "solver, or a library's code)",
             manifold="the manifold (model or data)",
             theta0="the start",
             options="the options",
@@ -128,7 +171,7 @@ def read(path: pathlib.Path, marks: dict[str, str], like_state) -> Checkpoint:
             parameter="checkpoint",
         )
     state_bytes = io.BytesIO(payload[: header["state_bytes"]])
-    state = eqx.tree_deserialise_leaves(state_bytes, _without_meter(like_state))
+    state = eqx.tree_deserialise_leaves(state_bytes, without_meter(like_state))
     state = eqx.tree_at(
         lambda s: s.meter_state,
         state,
@@ -140,7 +183,7 @@ def read(path: pathlib.Path, marks: dict[str, str], like_state) -> Checkpoint:
     return Checkpoint(state, int(header["attempts"]), host)
 
 
-def _without_meter(state):
+def without_meter(state):
     """The state without the progress meter's (a handle on this process's bar)."""
     return eqx.tree_at(
         lambda s: s.meter_state, state, None, is_leaf=lambda x: x is None

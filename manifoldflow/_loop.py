@@ -241,6 +241,15 @@ class Integrator(eqx.Module):
         result = RESULTS.where(
             retracted.converged, result, RESULTS.initial_retraction_failed
         )
+        # What flow_solve could not check before tracing: nothing is solved.
+        constant = self.flow.constant
+        valid = (
+            (t1 > t0)
+            & jnp.isfinite(constant)
+            & (constant > 0)
+            & jnp.all(jnp.isfinite(theta0))
+        )
+        result = RESULTS.where(valid, result, RESULTS.invalid_input)
         size = self.max_steps + 1 if self.records is None else self.records
         nan = lambda shape: jnp.full(shape, jnp.nan, dtype)
         patience = self.noise_floor.patience

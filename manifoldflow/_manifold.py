@@ -352,7 +352,7 @@ class ZeroLossManifold(_AbstractPytreeManifold):
             raise InputError(
                 f"The model fails on one example of X: X has shape {self.X.shape}, so "
                 f"an example has shape {self.X.shape[1:]} ({type(error).__name__}: "
-                f"{str(error).splitlines()[0]}).{hint}",
+                f"{(str(error).splitlines() or [''])[0]}).{hint}",
                 fix="X must hold one example per row, each of the shape the model "
                 "takes (e.g. (n, in_size) for eqx.nn.MLP).",
                 parameter="X",

@@ -17,6 +17,8 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     numerically singular), `initial_retraction_failed`, `retraction_failed`,
     `projection_failed`, `step_failure` (non-finite values), `step_size_collapsed`,
     `minimum_at_infinity` and `no_progress` (of [`manifoldflow.minimise_sharpness`][]),
+    `invalid_input` (of [`manifoldflow.flow_solve`][], for traced input it could not
+    check before tracing),
     and the failures of diffrax, optimistix and lineax it extends. Compare with them
     (`solution.result == RESULTS.stationary`); `result_name(result)` gives the name.
     """
@@ -65,6 +67,11 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     step_size_collapsed = (
         "the step size collapsed: time stopped advancing although steps were accepted "
         "or kept being rejected"
+    )
+    invalid_input = (
+        "invalid input, nothing solved: t1 <= t0, a constant c <= 0 or not finite, or "
+        "a theta0 that is not finite (flow_solve checks traced values in the program; "
+        "solve_flow refuses them before solving)"
     )
 
 

@@ -20,13 +20,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 from jaxtyping import ArrayLike, Float, PyTree
 
 from . import _checkpoint
-from ._errors import InputError
 from ._flow import SharpnessFlow
-from ._geometry import pytree_coordinates
+from ._implicit import matrix_free_implicit, with_stepsize_tolerances
 from ._loop import FlowState, Integrator
 from ._manifold import AbstractManifold
 from ._noise_floor import AbstractNoiseFloorPolicy, TightenTolerances
@@ -36,11 +34,20 @@ from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetract
 from ._solution import FlowSolution
 from ._solver import ProjectedSolver
 from ._stop import AbstractStopCondition, ConditionStop, StationarityStop
+from ._validate import (
+    check_concrete_numbers,
+    check_integer,
+    check_rank,
+    check_shape,
+    gram_matrix,
+    on_device,
+    retraction_error,
+    validated,
+)
 
 
 _ENDINGS = (RESULTS.stationary, RESULTS.t1_reached, RESULTS.interrupted)
 # The marker of root-finder tolerances to be taken from the step size controller.
-_USE_STEPSIZE_TOL = diffrax.with_stepsize_controller_tols(optx.Newton)().rtol
 
 
 def flow_solve(
@@ -78,7 +85,13 @@ def flow_solve(
     arrays), without its host-side ones (`window`, `save_every`, `max_states`,
     `throw`), plus
     `adjoint`: `diffrax.RecursiveCheckpointAdjoint()` (reverse mode, the default) or
-    `diffrax.DirectAdjoint()`. Nothing is validated on the host: inspect
+    `diffrax.DirectAdjoint()`. What is known when it is traced is checked then
+    (`InputError`): the shape of `theta0`, integer counts (`max_steps`,
+    `retract_every`), and `t1 > t0`, a positive finite `constant` and a finite
+    `theta0` where they are concrete. Traced values are checked in the program:
+    `t1 <= t0`, a constant that is not positive and finite, or a non-finite `theta0`
+    end the solve at once with `RESULTS.invalid_input` (not `eqx.error_if`, whose
+    host callback would keep the program out of JAX's persistent cache). Inspect
     `solution.result` (e.g. `initial_retraction_failed`, `max_steps_reached`), and
     give `saveat` strictly increasing, at or after `t0` (`solve_flow` checks it).
 
@@ -96,7 +109,10 @@ def flow_solve(
     theta0 = jnp.asarray(theta0)
     dtype = jnp.promote_types(theta0.dtype, manifold.initial_point().dtype)
     theta0 = theta0.astype(dtype)
-    _check_shape(manifold, theta0)
+    check_shape(manifold, theta0)
+    check_integer("max_steps", max_steps, 1)
+    check_integer("retract_every", retract_every, 1)
+    check_concrete_numbers(t0=t0, t1=t1, constant=constant, theta0=theta0)
     save_times = jnp.zeros(0, dtype) if saveat is None else jnp.asarray(saveat, dtype)
     if saveat is not None and isinstance(t1, float) and math.isinf(t1):
         t1 = save_times.reshape(-1)[-1]
@@ -176,6 +192,10 @@ def solve_flow(
       the model's structure (e.g. a trained copy of the model) stands for its
       coordinates (`manifold.to_coordinates`).
     - `solver`: any diffrax ODE solver (default `Dopri8`; `Tsit5`, `Kvaerno5`, ...).
+      An implicit solver with diffrax's default root finder gets the matrix-free
+      [`manifoldflow.newton_krylov`][] instead (no dense $D\times D$ Jacobian); for
+      long, stiff flows on real models `Kvaerno5()` is the choice (see the solvers
+      how-to).
     - `projector`, `retraction`: how $P_T$ and the per-step retraction are computed.
     - `initial_retraction`: retraction of $\theta_0$ (Gauss--Newton: robust from far
       away). [`manifoldflow.GradientFlowRetraction`][] starts instead where gradient
@@ -236,7 +256,7 @@ def solve_flow(
     `RuntimeError` for a failed solve when `throw=True`.
     """
     start = time.perf_counter()
-    theta0, targets, t1 = _validated(
+    theta0, targets, t1 = validated(
         manifold,
         theta0,
         solver=solver,
@@ -252,6 +272,10 @@ def solve_flow(
         t1=t1,
         dt0=dt0,
     )
+    check_integer("retract_every", retract_every, 1)
+    check_concrete_numbers(t0=t0, t1=t1, constant=constant)
+    if checkpoint is not None:
+        _checkpoint.check_path(pathlib.Path(checkpoint))
     dtype = theta0.dtype
     if window is None:
         window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
@@ -274,18 +298,17 @@ def solve_flow(
         progress_meter=progress_meter,
         records=window + 1,
     )
-    _check_rank(manifold, integrator.stops, theta0)
-    retracted, state = _init(
-        integrator,
-        theta0,
-        _on_device(t0, dtype),
-        _on_device(t1, dtype),
-        None if dt0 is None else _on_device(dt0, dtype),
-        _on_device(_padded(targets), dtype),
+    check_rank(manifold, integrator.stops, theta0)
+    init_arguments = (
+        on_device(t0, dtype),
+        on_device(t1, dtype),
+        None if dt0 is None else on_device(dt0, dtype),
+        on_device(_padded(targets), dtype),
     )
+    retracted, state = _init(integrator, theta0, *init_arguments)
     if not bool(retracted.converged):
         progress_meter.close(state.meter_state)
-        raise _retraction_error(retracted, initial_retraction)
+        raise retraction_error(retracted, initial_retraction)
     records = _Records()
     kept = (
         None
@@ -294,10 +317,17 @@ def solve_flow(
     )
     attempts, on_window = min(4, window), None
     if checkpoint is not None:
+        programs = (
+            _program_text(_init, integrator, theta0, *init_arguments),
+            _program_text(
+                _run, integrator, state, on_device(attempts), 0 if kept is None else window
+            ),
+        )
         state, attempts, on_window = _checkpointing(
             pathlib.Path(checkpoint),
             manifold,
             theta0,
+            programs,
             state,
             records,
             kept,
@@ -341,72 +371,6 @@ def solve_flow(
     elif throw and not any(is_result(solution.result, r) for r in _ENDINGS):
         raise RuntimeError(_failure_message(solution, integrator))
     return solution
-
-
-def _validated(
-    manifold,
-    theta0,
-    *,
-    solver,
-    stepsize_controller,
-    retractions,
-    stationarity,
-    max_steps,
-    window,
-    save_every,
-    max_states,
-    saveat,
-    t0,
-    t1,
-    dt0,
-):
-    """`(theta0, output times, t1)` after every check of `solve_flow`'s input."""
-    for name, value, family, example in (
-        ("solver", solver, diffrax.AbstractSolver, "diffrax.Dopri8()"),
-        (
-            "stepsize_controller",
-            stepsize_controller,
-            diffrax.AbstractStepSizeController,
-            "diffrax.PIDController(rtol=1e-10, atol=1e-12)",
-        ),
-    ):
-        if not isinstance(value, family):
-            raise InputError(
-                f"{name} must be a diffrax.{family.__name__[8:]}, got {value!r}.",
-                fix=f"Pass e.g. {name}={example}.",
-                parameter=name,
-            )
-    rtol, atol = _tolerances(stepsize_controller)
-    if rtol == 0 and atol == 0:
-        raise InputError(
-            "stepsize_controller has rtol = atol = 0: no step can meet that "
-            "tolerance, and the solve would run to max_steps.",
-            fix="Use e.g. diffrax.PIDController(rtol=1e-10, atol=1e-12).",
-            parameter="stepsize_controller",
-        )
-    theta0 = _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps)
-    _check_float32(theta0, retractions)
-    _check_counts(window=window, save_every=save_every, dt0=dt0)
-    if max_states is not None and not (
-        isinstance(max_states, (int, np.integer)) and max_states >= 2
-    ):
-        raise InputError(
-            f"max_states must be an integer of at least 2 (the first and the last "
-            f"state), got {max_states!r}.",
-            parameter="max_states",
-        )
-    if saveat is not None and save_every != 1:
-        raise InputError(
-            "save_every thins the default output; with saveat leave it 1.",
-            parameter="save_every",
-        )
-    if dt0 is None and not isinstance(
-        stepsize_controller, diffrax.AbstractAdaptiveStepSizeController
-    ):
-        raise InputError(
-            "A constant step size needs dt0 (the step), got dt0=None.", parameter="dt0"
-        )
-    return (theta0, *_output_times(saveat, t0, t1))
 
 
 class _KeptStates:
@@ -484,10 +448,27 @@ class _Records:
         self.parts = [tuple(arrays[name] for name in self.names)]
 
 
-def _checkpointing(path, manifold, theta0, state, records, kept, attempts, options):
+def _program_text(function, integrator: Integrator, *arguments) -> str:
+    """The lowered text of `function(integrator, *arguments)`, the program a solve
+    runs, without its progress meter (which changes no number). Lowering what was
+    just called, or is about to be, is cached by JAX: this costs little."""
+    quiet = eqx.tree_at(
+        lambda i: i.progress_meter, integrator, diffrax.NoProgressMeter()
+    )
+    arguments = tuple(
+        _checkpoint.without_meter(a) if isinstance(a, FlowState) else a
+        for a in arguments
+    )
+    return function.lower(quiet, *arguments).as_text()
+
+
+def _checkpointing(
+    path, manifold, theta0, programs, state, records, kept, attempts, options
+):
     """`(state, attempts, after each window)` of a solve checkpointed at `path`:
-    continued from the checkpoint there if it is this solve's."""
-    marks = _checkpoint.fingerprint(manifold, theta0, options)
+    continued from the checkpoint there if it is this solve's (`programs`: the
+    lowered texts of the programs it runs)."""
+    marks = _checkpoint.fingerprint(manifold, theta0, options, programs)
     if path.exists():
         saved = _checkpoint.read(path, marks, state)
         state, attempts = saved.state, saved.attempts
@@ -536,7 +517,7 @@ def _windows(
             new, rows, ys, count = _run(
                 integrator,
                 state,
-                _on_device(attempts),
+                on_device(attempts),
                 0 if kept is None else window,
             )
             # Wait for the window (dispatch is asynchronous) before taking it: an
@@ -642,7 +623,7 @@ def _integrator(
     stops = (StationarityStop(_as_array(stationarity, dtype)), *stop)
     flow = SharpnessFlow(manifold, projector, _as_array(constant, dtype))
     psolver = ProjectedSolver(
-        _with_stepsize_tolerances(solver, controller),
+        with_stepsize_tolerances(matrix_free_implicit(solver), controller),
         manifold,
         projector,
         retraction,
@@ -666,7 +647,7 @@ def _as_array(value, dtype):
     unchanged (but cast) for a traced one."""
     if isinstance(value, jax.Array):
         return value.astype(dtype)
-    return _on_device(value, dtype)
+    return on_device(value, dtype)
 
 
 def _with_array_tolerances(controller, dtype):
@@ -678,215 +659,6 @@ def _with_array_tolerances(controller, dtype):
         lambda c: (c.rtol, c.atol),
         controller,
         (_as_array(controller.rtol, dtype), _as_array(controller.atol, dtype)),
-    )
-
-
-def _tolerances(controller) -> tuple[float, float]:
-    """`(rtol, atol)` of a concrete PID controller, else `(inf, inf)`."""
-    if isinstance(controller, diffrax.PIDController):
-        return float(controller.rtol), float(controller.atol)
-    return math.inf, math.inf
-
-
-def _with_stepsize_tolerances(solver, controller):
-    """Give an implicit solver's root finder the controller's tolerances where it asks
-    for them (`diffrax.with_stepsize_controller_tols`), as `diffeqsolve` does."""
-    if not isinstance(solver, diffrax.AbstractImplicitSolver):
-        return solver
-    names = [
-        a
-        for a in ("rtol", "atol", "norm")
-        if getattr(solver.root_finder, a) is _USE_STEPSIZE_TOL
-    ]
-    if not names:
-        return solver
-    if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
-        raise InputError(
-            f"{type(solver).__name__} with a constant step size needs explicit root "
-            f"finder tolerances, e.g. {type(solver).__name__}(root_finder="
-            "optimistix.Newton(rtol=1e-10, atol=1e-12)); or use an adaptive "
-            "stepsize_controller.",
-            parameter="solver",
-        )
-    return eqx.tree_at(
-        lambda s: tuple(getattr(s.root_finder, a) for a in names),
-        solver,
-        tuple(getattr(controller, a) for a in names),
-    )
-
-
-def _check_inputs(manifold, theta0, rtol, atol, stationarity, max_steps):
-    start = manifold.initial_point()
-    if theta0 is None:
-        theta0 = start
-    elif not isinstance(theta0, jax.Array):
-        theta0 = _coordinates(manifold, theta0)
-    # Coordinates in the precision of the manifold's own data, if that is wider.
-    dtype = jnp.promote_types(theta0.dtype, start.dtype)
-    if theta0.dtype != dtype:
-        theta0 = theta0.astype(dtype)
-    _check_shape(manifold, theta0)
-    if not np.all(np.isfinite(np.asarray(theta0))):
-        raise InputError(
-            "theta0 contains non-finite values (NaN or inf).", parameter="theta0"
-        )
-    if theta0.dtype == jnp.float32 and min(rtol, atol, stationarity) < 1e-6:
-        raise InputError(
-            "float32 coordinates cannot meet tolerances below float32 precision "
-            f"(rtol={rtol}, atol={atol}, stationarity={stationarity}). Enable float64 "
-            'first: jax.config.update("jax_enable_x64", True).',
-            parameter="stepsize_controller",
-        )
-    for name, value in (("rtol", rtol), ("atol", atol), ("stationarity", stationarity)):
-        if not value >= 0:
-            raise InputError(f"{name} must be >= 0, got {value}.", parameter=name)
-    if max_steps < 1:
-        raise InputError(
-            f"max_steps must be positive, got {max_steps}.", parameter="max_steps"
-        )
-    return theta0
-
-
-def _coordinates(manifold, theta0) -> jax.Array:
-    """`theta0` as an array: arrays as they are, anything else by
-    `pytree_coordinates` (a pytree of the model's structure, or numbers)."""
-    if isinstance(theta0, (np.ndarray, jax.Array, float, int)):
-        return _on_device(theta0)
-    return pytree_coordinates(manifold, theta0)
-
-
-def _check_shape(manifold, theta0) -> None:
-    """`theta0` has one entry per coordinate of the manifold (checked at trace time
-    too: shapes are static)."""
-    if theta0.shape != (manifold.dimension,):
-        raise InputError(
-            f"theta0 has shape {theta0.shape}, the manifold has {manifold.dimension} "
-            f"coordinates: expected shape ({manifold.dimension},).",
-            parameter="theta0",
-        )
-
-
-def _check_float32(theta0, retractions) -> None:
-    if theta0.dtype != jnp.float32:
-        return
-    for retraction in retractions:
-        if max(retraction.atol, retraction.rtol) < 1e-6:
-            raise InputError(
-                f"float32 coordinates cannot meet the tolerance of {retraction!r}: "
-                f"pass e.g. {type(retraction).__name__}(atol=1e-5, rtol=1e-6) as "
-                "retraction and initial_retraction, or enable float64.",
-                parameter="retraction",
-            )
-
-
-def _check_counts(*, window, save_every, dt0) -> None:
-    if save_every < 1:
-        raise InputError(
-            f"save_every must be at least 1, got {save_every}.", parameter="save_every"
-        )
-    if window is not None and window < 1:
-        raise InputError(
-            f"window must be at least 1, got {window}.", parameter="window"
-        )
-    if dt0 is not None and not dt0 > 0:
-        raise InputError(f"dt0 must be positive, got {dt0}.", parameter="dt0")
-
-
-def _output_times(saveat, t0, t1) -> tuple[list[float] | None, float]:
-    """The validated output times and the end time (default: the last output time)."""
-    if not t1 > t0:
-        raise InputError(f"t1 = {t1} must be greater than t0 = {t0}.", parameter="t1")
-    if saveat is None:
-        return None, t1
-    times = np.asarray(saveat, dtype=float).reshape(-1)
-    if times.size == 0 or not np.all(np.isfinite(times)):
-        raise InputError(
-            f"saveat must be a non-empty list of finite times, got {saveat}.",
-            parameter="saveat",
-        )
-    if np.any(np.diff(times) <= 0) or times[0] < t0:
-        raise InputError(
-            f"saveat must be strictly increasing and >= t0 = {t0}, got {saveat}.",
-            parameter="saveat",
-        )
-    if math.isinf(t1):
-        t1 = float(times[-1])
-    if times[-1] > t1:
-        raise InputError(
-            f"saveat has times after t1 = {t1}: {times[times > t1]}.",
-            parameter="saveat",
-        )
-    return [float(t) for t in times], t1
-
-
-def _check_rank(manifold, stops, theta0) -> None:
-    """Refuse an initial point where a `ConditionStop` would stop at once."""
-    bounds = [stop.max_condition for stop in stops if isinstance(stop, ConditionStop)]
-    if not bounds:
-        return
-    eigenvalues = np.linalg.eigvalsh(np.asarray(_gram(manifold, theta0)))
-    if not eigenvalues[0] * min(bounds) > eigenvalues[-1]:
-        raise InputError(
-            "The Gram matrix J J^T of the constraints is numerically singular at the "
-            f"initial point (eigenvalues from {eigenvalues[0]:.3e} to "
-            f"{eigenvalues[-1]:.3e}; condition bound {min(bounds):.1e}): repeated or "
-            "linearly dependent constraints (e.g. duplicated data points), a singular "
-            "point of the manifold, or an activation whose derivative vanishes there.",
-            fix="Remove the dependent constraints, use "
-            "projector=manifoldflow.SVDProjector(), or raise the bound with "
-            "stop=[manifoldflow.ConditionStop(max_condition=...)].",
-            parameter="projector",
-        )
-
-
-@eqx.filter_jit
-def _gram(manifold, theta):
-    return manifold.linearise(theta).gram
-
-
-_NEAR_MISS = 100.0
-"""A retraction that stalls within this factor of its tolerance is stopped by the
-rounding of F, not by the absence of a nearby point of the manifold."""
-
-
-def _retraction_error(retracted, retraction) -> InputError:
-    failure_message = getattr(retraction, "failure_message", None)
-    if failure_message is not None:
-        return InputError(failure_message(retracted), parameter="initial_retraction")
-    steps, residual = int(retracted.num_steps), float(retracted.residual)
-    where = (
-        f"max|F| = {residual:.3e} after {steps} steps of {type(retraction).__name__} "
-        f"(tolerance {float(retracted.tolerance):.1e})"
-    )
-    if steps >= retraction.max_steps:
-        return InputError(
-            f"The retraction of theta0 onto the manifold ran out of steps: {where}.",
-            fix=f"Raise initial_retraction={type(retraction).__name__}(max_steps=...) "
-            f"(now {retraction.max_steps}), or start closer to the manifold.",
-            parameter="initial_retraction",
-        )
-    tolerance = float(retracted.tolerance)
-    if residual <= _NEAR_MISS * tolerance:
-        return InputError(
-            f"The retraction of theta0 onto the manifold stopped just short of its "
-            f"tolerance: {where}, and no damped step decreases max|F| further. That is "
-            "the rounding error of evaluating F there, not a missing manifold: F is "
-            "computed from terms much larger than itself (e.g. activations of size "
-            "1e3 that cancel), and its rounding, about epsilon times their size, is "
-            "above the tolerance.",
-            fix="Loosen the retractions' tolerance to what rounding allows, e.g. "
-            f"initial_retraction={type(retraction).__name__}(atol={10 * residual:.0e}) "
-            f"and retraction=ChordRetraction(atol={10 * residual:.0e}), or rescale the "
-            "model or the data so that its terms are of order 1.",
-            parameter="initial_retraction",
-        )
-    return InputError(
-        f"The retraction of theta0 onto the manifold stopped: {where}, and no damped "
-        "step decreases max|F| further. No point of the manifold is near theta0, or "
-        "the manifold is empty (e.g. identical inputs with different labels: no "
-        "model fits both).",
-        fix="Start from a point with F(theta0) close to 0.",
-        parameter="theta0",
     )
 
 
@@ -927,12 +699,6 @@ _ADVICE = {
 }
 
 
-def _on_device(value, dtype=None) -> jax.Array:
-    """A host number or array as a JAX array, without staging a program (as
-    `jnp.asarray` of a Python scalar does, compiled once per process and shape)."""
-    return jax.device_put(np.asarray(value, dtype))
-
-
 def _budget_message(solution: FlowSolution) -> str:
     """What a solve that used all of `max_steps` shows, and what to look at."""
     R, g = solution.sharpness, solution.gradient_norm
@@ -969,7 +735,7 @@ def _failure_message(solution: FlowSolution, integrator: Integrator) -> str:
         solution.gradient_norm[-1],
         solution.constraint_violation[-1],
     )
-    gram = np.asarray(_gram(integrator.flow.manifold, _on_device(solution.theta_final)))
+    gram = np.asarray(gram_matrix(integrator.flow.manifold, on_device(solution.theta_final)))
     eigenvalues = np.linalg.eigvalsh(gram)
     condition = eigenvalues[-1] / eigenvalues[0] if eigenvalues[0] > 0 else math.inf
     advice = _ADVICE.get(solution.result_name, "")

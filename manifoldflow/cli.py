@@ -280,7 +280,33 @@ def main(argv=None) -> int:
             traceback.print_exc()
         _print(f"manifoldflow {experiment.name}: error: {error}", sys.stderr)
         return 2
-    return finish(experiment, args, problem, result)[0]
+    except KeyboardInterrupt:
+        # Outside the flow's solve (which returns what it computed): before it, or in
+        # a phase that has nothing to write yet.
+        if args.debug:
+            traceback.print_exc()
+        _print(
+            f"manifoldflow {experiment.name}: interrupted before its results were "
+            "computed; nothing more is written"
+            + (
+                f" (the checkpoint in {args.out} continues it: --resume {args.out})"
+                if getattr(args, "checkpoint", None) is not None
+                and args.checkpoint.exists()
+                else ""
+            )
+            + ".",
+            sys.stderr,
+        )
+        return 130
+    try:
+        return finish(experiment, args, problem, result)[0]
+    except KeyboardInterrupt:
+        _print(
+            f"manifoldflow {experiment.name}: interrupted while writing its results "
+            f"into {args.out}: they may be incomplete.",
+            sys.stderr,
+        )
+        return 130
 
 
 def prepare(subparser, experiment, args) -> Any:

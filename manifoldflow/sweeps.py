@@ -34,27 +34,37 @@ and its options). `DIR/runs.jsonl` gets one JSON object per finished run: `id`,
 for a failed one. Running the same sweep again skips the runs already there with the
 same options (a failed one is retried with `--retry-failed`). `DIR/sweep.png` plots
 the first headline scalar against each grid axis.
+
+`runs.jsonl` is a journal (`manifoldflow._journal`): each record one appended line,
+synced to disk; a torn last line is cut off before anything is appended, and lines
+that are not run records are skipped with a `JournalWarning`. A lock on the folder
+keeps a second sweep out while one runs (`--wait` to queue behind it). Runs are
+counted before they are built: more than `CONFIRM_ABOVE` need `--yes` or
+`max_runs = N` in the file. Ctrl-C stops the workers: one line, exit code 130.
 """
 
 import argparse
 import hashlib
-import itertools
 import json
 import math
 import os
 import pathlib
-import re
+import signal
 import sys
 import time
-import tomllib
 import traceback
-from typing import Any
+import warnings
 
+from . import _journal
 from ._errors import InputError
+from ._journal import FolderLock, Journal, JournalWarning as JournalWarning
+from ._journal import read as read_journal, repair as repair_journal
+from ._sweep_file import Plan, plan as plan
 
 
 RUNS_FILE = "runs.jsonl"
-_TOP_LEVEL = ("experiment", "fixed", "grid", "runs")
+CONFIRM_ABOVE = 1_000
+"""A sweep of more runs than this runs only with `--yes` or `max_runs` in its file."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,157 +97,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run again the runs that failed in an earlier sweep into --out",
     )
     parser.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"run a sweep of more than {CONFIRM_ABOVE:,} runs (otherwise refused, "
+        "with its count and an estimate of its time; max_runs = N in the file does "
+        "the same)",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another sweep is running into --out, wait for it to end (otherwise "
+        "refused at once)",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="keep no compiled programs across processes (JAX's compilation cache)",
     )
-
-
-# ---------------------------------------------------------------------------------
-# Reading the file.
-
-
-def _line_of(text: str, section: str | None, key: str) -> int | None:
-    """The line (1-based) where `key` is set in `section` (`None`: top level)."""
-    current = None
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        header = re.match(r"^\[\[?\s*([\w.-]+)\s*\]\]?", stripped)
-        if header:
-            current = header.group(1)
-            if section is None and current == key:
-                return number
-            continue
-        if current == section and re.match(
-            rf"^[\"']?{re.escape(key)}[\"']?\s*=", stripped
-        ):
-            return number
-    return None
-
-
-def _where(path, text, section, key) -> str:
-    line = _line_of(text, section, key)
-    return f"{path}" + (f", line {line}" if line else "")
-
-
-def plan(path: pathlib.Path) -> tuple[str, list[dict]]:
-    """`(experiment, runs)`: each run a dict of option destinations to values, all
-    checked against the experiment's options; `InputError` otherwise."""
-    from .cli import _OUTPUT_OPTIONS, _parser
-    from .experiments import EXPERIMENTS
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such file.")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise InputError(f"{path} is not valid TOML: {error}.") from None
-    for key in data:
-        if key not in _TOP_LEVEL:
-            raise InputError(
-                f"{_where(path, text, None, key)}: unknown key {key!r}; a sweep has "
-                'experiment = "...", [fixed], [grid] and [[runs]].'
-            )
-    name = data.get("experiment")
-    if name not in EXPERIMENTS or name == "bench":
-        choices = ", ".join(n for n in EXPERIMENTS if n != "bench")
-        raise InputError(
-            f"{_where(path, text, None, 'experiment')}: experiment = {name!r} is not "
-            f"one of {choices}."
-        )
-    _, subparsers = _parser(EXPERIMENTS)
-    actions = {
-        a.dest: a
-        for a in subparsers[name]._actions
-        if a.option_strings and a.dest not in _OUTPUT_OPTIONS + ("help",)
-    }
-
-    def option(section, key, value, label):
-        dest = key.replace("-", "_")
-        if dest not in actions:
-            known = ", ".join(sorted(a.replace("_", "-") for a in actions))
-            raise InputError(
-                f"{_where(path, text, section, key)}: unknown option {key!r} of {name} "
-                f"(its options: {known})."
-            )
-        return dest, _converted(
-            actions[dest], value, f"{_where(path, text, section, key)}: {label}"
-        )
-
-    for section in ("fixed", "grid"):
-        if not isinstance(data.get(section, {}), dict):
-            raise InputError(f"{path}: [{section}] must be a table of options.")
-    fixed = dict(
-        option("fixed", k, v, f"{k} = {v!r}") for k, v in data.get("fixed", {}).items()
-    )
-    axes = {}
-    for key, values in data.get("grid", {}).items():
-        if not isinstance(values, list):
-            raise InputError(
-                f"{_where(path, text, 'grid', key)}: grid {key} = {values!r} must be a "
-                f"list, e.g. {key} = [{values!r}]."
-            )
-        if not values:
-            raise InputError(
-                f"{_where(path, text, 'grid', key)}: grid {key} is empty: give at "
-                "least one value (or remove it)."
-            )
-        converted = [
-            option("grid", key, v, f"grid {key} value {v!r}")[1] for v in values
-        ]
-        axes[key.replace("-", "_")] = converted
-    explicit = data.get("runs", [])
-    if not isinstance(explicit, list) or not all(isinstance(r, dict) for r in explicit):
-        raise InputError(f"{path}: runs must be [[runs]] tables of options.")
-    runs = []
-    if axes or not explicit:
-        for combination in itertools.product(*axes.values()):
-            runs.append({**fixed, **dict(zip(axes, combination))})
-    for run in explicit:
-        runs.append(
-            {
-                **fixed,
-                **dict(option("runs", k, v, f"{k} = {v!r}") for k, v in run.items()),
-            }
-        )
-    defaults = {dest: action.default for dest, action in actions.items()}
-    full = []
-    for run in runs:
-        options = {**defaults, **run}
-        full.append(
-            {
-                k: str(v) if isinstance(v, pathlib.Path) else v
-                for k, v in options.items()
-            }
-        )
-    return name, full
-
-
-def _converted(action: argparse.Action, value: Any, where: str) -> Any:
-    """`value` as the option's own type would read it; `InputError` otherwise."""
-    if isinstance(action, argparse._StoreTrueAction):
-        if not isinstance(value, bool):
-            raise InputError(f"{where} must be true or false.")
-        return value
-    if isinstance(value, (dict, list)):
-        raise InputError(f"{where}: one value expected, got a {type(value).__name__}.")
-    kind = action.type or str
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InputError(f"{where} is not an integer.")
-    if kind is float and (
-        isinstance(value, bool) or not isinstance(value, (int, float))
-    ):
-        raise InputError(f"{where} is not a number.")
-    try:
-        converted = kind(value) if kind is not str else str(value)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{where}: {error}.") from None
-    if action.choices is not None and converted not in action.choices:
-        raise InputError(
-            f"{where} is not one of {', '.join(map(str, action.choices))}."
-        )
-    return converted
 
 
 def run_id(experiment: str, options: dict) -> str:
@@ -416,39 +292,114 @@ def _client(args):
     return Client(cluster), f"a local Dask cluster of {workers} worker processes"
 
 
-def _previous(path: pathlib.Path) -> dict[str, dict]:
-    records = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a kill: that run is run again
-                records[record["id"]] = record
-    return records
+def _estimate(previous: dict[str, dict], experiment: str, runs: int, workers: int):
+    """A rough wall time of `runs` runs: at the median solve time of the runs of
+    `experiment` already recorded, else at one second a run."""
+    seconds = sorted(
+        r["solve_seconds"]
+        for r in previous.values()
+        if r["experiment"] == experiment
+        and isinstance(r.get("solve_seconds"), (int, float))
+    )
+    each, basis = 1.0, "at 1 s a run, the least a small run takes"
+    if seconds:
+        each = seconds[len(seconds) // 2]
+        basis = f"at the {each:.2g} s a run of the {len(seconds)} already recorded took"
+    total = runs * each / max(1, workers)
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if total >= size:
+            return f"about {total / size:.1f} {unit} on {workers} worker(s), {basis}"
+    return f"about {total:.0f} s on {workers} worker(s), {basis}"
+
+
+def _read_journal(path: pathlib.Path) -> tuple[dict[str, dict], list[str]]:
+    """The journal's records and the warnings reading it gave (as lines)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", JournalWarning)
+        records = read_journal(path)
+    return records, [str(w.message) for w in caught]
+
+
+def _ignoring_interrupts(function, *args, **kwargs):
+    """`function(*args, **kwargs)` with SIGINT ignored, so that the processes it
+    starts (Dask's workers) inherit that and Ctrl-C reaches this process alone,
+    which then stops them."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def command(args: argparse.Namespace) -> int:
     """`manifoldflow sweep`: its exit code (0: every run finished and passed its
-    checks, 1: some did not, 2: bad input)."""
+    checks, 1: some did not, 2: bad input, 130: interrupted)."""
+    try:
+        return _command(args)
+    except KeyboardInterrupt:
+        from .cli import _print
+
+        _print(
+            "sweep interrupted: the runs finished so far are recorded in "
+            f"{args.out / RUNS_FILE}; run the same sweep again to go on.",
+            sys.stderr,
+        )
+        return 130
+
+
+def _command(args: argparse.Namespace) -> int:
     from .cli import _print, _writable_folder
 
+    lock = None
     try:
         if args.workers is not None and args.workers < 1:
             raise InputError(f"--workers must be at least 1, got {args.workers}.")
-        experiment_name, options = plan(args.file)
+        sweep = plan(args.file)
+        limit = sweep.max_runs
+        if limit is not None and sweep.count > limit:
+            raise InputError(
+                f"{args.file}: this sweep has {sweep.count:,} runs ({sweep.describe()}),"
+                f" more than its max_runs = {limit:,} ({sweep.where}).",
+                fix="Raise max_runs, or make the grid smaller.",
+            )
+        if limit is None and sweep.count > CONFIRM_ABOVE and not args.yes:
+            previous, _ = _read_journal(args.out / RUNS_FILE)
+            workers = args.workers or os.cpu_count() or 1
+            raise InputError(
+                f"{args.file}: this sweep has {sweep.count:,} runs "
+                f"({sweep.describe()}): "
+                f"{_estimate(previous, sweep.experiment, sweep.count, workers)}.",
+                fix=f"Pass --yes, or set max_runs = {sweep.count} in the file, to run "
+                "it; or make the grid smaller.",
+            )
         created = not args.out.exists()
         _writable_folder(args.out)
+        lock = FolderLock(args.out, wait=args.wait)
     except InputError as error:
         _print(f"manifoldflow sweep: error: {error}", sys.stderr)
         return 2
+    with lock:
+        return _locked(args, sweep, created)
+
+
+def _locked(args, sweep: Plan, created: bool) -> int:
+    """The sweep, with its folder locked."""
+    from .cli import _print
     from .experiments import EXPERIMENTS
 
+    experiment_name = sweep.experiment
     experiment = EXPERIMENTS[experiment_name]
     runs_file = args.out / RUNS_FILE
-    previous = _previous(runs_file)
-    planned = {run_id(experiment_name, o): o for o in options}
+    cut = repair_journal(runs_file)
+    previous, notes = _read_journal(runs_file)
+    if cut:
+        notes.append(
+            f"{runs_file}: its last line was cut short ({cut} bytes, a write that did "
+            "not finish): removed; its run is run again."
+        )
+    for note in notes:
+        _print(f"manifoldflow sweep: warning: {note}", sys.stderr)
+    planned = {run_id(experiment_name, o): o for o in sweep.runs()}
     todo, skipped = [], 0
     for identity, opts in planned.items():
         old = previous.get(identity)
@@ -462,13 +413,16 @@ def command(args: argparse.Namespace) -> int:
     client, how = None, "this process"
     if todo:
         try:
-            client, how = _client(args)
+            client, how = _ignoring_interrupts(_client, args)
         except InputError as error:
-            if created and not any(args.out.iterdir()):
+            if created and not any(
+                p.name != _journal.LOCK_FILE for p in args.out.iterdir()
+            ):
+                (args.out / _journal.LOCK_FILE).unlink(missing_ok=True)
                 args.out.rmdir()
             _print(f"manifoldflow sweep: error: {error}", sys.stderr)
             return 2
-    lines = [f"sweep: {len(planned)} runs of {experiment_name}"]
+    lines = [f"sweep: {len(planned):,} runs of {experiment_name}"]
     if skipped:
         lines.append(
             f"  {skipped} already in {runs_file} with the same options: skipped"
@@ -495,15 +449,14 @@ def command(args: argparse.Namespace) -> int:
             sys.stderr,
         )
 
-    with open(runs_file, "a") as records_file:
+    with Journal(runs_file) as journal:
 
         def take(records):
             nonlocal done, failed
             for record in records:
-                records_file.write(json.dumps(record) + "\n")
+                journal.append(record)
                 done += 1
                 failed += record["status"] == "failed"
-            records_file.flush()
 
         try:
             if client is None:
@@ -541,16 +494,10 @@ def command(args: argparse.Namespace) -> int:
                             ]
                         )
                     report(running)
-        except KeyboardInterrupt:
-            _print("sweep interrupted: the finished runs are in runs.jsonl", sys.stderr)
-            return 130
         finally:
             if client is not None:
-                cluster = client.cluster  # a local one: its workers end with it
-                client.close()
-                if cluster is not None:
-                    cluster.close()
-    records = list(_previous(runs_file).values())
+                _ignoring_interrupts(_close, client)
+    records = list(_read_journal(runs_file)[0].values())
     records = [r for r in records if r["id"] in planned]
     figure = _plot(args.out, experiment, records, planned)
     passed = sum(1 for r in records if r.get("checks_passed"))
@@ -562,6 +509,24 @@ def command(args: argparse.Namespace) -> int:
         sys.stderr,
     )
     return 0 if passed == len(planned) else 1
+
+
+def _close(client) -> None:
+    """Close a Dask client and, for a local cluster, its workers, quietly."""
+    import logging
+
+    cluster = client.cluster  # a local one: its workers end with it
+    quiet = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def _plot(out: pathlib.Path, experiment, records, planned) -> pathlib.Path | None:
@@ -614,6 +579,8 @@ def _plot(out: pathlib.Path, experiment, records, planned) -> pathlib.Path | Non
 
 def load(out: str | os.PathLike, as_frame: bool | None = None):
     """The records of the sweep in `out` (`runs.jsonl`; the last record of each run).
+    Lines that are not run records (a torn last line, a stray line) are skipped,
+    each with a `manifoldflow.sweeps.JournalWarning`.
 
     `as_frame`: `True` a pandas DataFrame (options as columns `option.<name>`),
     `False` a list of dicts; `None` (default) a DataFrame when pandas is installed,
@@ -622,7 +589,7 @@ def load(out: str | os.PathLike, as_frame: bool | None = None):
     path = pathlib.Path(out) / RUNS_FILE
     if not path.is_file():
         raise InputError(f"{out}: no {RUNS_FILE} there (not the --out of a sweep).")
-    records = list(_previous(path).values())
+    records = list(read_journal(path).values())
     if as_frame is False:
         return records
     try:

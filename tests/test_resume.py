@@ -29,6 +29,7 @@ SLOWED = textwrap.dedent(
     def slow(*args):
         time.sleep(0.3)
         return run(*args)
+    slow.lower = run.lower  # the checkpoint's key lowers the same program
     solve._run = slow
     from manifoldflow import cli
     sys.exit(cli.main(sys.argv[1:]))

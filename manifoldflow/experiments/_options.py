@@ -109,7 +109,7 @@ def positive_sizes(**sizes: int) -> None:
     """Raise `InputError` naming every size option that is not positive."""
     bad = {name: value for name, value in sizes.items() if value < 1}
     if bad:
-        listed = ", ".join(f"--{k} {v}" for k, v in bad.items())
+        listed = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in bad.items())
         raise InputError(f"sizes must be positive integers, got {listed}.")
 
 

@@ -107,6 +107,7 @@ class RealDataResult:
     points: list[Point]  # at `times`
     sgd: list[dict]  # one per eta: eta, steps, tau, points (per seed), diverged
     constant: float
+    skipped: list[str]  # phases not run after Ctrl-C
 
 
 def _etas(text: str) -> list[float]:
@@ -396,17 +397,24 @@ class RealDataExperiment(AbstractExperiment):
             progress_meter=progress_meter(progress, refresh_steps=1),
             **problem.flow,
         )
-        measure = _Measure(manifold, data, theta0)
+        # After Ctrl-C the command stops: no Lanczos (lambda_max), no label-noise GD.
+        interrupted = solution.result_name == "interrupted"
+        skipped = ["lambda_max (Lanczos)", "label-noise GD"] if interrupted else []
+        measure = _Measure(manifold, data, theta0, lanczos=not interrupted)
         points = [measure(theta0)]
         for theta in np.asarray(solution.ys)[: len(solution.ts)]:
             points.append(measure(theta))
+        times = np.concatenate([[0.0], np.asarray(solution.ts)])
+        if interrupted and len(solution.ts) == 0:  # the point it stopped at
+            points.append(measure(np.asarray(solution.theta_final)))
+            times = np.append(times, float(solution.t_final))
         simulator = LabelNoiseGD(sigma=problem.sigma)
         constant = float(simulator.flow_constant(manifold))
         t_reached = float(solution.t_final)
         tau = t_reached / constant
         runs = []
         limit = 2 / points[0].lambda_max  # GD's stability limit at the interpolant
-        for eta in problem.etas:
+        for eta in [] if interrupted else problem.etas:
             k = max(1, round(tau / eta**2))
             if not eta < limit:  # it would diverge: not run, and the check says so
                 runs.append(
@@ -458,10 +466,11 @@ class RealDataExperiment(AbstractExperiment):
             theta_interpolant=theta0,
             training=dict(steps=steps, loss=loss, seconds=seconds),
             solution=solution,
-            times=np.concatenate([[0.0], np.asarray(solution.ts)]),
+            times=times,
             points=points,
             sgd=runs,
             constant=constant,
+            skipped=skipped,
         )
 
     def checks(self, problem: RealDataProblem, result: RealDataResult) -> Report:
@@ -479,7 +488,7 @@ class RealDataExperiment(AbstractExperiment):
         )
         limit = 2 / result.points[0].lambda_max
         flow_end, start = result.points[-1], result.points[0]
-        sgd_end = result.sgd[-1]["points"]
+        sgd_end = result.sgd[-1]["points"] if result.sgd else []
         checks = (
             check_ending(
                 solution,
@@ -550,7 +559,7 @@ class RealDataExperiment(AbstractExperiment):
     ) -> Outcome:
         solution = result.solution
         start, end = result.points[0], result.points[-1]
-        sgd_points = result.sgd[-1]["points"]
+        sgd_points = result.sgd[-1]["points"] if result.sgd else []
 
         def mean(values):
             return float(np.mean(values)) if values else math.nan
@@ -580,6 +589,7 @@ class RealDataExperiment(AbstractExperiment):
             lambda_max_interpolant=start.lambda_max,
             lambda_max_flow=end.lambda_max,
             flow_constant=result.constant,
+            skipped_after_interrupt=result.skipped,
             report_times=[float(t) for t in result.times],
             along_flow=[dataclasses.asdict(p) for p in result.points],
             sgd=[
@@ -626,7 +636,13 @@ class RealDataExperiment(AbstractExperiment):
             f"flow: {result_text(solution).rstrip('.')}: t={solution.t_final:.6g}, "
             f"{solution.num_steps} steps ({solution.num_rejected_steps} rejected), "
             f"solve {solution.wall_seconds:.2f} s; R {start.sharpness:.6g} -> "
-            f"{end.sharpness:.6g}" + "\n".join(rows)
+            f"{end.sharpness:.6g}"
+            + (
+                f"\ninterrupted: skipped {' and '.join(result.skipped)}"
+                if result.skipped
+                else ""
+            )
+            + "\n".join(rows)
         )
         figure_data = dict(
             times=result.times,
@@ -689,8 +705,9 @@ def _row(label: str, p: Point) -> str:
 class _Measure:
     """The measurements of `Point` at a parameter vector on the manifold."""
 
-    def __init__(self, manifold, data: Dataset, theta0: np.ndarray):
+    def __init__(self, manifold, data: Dataset, theta0: np.ndarray, lanczos=True):
         self.manifold = manifold
+        self.lanczos = lanczos  # False: lambda_max is not computed (NaN)
         self.data = data
         self.theta0 = theta0
         self.flow = mf.SharpnessFlow(manifold)
@@ -703,16 +720,19 @@ class _Measure:
         R, g, F, predictions = _evaluate(self.flow, theta_j, self.X_test)
         model = self.manifold.to_parameters(theta_j)
         params, static = eqx.partition(model, eqx.is_inexact_array)
-        eigen = mf.hessian_max_eigenvalue(
-            eqx.Partial(self.loss, static=static), params, rtol=1e-6
-        )
+        value = error = math.nan
+        if self.lanczos:
+            eigen = mf.hessian_max_eigenvalue(
+                eqx.Partial(self.loss, static=static), params, rtol=1e-6
+            )
+            value, error = float(eigen.value), float(eigen.error)
         return Point(
             test_error=self.data.test_error(np.asarray(predictions)),
             sharpness=float(R),
             gradient_norm=float(g),
             norm=float(np.linalg.norm(theta)),
-            lambda_max=float(eigen.value),
-            lambda_max_error=float(eigen.error),
+            lambda_max=value,
+            lambda_max_error=error,
             distance=float(np.linalg.norm(theta - self.theta0)),
             constraint=float(F),
         )

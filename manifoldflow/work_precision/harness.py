@@ -51,7 +51,8 @@ from .._flow import SharpnessFlow
 from .._landscape import gradient_flow
 from .._manifold import AbstractManifold
 from .._retraction import GaussNewtonRetraction
-from .._solve import _with_stepsize_tolerances, solve_flow
+from .._implicit import with_stepsize_tolerances
+from .._solve import solve_flow
 from .._solver import ProjectedSolver
 from .._stabilised import StabilisedSharpnessFlow
 from ..models import (
@@ -249,7 +250,7 @@ def _integrate(field, inner, strategy, manifold, y0, ts, rtol, atol, dt0, adapti
         # interpolants; an implicit solver's root finder takes the PID tolerances.
         controller = diffrax.ClipStepSizeController(pid, step_ts=ts)
         dt0 = None
-        inner = _with_stepsize_tolerances(inner, pid)
+        inner = with_stepsize_tolerances(inner, pid)
     else:
         controller = diffrax.ConstantStepSize()
     solution = diffrax.diffeqsolve(
