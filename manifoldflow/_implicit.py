@@ -41,8 +41,8 @@ def newton_krylov(
     absolute floor `linear_atol`.
 
     [`manifoldflow.solve_flow`][] (and the other drivers) give an implicit solver
-    whose root finder keeps lineax's default dense solver this root finder instead;
-    pass `root_finder=` with another linear solver to choose it yourself.
+    with diffrax's default root finder (a dense LU of the Jacobian) this root finder
+    instead; a root finder you pass is kept as it is.
 
     **Arguments:** `linear_rtol`, `linear_atol` (GMRES tolerances), `restart` (the
     Krylov subspace size between restarts), `max_linear_steps` (GMRES iterations
@@ -67,17 +67,27 @@ def newton_krylov(
     return diffrax.with_stepsize_controller_tols(optx.Newton)(linear_solver=gmres)
 
 
-def _uses_dense_default(root_finder) -> bool:
-    return isinstance(getattr(root_finder, "linear_solver", None), lx.AutoLinearSolver)
+def _is_diffrax_default(root_finder) -> bool:
+    """Whether `root_finder` is diffrax's default for its implicit solvers (VeryChord
+    with the controller's tolerances and lineax's dense `AutoLinearSolver`), not one
+    a user chose."""
+    default = diffrax.Kvaerno5().root_finder
+    return (
+        type(root_finder) is type(default)
+        and getattr(root_finder, "rtol", None) is _USE_STEPSIZE_TOL
+        and getattr(root_finder, "atol", None) is _USE_STEPSIZE_TOL
+        and isinstance(getattr(root_finder, "linear_solver", None), lx.AutoLinearSolver)
+    )
 
 
 def matrix_free_implicit(solver: diffrax.AbstractSolver) -> diffrax.AbstractSolver:
     """`solver` with [`manifoldflow.newton_krylov`][] as its root finder if it is an
-    implicit solver whose root finder would factor a dense Jacobian (lineax's
-    `AutoLinearSolver`, diffrax's default); any other solver unchanged."""
+    implicit solver with diffrax's default root finder (which would factor a dense
+    Jacobian); any other solver, and any root finder a user passed, unchanged (give
+    it `linear_solver=lineax.GMRES(...)` to make it matrix-free)."""
     if not isinstance(solver, diffrax.AbstractImplicitSolver):
         return solver
-    if not _uses_dense_default(solver.root_finder):
+    if not _is_diffrax_default(solver.root_finder):
         return solver
     return eqx.tree_at(lambda s: s.root_finder, solver, newton_krylov())
 

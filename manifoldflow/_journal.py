@@ -124,26 +124,46 @@ class Journal:
 class FolderLock:
     """An exclusive lock (flock) on a sweep's folder, held while the sweep runs: a
     second sweep into the folder is refused at once (`wait=False`) or waits for the
-    first. The lock file names its holder (process id, host, start time); the
-    operating system releases the lock when the holder ends, however it ends."""
+    first (`on_wait(holder)` is called first, to say so). The lock file names its
+    holder (process id, host, start time); the operating system releases the lock
+    when the holder ends, however it ends. The lock file is never deleted while a
+    sweep may hold or wait for it."""
 
-    def __init__(self, folder: pathlib.Path, wait: bool = False):
+    def __init__(self, folder: pathlib.Path, wait: bool = False, on_wait=None):
         self.path = folder / LOCK_FILE
-        self._file = open(self.path, "a+")
-        try:
-            flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
-            fcntl.flock(self._file.fileno(), flags)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
+        while True:
+            self._file = open(self.path, "a+")
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder()
+                if not wait:
+                    self._file.close()
+                    raise InputError(
+                        f"Another sweep is running into {folder} ({holder}): two "
+                        "sweeps into one folder would run and record the same runs "
+                        "twice.",
+                        fix="Wait for it to end (or pass --wait to start when it "
+                        "does), or choose another --out.",
+                        parameter="out",
+                    ) from None
+                if on_wait is not None:
+                    on_wait(holder)
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            # The file locked must still be the folder's lock file (not one its
+            # holder removed, with the folder, before letting go).
+            try:
+                same = os.fstat(self._file.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                self._file.close()
+                raise InputError(
+                    f"{folder} was removed while this sweep waited for it.",
+                    fix="Run the sweep again.",
+                    parameter="out",
+                ) from None
+            if same:
+                break
             self._file.close()
-            raise InputError(
-                f"Another sweep is running into {folder} ({holder}): two sweeps into "
-                "one folder would run and record the same runs twice.",
-                fix="Wait for it to end (or pass --wait to start when it does), or "
-                "choose another --out.",
-                parameter="out",
-            ) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(
@@ -151,6 +171,10 @@ class FolderLock:
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
         )
         self._file.flush()
+
+    def _holder(self) -> str:
+        self._file.seek(0)
+        return self._file.read().strip() or "another process"
 
     def release(self) -> None:
         if not self._file.closed:

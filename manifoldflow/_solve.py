@@ -450,8 +450,10 @@ class _Records:
 
 def _program_text(function, integrator: Integrator, *arguments) -> str:
     """The lowered text of `function(integrator, *arguments)`, the program a solve
-    runs, without its progress meter (which changes no number). Lowering what was
-    just called, or is about to be, is cached by JAX: this costs little."""
+    runs, without its progress meter (which changes no number, and whose presence
+    must not make a checkpoint another solve's). Without a meter this is the very
+    program called, whose lowering JAX caches (0.01 s); with one it is traced and
+    lowered once more (0.3 s on the two-layer command)."""
     quiet = eqx.tree_at(
         lambda i: i.progress_meter, integrator, diffrax.NoProgressMeter()
     )

@@ -136,8 +136,9 @@ def plan(path: pathlib.Path) -> Plan:
                 f"{_where(path, text, section, key)}: unknown option {key!r} of {name} "
                 f"(its options: {known})."
             )
+        # The location only when there is an error: finding a line reads the file.
         return dest, _converted(
-            actions[dest], value, f"{_where(path, text, section, key)}: {label}"
+            actions[dest], value, lambda: f"{_where(path, text, section, key)}: {label}"
         )
 
     for section in ("fixed", "grid"):
@@ -181,27 +182,28 @@ def plan(path: pathlib.Path) -> Plan:
     )
 
 
-def _converted(action: argparse.Action, value: Any, where: str) -> Any:
-    """`value` as the option's own type would read it; `InputError` otherwise."""
+def _converted(action: argparse.Action, value: Any, where) -> Any:
+    """`value` as the option's own type would read it; `InputError` otherwise
+    (`where()`: where the value is, for the message)."""
     if isinstance(action, argparse._StoreTrueAction):
         if not isinstance(value, bool):
-            raise InputError(f"{where} must be true or false.")
+            raise InputError(f"{where()} must be true or false.")
         return value
     if isinstance(value, (dict, list)):
-        raise InputError(f"{where}: one value expected, got a {type(value).__name__}.")
+        raise InputError(f"{where()}: one value expected, got a {type(value).__name__}.")
     kind = action.type or str
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InputError(f"{where} is not an integer.")
+        raise InputError(f"{where()} is not an integer.")
     if kind is float and (
         isinstance(value, bool) or not isinstance(value, (int, float))
     ):
-        raise InputError(f"{where} is not a number.")
+        raise InputError(f"{where()} is not a number.")
     try:
         converted = kind(value) if kind is not str else str(value)
     except (TypeError, ValueError) as error:
-        raise InputError(f"{where}: {error}.") from None
+        raise InputError(f"{where()}: {error}.") from None
     if action.choices is not None and converted not in action.choices:
         raise InputError(
-            f"{where} is not one of {', '.join(map(str, action.choices))}."
+            f"{where()} is not one of {', '.join(map(str, action.choices))}."
         )
     return converted

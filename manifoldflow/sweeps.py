@@ -173,6 +173,11 @@ def run_group(
         except Exception as error:
             records.append(_failed(experiment_name, identity, options, folder, error))
             continue
+        if code == 130:
+            # Ctrl-C reached this run (its solve returned what it had): the sweep
+            # stops with the group's earlier records, and this run is not recorded,
+            # so that the next sweep runs it.
+            raise _Interrupted(records)
         record = dict(
             id=identity,
             experiment=experiment_name,
@@ -196,6 +201,15 @@ def run_group(
 
     jax.clear_caches()
     return records
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a group run in this process: the records of its runs that
+    finished before it."""
+
+    def __init__(self, records: list[dict]):
+        super().__init__()
+        self.records = records
 
 
 def _failed(experiment, identity, options, folder, error) -> dict:
@@ -374,15 +388,29 @@ def _command(args: argparse.Namespace) -> int:
             )
         created = not args.out.exists()
         _writable_folder(args.out)
-        lock = FolderLock(args.out, wait=args.wait)
+        lock = FolderLock(
+            args.out,
+            wait=args.wait,
+            on_wait=lambda holder: _print(
+                f"sweep: waiting for the sweep running into {args.out} ({holder})",
+                sys.stderr,
+            ),
+        )
     except InputError as error:
         _print(f"manifoldflow sweep: error: {error}", sys.stderr)
         return 2
     with lock:
-        return _locked(args, sweep, created)
+        code = _locked(args, sweep)
+        if code == 2 and created:
+            # Nothing ran (e.g. no scheduler there): leave no folder. Removed while
+            # locked: a sweep waiting for the lock then finds it gone, and says so.
+            if not any(p.name != _journal.LOCK_FILE for p in args.out.iterdir()):
+                (args.out / _journal.LOCK_FILE).unlink(missing_ok=True)
+                args.out.rmdir()
+    return code
 
 
-def _locked(args, sweep: Plan, created: bool) -> int:
+def _locked(args, sweep: Plan) -> int:
     """The sweep, with its folder locked."""
     from .cli import _print
     from .experiments import EXPERIMENTS
@@ -399,6 +427,8 @@ def _locked(args, sweep: Plan, created: bool) -> int:
         )
     for note in notes:
         _print(f"manifoldflow sweep: warning: {note}", sys.stderr)
+    if sweep.count > CONFIRM_ABOVE:
+        _print(f"sweep: building the {sweep.count:,} runs ({sweep.describe()})", sys.stderr)
     planned = {run_id(experiment_name, o): o for o in sweep.runs()}
     todo, skipped = [], 0
     for identity, opts in planned.items():
@@ -415,11 +445,6 @@ def _locked(args, sweep: Plan, created: bool) -> int:
         try:
             client, how = _ignoring_interrupts(_client, args)
         except InputError as error:
-            if created and not any(
-                p.name != _journal.LOCK_FILE for p in args.out.iterdir()
-            ):
-                (args.out / _journal.LOCK_FILE).unlink(missing_ok=True)
-                args.out.rmdir()
             _print(f"manifoldflow sweep: error: {error}", sys.stderr)
             return 2
     lines = [f"sweep: {len(planned):,} runs of {experiment_name}"]
@@ -462,7 +487,11 @@ def _locked(args, sweep: Plan, created: bool) -> int:
             if client is None:
                 for group in groups:
                     report(len(group))
-                    take(run_group(experiment_name, group, str(args.out), cache))
+                    try:
+                        take(run_group(experiment_name, group, str(args.out), cache))
+                    except _Interrupted as stop:
+                        take(stop.records)
+                        raise
             else:
                 from distributed import as_completed
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import lineax as lx
 import manifoldflow as mf
 import numpy as np
+import optimistix as optx
 import pytest
 from manifoldflow._implicit import matrix_free_implicit, with_stepsize_tolerances
 
@@ -34,6 +35,10 @@ def test_default_implicit_root_finder_becomes_newton_krylov():
     # A root finder the user chose is kept; explicit solvers are untouched.
     own = diffrax.Kvaerno5(root_finder=mf.newton_krylov(restart=7))
     assert matrix_free_implicit(own) is own
+    # Also one with lineax's dense default: its algorithm and tolerances are the
+    # user's.
+    chord = diffrax.Kvaerno5(root_finder=optx.Chord(rtol=1e-8, atol=1e-9))
+    assert matrix_free_implicit(chord) is chord
     explicit = diffrax.Dopri8()
     assert matrix_free_implicit(explicit) is explicit
     with pytest.raises(mf.InputError, match="restart"):

@@ -108,6 +108,7 @@ class RealDataResult:
     sgd: list[dict]  # one per eta: eta, steps, tau, points (per seed), diverged
     constant: float
     skipped: list[str]  # phases not run after Ctrl-C
+    interrupted: bool  # Ctrl-C in the solve or after it
 
 
 def _etas(text: str) -> list[float]:
@@ -397,24 +398,55 @@ class RealDataExperiment(AbstractExperiment):
             progress_meter=progress_meter(progress, refresh_steps=1),
             **problem.flow,
         )
-        # After Ctrl-C the command stops: no Lanczos (lambda_max), no label-noise GD.
+        # After Ctrl-C (in the solve, or in a phase after it) the command stops: no
+        # Lanczos (lambda_max), no label-noise GD; what was measured is written.
         interrupted = solution.result_name == "interrupted"
-        skipped = ["lambda_max (Lanczos)", "label-noise GD"] if interrupted else []
-        measure = _Measure(manifold, data, theta0, lanczos=not interrupted)
+        simulator = LabelNoiseGD(sigma=problem.sigma)
+        constant = float(simulator.flow_constant(manifold))
+        try:
+            if interrupted:
+                raise KeyboardInterrupt
+            points, times, runs = self._after_the_flow(
+                problem, manifold, theta0, solution, constant, progress
+            )
+            skipped = []
+        except KeyboardInterrupt:
+            interrupted = True
+            skipped = ["lambda_max (Lanczos)", "label-noise GD"]
+            measure = _Measure(manifold, data, theta0, lanczos=False)
+            thetas = [theta0, *np.asarray(solution.ys)[: len(solution.ts)]]
+            times = [0.0, *np.asarray(solution.ts)]
+            if len(thetas) == 1:  # no report time reached: the point it stopped at
+                thetas.append(np.asarray(solution.theta_final))
+                times.append(float(solution.t_final))
+            points, times, runs = [measure(t) for t in thetas], np.asarray(times), []
+        return RealDataResult(
+            manifold=manifold,
+            theta_interpolant=theta0,
+            training=dict(steps=steps, loss=loss, seconds=seconds),
+            solution=solution,
+            times=times,
+            points=points,
+            sgd=runs,
+            constant=constant,
+            skipped=skipped,
+            interrupted=interrupted,
+        )
+
+    def _after_the_flow(self, problem, manifold, theta0, solution, constant, progress):
+        """The measurements along the flow (with lambda_max) and the label-noise GD
+        runs matched to it: `(points, times, runs)`."""
+        measure = _Measure(manifold, problem.data, theta0)
         points = [measure(theta0)]
         for theta in np.asarray(solution.ys)[: len(solution.ts)]:
             points.append(measure(theta))
         times = np.concatenate([[0.0], np.asarray(solution.ts)])
-        if interrupted and len(solution.ts) == 0:  # the point it stopped at
-            points.append(measure(np.asarray(solution.theta_final)))
-            times = np.append(times, float(solution.t_final))
         simulator = LabelNoiseGD(sigma=problem.sigma)
-        constant = float(simulator.flow_constant(manifold))
         t_reached = float(solution.t_final)
         tau = t_reached / constant
         runs = []
         limit = 2 / points[0].lambda_max  # GD's stability limit at the interpolant
-        for eta in [] if interrupted else problem.etas:
+        for eta in problem.etas:
             k = max(1, round(tau / eta**2))
             if not eta < limit:  # it would diverge: not run, and the check says so
                 runs.append(
@@ -461,17 +493,7 @@ class RealDataExperiment(AbstractExperiment):
                     unstable=False,
                 )
             )
-        return RealDataResult(
-            manifold=manifold,
-            theta_interpolant=theta0,
-            training=dict(steps=steps, loss=loss, seconds=seconds),
-            solution=solution,
-            times=times,
-            points=points,
-            sgd=runs,
-            constant=constant,
-            skipped=skipped,
-        )
+        return points, times, runs
 
     def checks(self, problem: RealDataProblem, result: RealDataResult) -> Report:
         solution = result.solution
@@ -660,7 +682,7 @@ class RealDataExperiment(AbstractExperiment):
             arrays=arrays,
             headline=headline,
             finished=bool(report["ending"].passed),
-            interrupted=solution.result_name == "interrupted",
+            interrupted=result.interrupted,
             figure_data=figure_data,
         )
 

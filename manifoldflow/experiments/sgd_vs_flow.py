@@ -203,6 +203,10 @@ class SGDVersusFlowExperiment(AbstractExperiment):
             stationarity=0.0,
             throw=False,
         )
+        if any(f.result_name == "interrupted" for f in (*flows.values(), path)):
+            # Ctrl-C in a solve (which returns what it had): a comparison of partial
+            # flows would mean nothing, so the command stops here.
+            raise KeyboardInterrupt
         retract = jax.jit(
             jax.vmap(
                 lambda t: mf.GaussNewtonRetraction()(
