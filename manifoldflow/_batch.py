@@ -280,6 +280,8 @@ def _windows(integrator, batched, states, window, keep_states, books, mesh, prog
                 break
             attempts = min(2 * attempts, window)
     except KeyboardInterrupt:
+        if not books[0].records.parts:  # in the first window: the initial points
+            _take(books, states, np.ones(size, dtype=int), None, None)
         interrupted = jnp.where(
             states.result._value == RESULTS.successful._value,
             RESULTS.interrupted._value,

@@ -537,6 +537,8 @@ def _windows(
             if on_window is not None:
                 on_window(state, attempts)
     except KeyboardInterrupt:
+        if not records.parts:  # in the first window: the initial point's records
+            records.add(state, 1)
         state = eqx.tree_at(lambda s: s.result, state, RESULTS.interrupted)
     finally:
         integrator.progress_meter.close(state.meter_state)

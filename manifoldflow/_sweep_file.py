@@ -9,6 +9,7 @@ import math
 import pathlib
 import re
 import tomllib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import InputError
@@ -79,11 +80,15 @@ class Plan:
             yield full({**self.fixed, **run})
 
 
-def plan(path: pathlib.Path) -> Plan:
+def read_plan(
+    path: pathlib.Path,
+    experiments: Sequence[str],
+    options_of: Callable[[str], dict[str, argparse.Action]],
+) -> Plan:
     """The sweep of the file at `path`, every option checked against the
-    experiment's options (`InputError` otherwise), its runs counted but not built."""
-    from .cli import _OUTPUT_OPTIONS, _parser
-    from .experiments import EXPERIMENTS
+    experiment's options (`InputError` otherwise), its runs counted but not built.
+    `experiments`: the names a sweep may run; `options_of(name)`: that command's
+    options (destination to argparse action)."""
 
     if path.is_dir():
         raise InputError(
@@ -107,8 +112,8 @@ def plan(path: pathlib.Path) -> Plan:
                 'experiment = "...", max_runs = N, [fixed], [grid] and [[runs]].'
             )
     name = data.get("experiment")
-    if not isinstance(name, str) or name not in EXPERIMENTS or name == "bench":
-        choices = ", ".join(n for n in EXPERIMENTS if n != "bench")
+    if not isinstance(name, str) or name not in experiments:
+        choices = ", ".join(experiments)
         raise InputError(
             f"{_where(path, text, None, 'experiment')}: experiment = {name!r} is not "
             f"one of {choices}."
@@ -121,12 +126,7 @@ def plan(path: pathlib.Path) -> Plan:
             f"{_where(path, text, None, 'max_runs')}: max_runs = {max_runs!r} must be "
             "an integer of at least 1 (the most runs this sweep may have)."
         )
-    _, subparsers = _parser(EXPERIMENTS)
-    actions = {
-        a.dest: a
-        for a in subparsers[name]._actions
-        if a.option_strings and a.dest not in _OUTPUT_OPTIONS + ("help",)
-    }
+    actions = options_of(name)
 
     def option(section, key, value, label):
         dest = key.replace("-", "_")

@@ -59,7 +59,7 @@ from . import _journal
 from ._errors import InputError
 from ._journal import FolderLock, Journal, JournalWarning as JournalWarning
 from ._journal import read as read_journal, repair as repair_journal
-from ._sweep_file import Plan, plan as plan
+from ._sweep_file import Plan, read_plan
 
 
 RUNS_FILE = "runs.jsonl"
@@ -114,6 +114,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep no compiled programs across processes (JAX's compilation cache)",
     )
+
+
+def plan(path: pathlib.Path) -> Plan:
+    """The sweep of the TOML file at `path` (see the module's docstring), every
+    option checked against the experiment's command-line options."""
+    from .cli import _OUTPUT_OPTIONS, _parser
+    from .experiments import EXPERIMENTS
+
+    _, subparsers = _parser(EXPERIMENTS)
+
+    def options_of(name: str) -> dict[str, argparse.Action]:
+        return {
+            a.dest: a
+            for a in subparsers[name]._actions
+            if a.option_strings and a.dest not in _OUTPUT_OPTIONS + ("help",)
+        }
+
+    return read_plan(path, [n for n in EXPERIMENTS if n != "bench"], options_of)
 
 
 def run_id(experiment: str, options: dict) -> str:

@@ -295,7 +295,7 @@ def test_a_sweep_killed_at_random_points_records_every_run_once(tmp_path):
 
 
 def test_a_huge_grid_is_counted_at_once_and_refused_without_yes(tmp_path, capsys):
-    from manifoldflow._sweep_file import plan
+    plan = sweeps.plan
 
     # 10^6 runs over six axes: counted (a product), not built.
     axes = {
@@ -467,13 +467,14 @@ def test_ctrl_c_stops_a_sweep_in_one_process_and_records_no_interrupted_run(
     from manifoldflow import _solve
 
     monkeypatch.setitem(sys.modules, "distributed", None)
-    run, calls = _solve._run, []
+    run, starts = _solve._run, []
 
-    def interrupt_in_the_second_run(*args):
-        calls.append(run(*args))
-        if len(calls) == 6:
+    def interrupt_in_the_second_run(integrator, state, *args):
+        # In the first window of the second solve (Ctrl-C before any record of it).
+        starts.append(int(state.num_accepted) == 0)
+        if sum(starts) == 2:
             raise KeyboardInterrupt
-        return calls[-1]
+        return run(integrator, state, *args)
 
     interrupt_in_the_second_run.lower = run.lower
     monkeypatch.setattr(_solve, "_run", interrupt_in_the_second_run)
@@ -482,9 +483,31 @@ def test_ctrl_c_stops_a_sweep_in_one_process_and_records_no_interrupted_run(
     assert _sweep(file, out) == 130
     err = capsys.readouterr().err
     assert "sweep interrupted" in err and "Traceback" not in err
-    records = _records(out) if (out / sweeps.RUNS_FILE).exists() else []
-    assert all(r["status"] == "finished" and r["result"] != "interrupted" for r in records)
-    assert len(records) < 3
+    records = _records(out)
+    assert len(records) == 1  # the run before; not the interrupted one
+    assert records[0]["status"] == "finished" and records[0]["result"] == "stationary"
     monkeypatch.setattr(_solve, "_run", run)
     assert _sweep(file, out) == 0  # the rest, run once each
     assert sorted(r["options"]["m"] for r in _records(out)) == [4, 5, 6]
+
+
+def test_ctrl_c_in_the_first_window_returns_the_initial_point(monkeypatch):
+    from manifoldflow import _batch, _solve
+
+    from .helpers import two_layer_problem
+
+    manifold = two_layer_problem(m=4, n=3, d=6)[-2]
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    interrupt.lower = _solve._run.lower
+    monkeypatch.setattr(_solve, "_run", interrupt)
+    single = mf.solve_flow(manifold)
+    assert single.result_name == "interrupted" and single.num_steps == 0
+    assert single.sharpness.shape == (1,) and np.isfinite(single.sharpness[0])
+    monkeypatch.setattr(_batch, "_window", interrupt)
+    theta = np.asarray(manifold.initial_point())
+    many = mf.solve_flows(manifold, np.stack([theta, theta]))
+    assert many.results == ["interrupted", "interrupted"]
+    assert all(s.num_steps == 0 and s.sharpness.shape == (1,) for s in many)
