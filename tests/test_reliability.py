@@ -216,7 +216,7 @@ def test_a_second_sweep_is_refused_at_once_or_waits(tmp_path, monkeypatch, capsy
             "-c",
             "import pathlib, sys, time; from manifoldflow._journal import FolderLock; "
             "lock = FolderLock(pathlib.Path(sys.argv[1])); print('held', flush=True); "
-            "time.sleep(4)",
+            "time.sleep(8)",
             str(out),
         ],
         stdout=subprocess.PIPE,
@@ -228,9 +228,8 @@ def test_a_second_sweep_is_refused_at_once_or_waits(tmp_path, monkeypatch, capsy
     try:
         assert holder.stdout.readline().strip() == "held"
         file = _toml(tmp_path, SWEEP)
-        start = time.perf_counter()
         assert _sweep(file, out) == 2
-        assert time.perf_counter() - start < 2  # at once
+        assert holder.poll() is None  # refused at once: the holder still holds it
         err = capsys.readouterr().err
         assert "Another sweep is running into" in err and f"pid {holder.pid}" in err
         assert not (out / sweeps.RUNS_FILE).exists()
