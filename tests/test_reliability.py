@@ -309,7 +309,7 @@ def test_a_huge_grid_is_counted_at_once_and_refused_without_yes(tmp_path, capsys
     file = _toml(tmp_path, f'experiment = "two-layer"\n[grid]\n{grid}\n')
     start = time.perf_counter()
     assert plan(pathlib.Path(file)).count == 10**6
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 3.0  # building them would take minutes
     assert _sweep(file, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "1,000,000 runs" in err and "--yes" in err and "max_runs" in err
@@ -320,7 +320,7 @@ def test_a_huge_grid_is_counted_at_once_and_refused_without_yes(tmp_path, capsys
     long_axis = _toml(tmp_path, f'experiment = "two-layer"\n[grid]\nseed = {seeds}\n', "long.toml")
     start = time.perf_counter()
     assert plan(pathlib.Path(long_axis)).count == 200_000
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 15.0  # a search per value: ~1,000 s
 
 
 # ---------------------------------------------------------------------------------
