@@ -36,6 +36,7 @@ from ._solution import FlowSolution, FlowSolutions
 from ._solve import _ENDINGS, _integrator, _KeptStates, _padded, _Records
 from ._stop import AbstractStopCondition, ConditionStop
 from ._validate import (
+    check_concrete_numbers,
     check_integer,
     check_rank,
     coordinates,
@@ -490,13 +491,8 @@ def _starts(manifolds, first, stacked, theta0, size):
 
 
 def _constants(constant, size, dtype) -> jax.Array:
-    c = jnp.asarray(constant, dtype)
-    if not np.all(np.isfinite(np.asarray(c))) or not np.all(np.asarray(c) > 0):
-        raise InputError(
-            f"constant must be positive and finite, got {np.asarray(constant)}.",
-            parameter="constant",
-        )
-    return jnp.broadcast_to(c, (size,))
+    check_concrete_numbers(t0=None, t1=None, constant=np.asarray(constant))
+    return jnp.broadcast_to(jnp.asarray(constant, dtype), (size,))
 
 
 def _laid_out(integrator, batched, mesh):
