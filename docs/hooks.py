@@ -6,11 +6,11 @@ import re
 
 
 def _options(match: re.Match) -> str:
-    from manifoldflow.cli import _parser
+    from manifoldflow.commands.options import parsers
     from manifoldflow.experiments import EXPERIMENTS
 
     os.environ["COLUMNS"] = "78"
-    _, subparsers = _parser(EXPERIMENTS)
+    _, subparsers = parsers(EXPERIMENTS)
     return "```text\n" + subparsers[match[1]].format_help() + "```"
 
 

@@ -32,8 +32,8 @@ from ._noise_floor import AbstractNoiseFloorPolicy, TightenTolerances
 from ._projection import AbstractProjector, CholeskyProjector
 from ._results import result_name, RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
+from ._setup import build_integrator
 from ._solution import FlowSolution, FlowSolutions
-from ._solve import _ENDINGS, _integrator, _KeptStates, _padded, _Records
 from ._stop import AbstractStopCondition, ConditionStop
 from ._validate import (
     check_concrete_numbers,
@@ -43,6 +43,14 @@ from ._validate import (
     NOT_FINITE,
     on_device,
     validated,
+)
+from ._windows import (
+    ENDINGS,
+    first_attempts,
+    KeptStates,
+    next_attempts,
+    padded_times,
+    StepRecords,
 )
 
 
@@ -160,7 +168,7 @@ def solve_flows(
 
     padded_size = -(-size // len(devices)) * len(devices)
     pad = lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded_size - size, 0)])
-    integrator = _integrator(
+    integrator = build_integrator(
         first if stacked is None else jax.tree.map(pad, stacked),
         dtype,
         solver=solver,
@@ -174,7 +182,6 @@ def solve_flows(
         noise_floor=noise_floor,
         max_steps=max_steps,
         retract_every=retract_every,
-        progress_meter=diffrax.NoProgressMeter(),
         records=window + 1,
     )
     _check_ranks(integrator, stacked, first, starts)
@@ -188,14 +195,14 @@ def solve_flows(
         on_device(t0, dtype),
         on_device(t1, dtype),
         None if dt0 is None else on_device(dt0, dtype),
-        on_device(_padded(targets), dtype),
+        on_device(padded_times(targets), dtype),
     )
     retracted, states = _init(integrator, batched, starts, replicated, mesh)
     books = [_Book(keep_states, max_states) for _ in range(size)]
     if keep_states:
         y0 = _host(states.y)
         for i, book in enumerate(books):
-            book.kept = _KeptStates(y0[i], 1, max_states - 1)
+            book.kept = KeptStates(y0[i], 1, max_states - 1)
     states = _windows(
         integrator, batched, states, window, keep_states, books, mesh, progress
     )
@@ -212,7 +219,7 @@ def solve_flows(
     )
     solutions = FlowSolutions(members, seconds, len(devices))
     if throw:
-        accepted = {result_name(r) for r in _ENDINGS + (RESULTS.max_steps_reached,)}
+        accepted = {result_name(r) for r in ENDINGS + (RESULTS.max_steps_reached,)}
         failed = {
             name: count
             for name, count in solutions.counts().items()
@@ -235,14 +242,14 @@ class _Book:
     its kept states (evenly spaced in steps, at most `max_states`)."""
 
     def __init__(self, keep_states: bool, max_states: int):
-        self.records = _Records()
+        self.records = StepRecords()
         self.keep_states, self.max_states = keep_states, max_states
-        self.kept: _KeptStates | None = None
+        self.kept: KeptStates | None = None
 
 
 def _take(books, states: FlowState, rows, ys, counts) -> None:
     """Move the members' new step records (and accepted states) to their books."""
-    fields = _host([getattr(states, name) for name in _Records.names])
+    fields = _host([getattr(states, name) for name in StepRecords.names])
     rows = _host(rows)
     if ys is not None:
         ys, counts = _host((ys, counts))
@@ -259,9 +266,10 @@ def _windows(integrator, batched, states, window, keep_states, books, mesh, prog
         import tqdm
 
         bar = tqdm.tqdm(total=size, unit="flow", desc="flows finished")
-    attempts = min(4, window)
+    attempts = first_attempts(window)
     try:
         while True:  # at least once: the first window takes the initial points
+            start = time.perf_counter()
             new, rows, ys, counts = _window(
                 integrator,
                 batched,
@@ -279,16 +287,14 @@ def _windows(integrator, batched, states, window, keep_states, books, mesh, prog
                 bar.refresh()
             if not running.any():
                 break
-            attempts = min(2 * attempts, window)
+            attempts = next_attempts(attempts, time.perf_counter() - start, window)
     except KeyboardInterrupt:
         if not books[0].records.parts:  # in the first window: the initial points
             _take(books, states, np.ones(size, dtype=int), None, None)
-        interrupted = jnp.where(
-            states.result._value == RESULTS.successful._value,
-            RESULTS.interrupted._value,
-            states.result._value,
-        )
-        states = eqx.tree_at(lambda s: s.result._value, states, interrupted)
+        interrupted = jax.vmap(
+            lambda r: RESULTS.where(r == RESULTS.successful, RESULTS.interrupted, r)
+        )(states.result)
+        states = eqx.tree_at(lambda s: s.result, states, interrupted)
     finally:
         if bar is not None:
             bar.close()
@@ -317,7 +323,7 @@ def _running(states: FlowState, size: int) -> np.ndarray:
 def _member(book: _Book, states, retracted, i, constant, stationarity) -> FlowSolution:
     records = book.records.arrays()
     step_ts, sharpness, gradient_norm, violation = (
-        records[name] for name in _Records.names
+        records[name] for name in StepRecords.names
     )
     last = states.y[i]
     if book.kept is not None:
@@ -520,9 +526,7 @@ def _check_ranks(integrator, stacked, first, starts) -> None:
     finite = np.all(np.isfinite(grams.reshape(grams.shape[0], -1)), axis=1)
     if not np.all(finite):
         i = int(np.flatnonzero(~finite)[0])
-        raise InputError(
-            f"member {i}: {NOT_FINITE}", parameter="theta0"
-        )
+        raise InputError(f"member {i}: {NOT_FINITE}", parameter="theta0")
     eigenvalues = np.linalg.eigvalsh(grams)
     bad = np.flatnonzero(~(eigenvalues[:, 0] * min(bounds) > eigenvalues[:, -1]))
     if bad.size:

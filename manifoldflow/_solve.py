@@ -23,31 +23,34 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, PyTree
 
 from . import _checkpoint
-from ._flow import SharpnessFlow
-from ._implicit import matrix_free_implicit, with_stepsize_tolerances
 from ._loop import FlowState, Integrator
 from ._manifold import AbstractManifold
+from ._messages import budget_message, failure_message
 from ._noise_floor import AbstractNoiseFloorPolicy, TightenTolerances
-from ._projection import AbstractProjector, CholeskyProjector, QRProjector
+from ._projection import AbstractProjector, CholeskyProjector
 from ._results import is_result, RESULTS
 from ._retraction import AbstractRetraction, ChordRetraction, GaussNewtonRetraction
+from ._setup import build_integrator
 from ._solution import FlowSolution
-from ._solver import ProjectedSolver
-from ._stop import AbstractStopCondition, ConditionStop, StationarityStop
+from ._stop import AbstractStopCondition
 from ._validate import (
     check_concrete_numbers,
     check_integer,
     check_rank,
     check_shape,
-    gram_matrix,
     on_device,
     retraction_error,
     validated,
 )
-
-
-_ENDINGS = (RESULTS.stationary, RESULTS.t1_reached, RESULTS.interrupted)
-# The marker of root-finder tolerances to be taken from the step size controller.
+from ._windows import (
+    ENDINGS,
+    first_attempts,
+    HostProgress,
+    KeptStates,
+    next_attempts,
+    padded_times,
+    StepRecords,
+)
 
 
 def flow_solve(
@@ -116,7 +119,7 @@ def flow_solve(
     save_times = jnp.zeros(0, dtype) if saveat is None else jnp.asarray(saveat, dtype)
     if saveat is not None and isinstance(t1, float) and math.isinf(t1):
         t1 = save_times.reshape(-1)[-1]
-    integrator = _integrator(
+    integrator = build_integrator(
         manifold,
         dtype,
         solver=solver,
@@ -233,7 +236,11 @@ def solve_flow(
     - `retract_every`: retract after every k-th step.
     - `progress_meter`: a diffrax progress meter, e.g. `diffrax.TqdmProgressMeter()`;
       its progress is the larger of the fraction of $[t_0, t_1]$ covered and of the
-      decades of $\|P_T\nabla R\|$ descended towards `stationarity`.
+      decades of $\|P_T\nabla R\|$ descended towards `stationarity`. It is drawn
+      from the host after each window, not inside the compiled loop, so that the
+      loop's programs stay in JAX's persistent compilation cache: a second run of
+      the same solve compiles nothing. (In `flow_solve` the meter is inside the
+      program, as in `diffrax.diffeqsolve`: leave it out for a cacheable program.)
     - `checkpoint`: a file to write the solve's state to after every window
       (atomically: a temporary file, then a rename). If it already holds a checkpoint
       of this same solve (same manifold, start, options, manifoldflow and JAX
@@ -281,7 +288,7 @@ def solve_flow(
         window = int(min(128, max(16, 2**28 // (8 * manifold.dimension))))
     if max_states is None:
         max_states = int(min(1024, max(16, 2**30 // (8 * manifold.dimension))))
-    integrator = _integrator(
+    integrator = build_integrator(
         manifold,
         dtype,
         solver=solver,
@@ -295,7 +302,6 @@ def solve_flow(
         noise_floor=noise_floor,
         max_steps=max_steps,
         retract_every=retract_every,
-        progress_meter=progress_meter,
         records=window + 1,
     )
     check_rank(manifold, integrator.stops, theta0)
@@ -303,24 +309,27 @@ def solve_flow(
         on_device(t0, dtype),
         on_device(t1, dtype),
         None if dt0 is None else on_device(dt0, dtype),
-        on_device(_padded(targets), dtype),
+        on_device(padded_times(targets), dtype),
     )
     retracted, state = _init(integrator, theta0, *init_arguments)
     if not bool(retracted.converged):
-        progress_meter.close(state.meter_state)
         raise retraction_error(retracted, initial_retraction)
-    records = _Records()
+    records = StepRecords()
     kept = (
         None
         if targets is not None
-        else _KeptStates(np.asarray(state.y), save_every, max_states - 1)
+        else KeptStates(np.asarray(state.y), save_every, max_states - 1)
     )
-    attempts, on_window = min(4, window), None
+    attempts, on_window = first_attempts(window), None
     if checkpoint is not None:
         programs = (
             _program_text(_init, integrator, theta0, *init_arguments),
             _program_text(
-                _run, integrator, state, on_device(attempts), 0 if kept is None else window
+                _run,
+                integrator,
+                state,
+                on_device(attempts),
+                0 if kept is None else window,
             ),
         )
         state, attempts, on_window = _checkpointing(
@@ -353,7 +362,10 @@ def solve_flow(
                 retract_every=retract_every,
             ),
         )
-    state = _windows(integrator, state, window, records, kept, attempts, on_window)
+    progress = HostProgress(progress_meter)
+    state = _windows(
+        integrator, state, window, records, kept, progress, attempts, on_window
+    )
     solution = _host_solution(
         state,
         retracted,
@@ -367,101 +379,17 @@ def solve_flow(
     if is_result(solution.result, RESULTS.max_steps_reached):
         # A budget, not a failure: the solution comes back, with what it shows.
         if throw:
-            warnings.warn(_budget_message(solution), RuntimeWarning, stacklevel=2)
-    elif throw and not any(is_result(solution.result, r) for r in _ENDINGS):
-        raise RuntimeError(_failure_message(solution, integrator))
+            warnings.warn(budget_message(solution), RuntimeWarning, stacklevel=2)
+    elif throw and not any(is_result(solution.result, r) for r in ENDINGS):
+        raise RuntimeError(failure_message(solution, integrator))
     return solution
 
 
-class _KeptStates:
-    """The accepted states kept for `ys` without `saveat`: those whose index is a
-    multiple of `stride` (from `save_every`), the stride doubling whenever more than
-    `limit` would be kept, so that at most `limit` states (evenly spaced in steps)
-    plus the last are kept, however many steps the solve takes."""
-
-    def __init__(self, first: np.ndarray, stride: int, limit: int):
-        self.stride, self.limit = stride, max(limit, 1)
-        self.index = np.zeros(1, int)
-        self.states = first[None]
-        self.seen = 1
-
-    def add(self, ys: np.ndarray) -> None:
-        """Append the next accepted states (indices `seen`, `seen + 1`, ...)."""
-        index = np.arange(self.seen, self.seen + ys.shape[0])
-        keep = index % self.stride == 0
-        self.index = np.concatenate([self.index, index[keep]])
-        self.states = np.concatenate([self.states, ys[keep]])
-        self.seen += ys.shape[0]
-        while self.index.size > self.limit:
-            self.stride *= 2
-            keep = self.index % self.stride == 0
-            self.index, self.states = self.index[keep], self.states[keep]
-
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """What `restore` needs to continue from here."""
-        return dict(
-            kept_index=self.index,
-            kept_states=self.states,
-            kept_stride=np.asarray(self.stride),
-            kept_seen=np.asarray(self.seen),
-        )
-
-    def restore(self, saved: dict[str, np.ndarray]) -> None:
-        self.index, self.states = saved["kept_index"], saved["kept_states"]
-        self.stride, self.seen = int(saved["kept_stride"]), int(saved["kept_seen"])
-
-    def result(self, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`(indices, states)`, with the last accepted state."""
-        if self.index[-1] == self.seen - 1:
-            return self.index, self.states
-        return (
-            np.append(self.index, self.seen - 1),
-            np.concatenate([self.states, last[None]]),
-        )
-
-
-class _Records:
-    """The step records taken off the device after each window: `sharpness`,
-    `gradient_norm`, `constraint_violation` at `step_ts`, for every accepted point."""
-
-    names = ("step_ts", "sharpness", "gradient_norm", "constraint_violation")
-
-    def __init__(self):
-        self.parts: list[tuple[np.ndarray, ...]] = []
-
-    def add(self, state: FlowState, rows: int) -> None:
-        """The first `rows` rows of `state`'s step records."""
-        self.append(tuple(np.asarray(getattr(state, n)) for n in self.names), rows)
-
-    def append(self, records: tuple[np.ndarray, ...], rows: int) -> None:
-        """The first `rows` rows of `records` (in the order of `names`)."""
-        if rows > 0:
-            self.parts.append(tuple(r[:rows] for r in records))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            name: np.concatenate([part[k] for part in self.parts])
-            for k, name in enumerate(self.names)
-        }
-
-    def restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.parts = [tuple(arrays[name] for name in self.names)]
-
-
-def _program_text(function, integrator: Integrator, *arguments) -> str:
-    """The lowered text of `function(integrator, *arguments)`, the program a solve
-    runs, without its progress meter (which changes no number, and whose presence
-    must not make a checkpoint another solve's). Without a meter this is the very
-    program called, whose lowering JAX caches (0.01 s); with one it is traced and
-    lowered once more (0.3 s on the two-layer command)."""
-    quiet = eqx.tree_at(
-        lambda i: i.progress_meter, integrator, diffrax.NoProgressMeter()
-    )
-    arguments = tuple(
-        _checkpoint.without_meter(a) if isinstance(a, FlowState) else a
-        for a in arguments
-    )
-    return function.lower(quiet, *arguments).as_text()
+def _program_text(function, *arguments) -> str:
+    """The lowered text of `function(*arguments)`: the very program a solve runs
+    (its progress is drawn on the host, so no display is in it), whose lowering JAX
+    keeps for the call that follows."""
+    return function.lower(*arguments).as_text()
 
 
 def _checkpointing(
@@ -487,30 +415,24 @@ def _checkpointing(
     return state, attempts, on_window
 
 
-_WINDOW_SECONDS = 2.0
-"""A window's target wall time (see `_windows`)."""
-
-
 def _windows(
     integrator,
     state,
     window: int,
-    records: _Records,
-    kept: _KeptStates | None,
+    records: StepRecords,
+    kept: KeptStates | None,
+    progress: HostProgress,
     attempts: int | None = None,
     on_window=None,
 ):
     """Run the loop in jitted windows until it ends, giving the step records to
     `records` and every accepted state to `kept` (if any); the final state. The
-    first windows are short (4, 8, 16, ... attempts, one compiled program: the
-    number of attempts is an argument), and a window grows only while it takes less
-    than `_WINDOW_SECONDS` and shrinks when it takes more than four times that, so
-    that Ctrl-C, the progress meter and checkpoints act every few seconds however
-    slow a step is (a step of a large model can take a minute); Ctrl-C returns what
-    was computed (`interrupted`). Window sizes change no number: the loop carries
-    its whole state. After each window, `on_window(state, next attempts)` (a
-    checkpoint). The progress meter is closed."""
-    attempts = min(4, window) if attempts is None else attempts
+    first windows are short and then grow (`next_attempts`; one compiled program:
+    the number of attempts is an argument). Ctrl-C returns what was computed
+    (`interrupted`). After each window, the progress display is redrawn and
+    `on_window(state, next attempts)` called (a checkpoint). The display is closed
+    at the end."""
+    attempts = first_attempts(window) if attempts is None else attempts
     first = not records.parts  # a first window takes the initial point's records
     try:
         while first or is_result(state.result, RESULTS.successful):
@@ -529,11 +451,8 @@ def _windows(
             if kept is not None:
                 kept.add(np.asarray(ys)[: int(count)])
             state = new
-            elapsed = time.perf_counter() - start
-            if elapsed < _WINDOW_SECONDS:
-                attempts = min(2 * attempts, window)
-            elif elapsed > 4 * _WINDOW_SECONDS:
-                attempts = max(1, attempts // 2)
+            attempts = next_attempts(attempts, time.perf_counter() - start, window)
+            progress.update(float(state.progress))
             if on_window is not None:
                 on_window(state, attempts)
     except KeyboardInterrupt:
@@ -541,17 +460,11 @@ def _windows(
             records.add(state, 1)
         state = eqx.tree_at(lambda s: s.result, state, RESULTS.interrupted)
     finally:
-        integrator.progress_meter.close(state.meter_state)
+        progress.close(
+            finished=is_result(state.result, RESULTS.stationary)
+            or is_result(state.result, RESULTS.t1_reached)
+        )
     return state
-
-
-def _padded(targets: list[float] | None) -> list[float]:
-    """Output times padded with `inf` to a power of two (at least 8), so that a new
-    number of output times rarely compiles a new program."""
-    if not targets:
-        return []
-    size = max(8, 1 << (len(targets) - 1).bit_length())
-    return targets + [math.inf] * (size - len(targets))
 
 
 @eqx.filter_jit
@@ -565,7 +478,7 @@ def _run(integrator: Integrator, state: FlowState, attempts, window: int):
 
 
 def _host_solution(
-    state: FlowState, retracted, records: _Records, kept, **fields
+    state: FlowState, retracted, records: StepRecords, kept, **fields
 ) -> FlowSolution:
     """The solution in NumPy, trimmed to the steps taken (no eager JAX operation:
     each would stage a program); with `kept`, the states it kept as `ys`, else the
@@ -597,158 +510,4 @@ def _host_solution(
         num_tightened=k,
         retraction=retracted,
         **fields,
-    )
-
-
-def _integrator(
-    manifold,
-    dtype,
-    *,
-    solver,
-    projector,
-    retraction,
-    initial_retraction,
-    constant,
-    stepsize_controller,
-    stationarity,
-    stop,
-    noise_floor,
-    max_steps,
-    retract_every,
-    progress_meter,
-    records=None,
-) -> Integrator:
-    """The flow, the projected solver and the policies of one solve, with the
-    defaults of `solve_flow`. Numbers enter as arrays."""
-    controller = _with_array_tolerances(stepsize_controller, dtype)
-    if stop is None:  # the condition stop costs one Cholesky of J J^T per step
-        forms_gram = isinstance(projector, (CholeskyProjector, QRProjector))
-        stop = (ConditionStop(),) if forms_gram else ()
-    stops = (StationarityStop(_as_array(stationarity, dtype)), *stop)
-    flow = SharpnessFlow(manifold, projector, _as_array(constant, dtype))
-    psolver = ProjectedSolver(
-        with_stepsize_tolerances(matrix_free_implicit(solver), controller),
-        manifold,
-        projector,
-        retraction,
-        retract_every,
-    )
-    return Integrator(
-        flow,
-        psolver,
-        controller,
-        stops,
-        noise_floor,
-        initial_retraction,
-        progress_meter,
-        max_steps,
-        records,
-    )
-
-
-def _as_array(value, dtype):
-    """A number as an array of `dtype`: without staging a program for a host value,
-    unchanged (but cast) for a traced one."""
-    if isinstance(value, jax.Array):
-        return value.astype(dtype)
-    return on_device(value, dtype)
-
-
-def _with_array_tolerances(controller, dtype):
-    """A PID controller's `rtol` and `atol` as arrays: new values compile nothing, and
-    the noise-floor policy can tighten them inside the loop."""
-    if not isinstance(controller, diffrax.PIDController):
-        return controller
-    return eqx.tree_at(
-        lambda c: (c.rtol, c.atol),
-        controller,
-        (_as_array(controller.rtol, dtype), _as_array(controller.atol, dtype)),
-    )
-
-
-_ADVICE = {
-    "stagnated": (
-        "|P_T grad R| is at the integrator's noise floor: ask for a stationarity above "
-        "the value reached, or use projector=QRProjector() (accuracy kappa(J) "
-        "instead of kappa(J)^2); if you believe the flow is merely slow, pass "
-        "noise_floor=TightenTolerances(patience=...) with a larger patience, or "
-        "noise_floor=IgnoreNoiseFloor()."
-    ),
-    "ill_conditioned": (
-        "The manifold is close to a singular point (for a sparse-recovery model: "
-        "coordinates decaying to 0). To go on anyway: stop=[ConditionStop("
-        "max_condition=...)] with a larger bound (Cholesky accuracy degrades like "
-        "condition x 1e-16), or projector=SVDProjector(), which drops the vanishing "
-        "directions (it may need many steps); or remove the collapsed coordinates "
-        "from the model."
-    ),
-    "retraction_failed": (
-        "Take smaller steps (lower the tolerances of stepsize_controller, or dt0), or "
-        "give the retraction more "
-        "iterations (retraction=ChordRetraction(max_steps=...) or NewtonRetraction())."
-    ),
-    "projection_failed": (
-        "For CGProjector raise max_steps or loosen rtol; or use CholeskyProjector or "
-        "SVDProjector (for a rank-deficient J)."
-    ),
-    "step_failure": (
-        "The model, its gradient or the sharpness is not finite at the point reached: "
-        "check the model (e.g. log or sqrt of a quantity that reaches 0)."
-    ),
-    "step_size_collapsed": (
-        "Every step from the point reached was rejected or had zero length: the vector "
-        "field is not finite or not accurate near it (see the Gram condition above), "
-        "or dt0 was not positive."
-    ),
-}
-
-
-def _budget_message(solution: FlowSolution) -> str:
-    """What a solve that used all of `max_steps` shows, and what to look at."""
-    R, g = solution.sharpness, solution.gradient_norm
-    half = R.size // 2
-    fall = (R[half] - R[-1]) / max(abs(R[-1]), np.finfo(float).tiny)
-    if fall > 1e3 * np.finfo(float).eps:
-        trend = (
-            f"R is still decreasing ({R[half]:.12g} -> {R[-1]:.12g} over the second "
-            f"half of the steps, |P_T grad R| from {g[half]:.2e} to {g[-1]:.2e}): the "
-            "flow may have no stationary point within reach (e.g. biases growing, "
-            "units saturating: a minimum at infinity), so more steps may never reach "
-            "the threshold. "
-        )
-    else:
-        trend = (
-            f"R is flat to rounding over the second half of the steps ({R[-1]:.12g}). "
-        )
-    return (
-        "solve_flow used its budget of "
-        f"{solution.num_steps + solution.num_rejected_steps} step attempts "
-        f"(max_steps) before |P_T grad R| <= {solution.stationarity:g}: "
-        f"it got to t = {solution.t_final:.6g} with |P_T grad R| = {g[-1]:.3e}. "
-        + trend
-        + "The solution is returned: look at R(t) and |P_T grad R|(t) "
-        "(solution.sharpness and solution.gradient_norm against solution.step_ts). "
-        "To go on, raise max_steps; to solve up to a time, pass t1=...; "
-        "throw=False silences this warning."
-    )
-
-
-def _failure_message(solution: FlowSolution, integrator: Integrator) -> str:
-    R, g, violation = (
-        solution.sharpness[-1],
-        solution.gradient_norm[-1],
-        solution.constraint_violation[-1],
-    )
-    gram = np.asarray(gram_matrix(integrator.flow.manifold, on_device(solution.theta_final)))
-    eigenvalues = np.linalg.eigvalsh(gram)
-    condition = eigenvalues[-1] / eigenvalues[0] if eigenvalues[0] > 0 else math.inf
-    advice = _ADVICE.get(solution.result_name, "")
-    return (
-        f"solve_flow ended without stationarity: {solution.message.rstrip('.')}. "
-        "It got to "
-        f"t = {solution.t_final:.6g} after {solution.num_steps} accepted steps "
-        f"({solution.num_rejected_steps} rejected), with |P_T grad R| = {g:.3e} "
-        f"(threshold {solution.stationarity:g}), R = {R:.12g}, "
-        f"max|F| = {violation:.1e}, "
-        f"Gram condition number {condition:.2e}. {advice}"
     )

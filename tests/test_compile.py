@@ -56,3 +56,43 @@ def test_new_tolerances_constants_and_times_compile_nothing():
     ]
     traces, compiles = _traces_and_compiles(repeats)
     assert (traces, compiles) == (0, 0)
+
+
+_COUNTING_COMMAND = """
+import collections, json, sys
+import jax.monitoring
+events = collections.Counter()
+jax.monitoring.register_event_listener(lambda event, **kwargs: events.update([event]))
+from manifoldflow.cli import main
+code = main(sys.argv[1:])
+print(json.dumps(dict(code=code, requests=events[
+    "/jax/compilation_cache/compile_requests_use_cache"],
+    hits=events["/jax/compilation_cache/cache_hits"],
+    misses=events["/jax/compilation_cache/cache_misses"])))
+"""
+
+
+def test_second_identical_command_compiles_nothing(tmp_path):
+    """Every program of a command, its progress bar shown, is in JAX's persistent
+    cache after one run: the second identical run compiles nothing (a host callback
+    inside a program, e.g. an in-graph progress meter, would keep it out of the
+    cache and compile it on every run)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MANIFOLDFLOW_CACHE_DIR=str(tmp_path / "cache"))
+    command = [sys.executable, "-c", _COUNTING_COMMAND, "two-layer", "--m", "4"]
+    command += ["--d", "6", "--n", "3", "--out", str(tmp_path / "out")]
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "%|" in done.stderr  # the progress bar was drawn
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["code"] == second["code"] == 0
+    assert first["misses"] >= 3
+    assert second["requests"] >= first["requests"]
+    assert second["misses"] == 0 and second["hits"] == second["requests"]

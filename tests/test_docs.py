@@ -73,10 +73,10 @@ def test_skipped_blocks_say_why():
 
 
 def test_every_command_page_names_every_option():
-    from manifoldflow.cli import _parser
+    from manifoldflow.commands.options import parsers
     from manifoldflow.experiments import EXPERIMENTS
 
-    _, subparsers = _parser(EXPERIMENTS)
+    _, subparsers = parsers(EXPERIMENTS)
     pages = (ROOT / "docs" / "cli").glob("*.md")
     text = {p.stem: p.read_text() for p in pages}
     for name in EXPERIMENTS:

@@ -249,12 +249,12 @@ def test_a_second_sweep_is_refused_at_once_or_waits(tmp_path, monkeypatch, capsy
 SLOW_SWEEP = textwrap.dedent(
     """
     import sys, time
-    import manifoldflow.sweeps as sweeps
-    group = sweeps.run_group
+    import manifoldflow.commands.sweep as sweep
+    group = sweep.run_group
     def slow(*args):
         time.sleep(0.2)
         return group(*args)
-    sweeps.run_group = slow
+    sweep.run_group = slow
     sys.modules["distributed"] = None
     from manifoldflow import cli
     sys.exit(cli.main(sys.argv[1:]))
@@ -294,7 +294,8 @@ def test_a_sweep_killed_at_random_points_records_every_run_once(tmp_path):
 
 
 def test_a_huge_grid_is_counted_at_once_and_refused_without_yes(tmp_path, capsys):
-    plan = sweeps.plan
+    from manifoldflow.commands.sweep import plan
+
 
     # 10^6 runs over six axes: counted (a product), not built.
     axes = {

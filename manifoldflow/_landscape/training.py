@@ -70,7 +70,8 @@ def _check_precision(flat, tolerance: float) -> None:
 
 
 @eqx.filter_jit
-def _loss_and_gradient_norm(loss, params):
+def loss_and_gradient_norm(loss, params):
+    """`(loss(params), |grad loss(params)|)`, the gradient flattened over the pytree."""
     value, grad = jax.value_and_grad(loss)(params)
     return value, jnp.linalg.norm(jfu.ravel_pytree(grad)[0])
 
@@ -130,7 +131,7 @@ def gradient_flow(
     params, flat = checked_parameters(params)
     _check_precision(flat, min(rtol, atol, gtol))
     dtype = flat.dtype
-    value, norm = _loss_and_gradient_norm(loss, params)
+    value, norm = loss_and_gradient_norm(loss, params)
     times, records = [0.0], [params]
     losses, norms = [float(value)], [float(norm)]
     if not (math.isfinite(float(value)) and math.isfinite(float(norm))):
@@ -163,7 +164,7 @@ def gradient_flow(
             point = jax.tree_util.tree_map(lambda leaf: leaf[i], ys)
             if times and ts[i] <= times[-1]:
                 continue
-            value, norm = _loss_and_gradient_norm(loss, point)
+            value, norm = loss_and_gradient_norm(loss, point)
             times.append(float(ts[i]))
             records.append(point)
             losses.append(float(value))
@@ -258,9 +259,9 @@ def gradient_descent(
         if not finite:
             diverged = True
             break
-    final_loss, final_norm = _loss_and_gradient_norm(loss, params)
+    final_loss, final_norm = loss_and_gradient_norm(loss, params)
     step_loss.append(np.asarray([float(final_loss)]))
-    norms_and_losses = [_loss_and_gradient_norm(loss, p) for p in records]
+    norms_and_losses = [loss_and_gradient_norm(loss, p) for p in records]
     stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *records)
     return TrainingPath(
         times=np.asarray(times),

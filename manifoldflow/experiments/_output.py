@@ -59,6 +59,7 @@ def write_outcome(
     out: pathlib.Path, experiment: AbstractExperiment, outcome: Outcome, summary: dict
 ) -> list[str]:
     """Write every file of an outcome into `out`; the file names written."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -74,9 +75,12 @@ def write_outcome(
     np.savez(out / "trajectory.npz", **outcome.arrays)
     files.append("trajectory.npz")
     # A fixed layout, without pyplot: `tight_layout` alone costs about a second.
-    figure = Figure(figsize=experiment.figure_size)
-    FigureCanvasAgg(figure)
-    experiment.plot(outcome, figure)
-    figure.savefig(out / experiment.figure_name, dpi=100)
+    # Titles at a fixed height (no axis is labelled on top): placing them
+    # automatically measures every tick label, 0.6 s of a 0.9 s savefig.
+    with matplotlib.rc_context({"axes.titley": 1.0}):
+        figure = Figure(figsize=experiment.figure_size)
+        FigureCanvasAgg(figure)
+        experiment.plot(outcome, figure)
+        figure.savefig(out / experiment.figure_name, dpi=100)
     files.append(experiment.figure_name)
     return files

@@ -20,7 +20,7 @@ from .._landscape import (
     gradient_flow,
     hessian_max_eigenvalue,
 )
-from .._landscape.training import _loss_and_gradient_norm
+from .._landscape.training import loss_and_gradient_norm
 from ..models.deep_linear import (
     deep_linear_data,
     DeepLinearRisk,
@@ -613,4 +613,4 @@ class DeepLinearExperiment(AbstractExperiment):
 
 def _gradient_norm(loss, weights) -> float:
 
-    return float(_loss_and_gradient_norm(loss, list(weights))[1])
+    return float(loss_and_gradient_norm(loss, list(weights))[1])

@@ -199,7 +199,8 @@ def _random_draws(key, m, n, d, init_scale):
 
 
 @eqx.filter_jit
-def _inverse(activation, u):
+def inverse_activation(activation, u):
+    """`activation.inverse(u)`, compiled once per activation and shape."""
     return activation.inverse(u)
 
 
@@ -239,7 +240,7 @@ def initialise_on_manifold(
     shares, perp = (
         np.asarray(x) for x in _random_draws(key, m, n, d, np.float64(init_scale))
     )
-    Z = np.asarray(_inverse(activation, shares * y[None, :] / a[:, None]))
+    Z = np.asarray(inverse_activation(activation, shares * y[None, :] / a[:, None]))
     # Span part: Theta_span X^T = Z with Theta_span rows in span(X).
     coefficients = np.linalg.solve(X @ X.T, Z.T).T  # (m, n)
     theta = coefficients @ X

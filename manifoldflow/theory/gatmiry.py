@@ -29,7 +29,7 @@ import numpy as np
 
 from .._solution import FlowSolution
 from ..models.activations import AbstractActivation, Cube
-from ..models.two_layer import _inverse, TwoLayerManifold
+from ..models.two_layer import inverse_activation, TwoLayerManifold
 from ._report import Check, Report
 from ._solution_checks import check_constraint, check_stationarity
 
@@ -166,7 +166,9 @@ def optimum_features(manifold: TwoLayerManifold) -> np.ndarray | None:
     if np.ptp(a) > 0 or a[0] == 0:
         return None
     return np.asarray(
-        _inverse(manifold.activation, np.asarray(manifold.y) / (a.size * a[0]))
+        inverse_activation(
+            manifold.activation, np.asarray(manifold.y) / (a.size * a[0])
+        )
     )
 
 
