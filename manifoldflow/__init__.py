@@ -37,7 +37,7 @@ from ._landscape import (
     TraceEstimate as TraceEstimate,
     TrainingPath as TrainingPath,
 )
-from ._loop import FlowState as FlowState, StepDiagnostics as StepDiagnostics
+from ._flow_state import FlowState as FlowState, StepDiagnostics as StepDiagnostics
 from ._loss import (
     AbstractLoss as AbstractLoss,
     HalfMeanSquaredLoss as HalfMeanSquaredLoss,

@@ -14,7 +14,6 @@ computed.
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 
 import diffrax
@@ -47,6 +46,7 @@ from ._validate import (
 from ._windows import (
     ENDINGS,
     first_attempts,
+    host_solution,
     KeptStates,
     next_attempts,
     padded_times,
@@ -82,7 +82,7 @@ def solve_flows(
     max_states: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
-    throw: bool = True,
+    throw: bool = False,
 ) -> FlowSolutions:
     r"""Solve a batch of sharpness flows at once: from many starting points, on many
     data sets of one shape, or with many constants $c$, as one compiled program (the
@@ -111,8 +111,12 @@ def solve_flows(
       device, of every process under `jax.distributed`); the batch is padded to a
       multiple of their number.
     - `progress`: show one progress bar for the whole batch (members finished).
-    - `throw`: warn (`RuntimeWarning`) if some member ended in a failure, with the
-      count of each ending; nothing is raised, so that the other members are kept.
+    - `throw`: raise `RuntimeError` if some member failed (any ending but
+      `stationary`, `t1_reached`, `interrupted` and `max_steps_reached`), with the
+      count of each ending, as `solve_flow(throw=True)` does for one flow. By
+      default every member comes back with its own `result` (`solutions.results`,
+      `solutions.counts()`, `solutions[i].message`): one failed member costs the
+      others nothing.
 
     **Returns:** a [`manifoldflow.FlowSolutions`][]: `solutions[i]` is the i-th
     member's [`manifoldflow.FlowSolution`][] (NumPy, trimmed to its steps).
@@ -226,13 +230,11 @@ def solve_flows(
             if name not in accepted
         }
         if failed:
-            warnings.warn(
+            raise RuntimeError(
                 f"solve_flows: {sum(failed.values())} of {size} members failed "
-                f"({', '.join(f'{k}: {v}' for k, v in failed.items())}); the others "
-                "are returned with them: see solutions.results, and "
-                "solutions[i].message for each.",
-                RuntimeWarning,
-                stacklevel=2,
+                f"({', '.join(f'{k}: {v}' for k, v in failed.items())}). With "
+                "throw=False (the default) every member is returned: see "
+                "solutions.results, and solutions[i].message for each."
             )
     return solutions
 
@@ -249,7 +251,7 @@ class _Book:
 
 def _take(books, states: FlowState, rows, ys, counts) -> None:
     """Move the members' new step records (and accepted states) to their books."""
-    fields = _host([getattr(states, name) for name in StepRecords.names])
+    fields = _host([getattr(states.records, name) for name in StepRecords.names])
     rows = _host(rows)
     if ys is not None:
         ys, counts = _host((ys, counts))
@@ -321,45 +323,15 @@ def _running(states: FlowState, size: int) -> np.ndarray:
 
 
 def _member(book: _Book, states, retracted, i, constant, stationarity) -> FlowSolution:
-    records = book.records.arrays()
-    step_ts, sharpness, gradient_norm, violation = (
-        records[name] for name in StepRecords.names
-    )
-    last = states.y[i]
-    if book.kept is not None:
-        saved_index, ys = book.kept.result(last)
-    elif states.save_times.shape[1] > 0:
-        count = int(states.save_count[i])
-        saved_index = states.saved_index[i][:count]
-        ys = states.saved_ys[i][:count]
-    else:
-        saved_index = np.asarray([0, step_ts.size - 1])
-        ys = np.stack([retracted.theta[i], last])
-    k = int(states.num_tightened[i])
-    return FlowSolution(
-        ts=step_ts[saved_index],
-        ys=ys,
-        step_ts=step_ts,
-        sharpness=sharpness,
-        gradient_norm=gradient_norm,
-        constraint_violation=violation,
-        saved_index=saved_index,
-        theta_final=last,
-        t_final=float(step_ts[-1]),
-        num_steps=step_ts.size - 1,
-        num_rejected_steps=int(states.num_rejected[i]),
-        result=_on_device_member(states.result, i),
-        tightened=states.tightened[i][:k],
-        num_tightened=k,
+    member = lambda tree: jax.tree.map(lambda x: x[i], tree)
+    return host_solution(
+        member(states),
+        member(retracted),
+        book.records,
+        book.kept,
         constant=constant,
         stationarity=float(stationarity),
-        retraction=_on_device_member(retracted, i),
     )
-
-
-def _on_device_member(tree, i):
-    """Member `i` of a batched pytree of NumPy arrays, as JAX arrays."""
-    return jax.tree.map(lambda x: jax.device_put(x[i]), tree)
 
 
 # ---------------------------------------------------------------------------------

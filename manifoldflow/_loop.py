@@ -25,160 +25,29 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 import optimistix as optx
-from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, Int
 
 from ._flow import SharpnessFlow
-from ._geometry import FlowEvaluation
+from ._flow_state import (
+    buffers,
+    clip,
+    diagnose,
+    FlowState,
+    next_output_end,
+    point_result,
+    record,
+    save,
+    SavedStates,
+    solution,
+    StepDiagnostics,
+    StepRecordBuffers,
+)
 from ._noise_floor import AbstractNoiseFloorPolicy
 from ._results import RESULTS
 from ._retraction import AbstractRetraction, RetractionSolution
 from ._solution import FlowSolution
 from ._solver import ProjectedSolver
 from ._stop import AbstractStopCondition, StationarityStop
-
-
-class StepDiagnostics(eqx.Module):
-    r"""What the loop records at an accepted point: the sharpness $R$, the
-    stationarity $\|P_T\nabla R\|$, the constraint violation $\max_i|F_i|$, and
-    the result of the projection's linear solve there (lineax's `RESULTS`)."""
-
-    sharpness: Scalar
-    gradient_norm: Scalar
-    constraint_violation: Scalar
-    projection_result: lx.RESULTS
-
-
-class FlowState(eqx.Module):
-    """Everything carried from one step to the next.
-
-    `dt` is the controller's proposed size of the next step before any clipping to an
-    output time, so that reaching an output time does not shrink the steps after it.
-    `tolerances` is the array part of the step size controller (the noise-floor
-    policy may tighten it). The step records and the outputs are write-only buffers;
-    the noise-floor policy reads its own ring of the last `patience + 1` steps.
-    """
-
-    t: Scalar
-    dt: Scalar
-    y: Float[Array, " D"]
-    # The multipliers at `y`: the starting guess of an iterative projector.
-    multipliers: Float[Array, " n"]
-    solver_state: PyTree
-    controller_state: PyTree
-    tolerances: PyTree
-    made_jump: Bool[Array, ""]
-    result: RESULTS
-    num_accepted: Int[Array, ""]
-    num_rejected: Int[Array, ""]
-    t0: Scalar
-    t1: Scalar
-    # Step records: row k holds the (record_start + k)-th accepted point (row 0 of a
-    # whole solve: the initial point); a host loop that empties them after each window
-    # moves record_start on, so that they need only hold one window.
-    record_start: Int[Array, ""]
-    step_ts: Float[Array, " N"]
-    sharpness: Float[Array, " N"]
-    gradient_norm: Float[Array, " N"]
-    constraint_violation: Float[Array, " N"]
-    # Outputs at the requested times.
-    save_times: Float[Array, " S"]
-    save_count: Int[Array, ""]
-    saved_ys: Float[Array, "S D"]
-    saved_index: Int[Array, " S"]
-    # The noise floor.
-    recent_gradient_norm: Float[Array, " P"]
-    recent_sharpness: Float[Array, " P"]
-    history_start: Int[Array, ""]
-    older_minimum: Scalar
-    num_tightened: Int[Array, ""]
-    tightened: Float[Array, "K 3"]
-    # Progress.
-    meter_state: PyTree
-    progress: Scalar
-    initial_gradient_norm: Scalar
-
-
-def _buffers(state: FlowState):
-    return (
-        state.step_ts,
-        state.sharpness,
-        state.gradient_norm,
-        state.constraint_violation,
-        state.saved_ys,
-        state.saved_index,
-        state.tightened,
-    )
-
-
-def _diagnose(
-    flow: SharpnessFlow, theta, guess=None
-) -> tuple[FlowEvaluation, StepDiagnostics]:
-    evaluation = flow.evaluate(theta, guess)
-    violation = jnp.max(jnp.abs(flow.manifold.constraint(theta)))
-    diagnostics = StepDiagnostics(
-        evaluation.sharpness, evaluation.gradient_norm, violation, evaluation.result
-    )
-    return evaluation, diagnostics
-
-
-def _point_result(stops, evaluation, diagnostics, theta) -> RESULTS:
-    """`projection_failed` if the projection's linear solve failed (CG at its cap:
-    finite but inaccurate), `step_failure` if a value is not finite, else the first
-    stop condition that holds, else `successful`."""
-    finite = (
-        jnp.isfinite(diagnostics.sharpness)
-        & jnp.isfinite(diagnostics.gradient_norm)
-        & jnp.all(jnp.isfinite(theta))
-    )
-    result = RESULTS.successful
-    for stop in reversed(stops):
-        result = RESULTS.where(stop(evaluation), stop.result, result)
-    result = RESULTS.where(finite, result, RESULTS.step_failure)
-    projected = diagnostics.projection_result == lx.RESULTS.successful
-    return RESULTS.where(projected, result, RESULTS.projection_failed)
-
-
-def _clip(tnext, t_end):
-    """Ends the next step exactly at `t_end` when it would end after it or within 100
-    ulp before it."""
-    floor = t_end - 100 * jnp.finfo(t_end.dtype).eps * jnp.abs(t_end)
-    return jnp.where(tnext > floor, t_end, tnext)
-
-
-def _record(state: FlowState, pred, diagnostics: StepDiagnostics) -> FlowState:
-    """Write the point of `state` (the `num_accepted`-th) into the step records (at
-    its row after `record_start`; nothing past their end)."""
-    i = state.num_accepted - state.record_start
-    pred = pred & (i < state.step_ts.shape[0])
-    put = lambda buffer, value: eqxi.buffer_at_set(buffer, i, value, pred=pred)
-    return eqx.tree_at(
-        lambda s: (s.step_ts, s.sharpness, s.gradient_norm, s.constraint_violation),
-        state,
-        (
-            put(state.step_ts, state.t),
-            put(state.sharpness, diagnostics.sharpness),
-            put(state.gradient_norm, diagnostics.gradient_norm),
-            put(state.constraint_violation, diagnostics.constraint_violation),
-        ),
-    )
-
-
-def _save(state: FlowState, pred) -> FlowState:
-    """Keep the point as the next output if it is at the next output time."""
-    num_saves = state.save_times.shape[0]
-    if num_saves == 0:
-        return state
-    index = jnp.minimum(state.save_count, num_saves - 1)
-    due = pred & (state.save_count < num_saves) & (state.t == state.save_times[index])
-    return eqx.tree_at(
-        lambda s: (s.saved_ys, s.saved_index, s.save_count),
-        state,
-        (
-            eqxi.buffer_at_set(state.saved_ys, index, state.y, pred=due),
-            eqxi.buffer_at_set(state.saved_index, index, state.num_accepted, pred=due),
-            state.save_count + due,
-        ),
-    )
 
 
 class Integrator(eqx.Module):
@@ -188,7 +57,7 @@ class Integrator(eqx.Module):
     default `max_steps + 1`, every point of a solve; a host loop that empties them
     after each window of `w` attempts needs `w + 1`). Its methods are pure: `init`
     retracts the initial point and builds the
-    [`FlowState`][manifoldflow._loop.FlowState], `run` steps it, `solve` does both
+    [`FlowState`][manifoldflow.FlowState], `run` steps it, `solve` does both
     and returns a [`manifoldflow.FlowSolution`][]."""
 
     flow: SharpnessFlow
@@ -232,8 +101,8 @@ class Integrator(eqx.Module):
         # One structure for the whole loop (PID's state starts with a bool).
         controller_state = jtu.tree_map(jnp.asarray, controller_state)
         solver_state = self.solver.init(term, t0, jnp.minimum(t0 + dt, t1), theta, None)
-        evaluation, diagnostics = _diagnose(self.flow, theta)
-        result = _point_result(self.stops, evaluation, diagnostics, theta)
+        evaluation, diagnostics = diagnose(self.flow, theta)
+        result = point_result(self.stops, evaluation, diagnostics, theta)
         multipliers = evaluation.multipliers
         multipliers = jnp.where(
             jnp.all(jnp.isfinite(multipliers)), multipliers, jnp.zeros_like(multipliers)
@@ -251,9 +120,6 @@ class Integrator(eqx.Module):
         )
         result = RESULTS.where(valid, result, RESULTS.invalid_input)
         size = self.max_steps + 1 if self.records is None else self.records
-        nan = lambda shape: jnp.full(shape, jnp.nan, dtype)
-        patience = self.noise_floor.patience
-        num_saves = save_times.shape[0]
         state = FlowState(
             t=t0,
             dt=dt,
@@ -268,60 +134,31 @@ class Integrator(eqx.Module):
             num_rejected=jnp.array(0),
             t0=t0,
             t1=t1,
-            record_start=jnp.array(0),
-            step_ts=jnp.full(size, jnp.inf, dtype),
-            sharpness=nan(size),
-            gradient_norm=nan(size),
-            constraint_violation=nan(size),
-            save_times=save_times.astype(dtype),
-            save_count=jnp.array(0),
-            saved_ys=nan((num_saves,) + theta.shape),
-            saved_index=jnp.full(num_saves, -1),
-            recent_gradient_norm=nan(patience + 1),
-            recent_sharpness=nan(patience + 1),
-            history_start=jnp.array(0),
-            older_minimum=jnp.array(jnp.inf, dtype),
-            num_tightened=jnp.array(0),
-            tightened=nan((self.noise_floor.max_responses, 3)),
+            records=StepRecordBuffers.empty(size, dtype),
+            saves=SavedStates.empty(save_times, theta),
+            noise_floor=self.noise_floor.init(dtype),
             meter_state=self.progress_meter.init(),
             progress=jnp.zeros((), dtype),
             initial_gradient_norm=diagnostics.gradient_norm,
         )
         state = self._accepted(state, jnp.array(True), diagnostics)
-        return retracted, _save(state, jnp.array(True))
+        return retracted, save(state, jnp.array(True))
 
     def _accepted(self, state: FlowState, pred, diagnostics) -> FlowState:
-        """Book-keeping at an accepted point (where `pred`): records, the ring of the
-        noise floor, progress."""
-        state = _record(state, pred, diagnostics)
+        """Book-keeping at an accepted point (where `pred`): records, the noise-floor
+        policy's memory, progress."""
+        state = record(state, pred, diagnostics)
         g, R = diagnostics.gradient_norm, diagnostics.sharpness
-        patience = self.noise_floor.patience
-        ring = state.num_accepted % (patience + 1)
-        recent_g = state.recent_gradient_norm.at[ring].set(
-            jnp.where(pred, g, state.recent_gradient_norm[ring])
-        )
-        recent_R = state.recent_sharpness.at[ring].set(
-            jnp.where(pred, R, state.recent_sharpness[ring])
-        )
-        # The point `patience` before this one joins the older part of the history.
-        leaving = state.num_accepted - patience
-        oldest = recent_g[(ring + 1) % (patience + 1)]
-        joins = pred & (leaving >= state.history_start) & (patience > 0)
-        older = jnp.where(
-            joins, jnp.minimum(state.older_minimum, oldest), state.older_minimum
+        memory = self.noise_floor.observe(
+            state.noise_floor, state.num_accepted, pred, g, R
         )
         progress = jnp.where(
             pred, self._progress(state, state.initial_gradient_norm, g), state.progress
         )
         return eqx.tree_at(
-            lambda s: (
-                s.recent_gradient_norm,
-                s.recent_sharpness,
-                s.older_minimum,
-                s.progress,
-            ),
+            lambda s: (s.noise_floor, s.progress),
             state,
-            (recent_g, recent_R, older, jnp.maximum(state.progress, progress)),
+            (memory, jnp.maximum(state.progress, progress)),
         )
 
     def _progress(self, state: FlowState, g0, g):
@@ -345,61 +182,23 @@ class Integrator(eqx.Module):
         return jnp.clip(time, 0.0, 1.0).astype(dtype)
 
     def _noise_floor(self, state: FlowState, pred) -> FlowState:
-        """At an accepted point: if the last `patience` steps show the noise floor,
-        the policy's response (tighter tolerances from here on, or `stagnated`)."""
-        patience = self.noise_floor.patience
-        if patience == 0:
-            return state
-        order = (state.num_accepted + 1 + jnp.arange(patience + 1)) % (patience + 1)
-        enough = state.num_accepted - state.history_start >= patience
-        floor = (
-            pred
-            & enough
-            & (state.result == RESULTS.successful)
-            & self.noise_floor.detect(
-                state.recent_gradient_norm[order],
-                state.recent_sharpness[order],
-                state.older_minimum,
-            )
+        """At an accepted point: the noise-floor policy's response, if the last
+        `patience` steps show the noise floor (tighter tolerances from here on, or
+        `stagnated`)."""
+        memory, controller, stagnated = self.noise_floor.update(
+            state.noise_floor,
+            state.num_accepted,
+            pred & (state.result == RESULTS.successful),
+            self._controller(state.tolerances),
+            state.t,
         )
-        controller, go_on = self.noise_floor.respond(
-            self._controller(state.tolerances), state.num_tightened
-        )
-        tighten = floor & go_on
-        tolerances = jtu.tree_map(
-            lambda new, old: jnp.where(tighten, new, old),
-            eqx.filter(controller, eqx.is_array),
-            state.tolerances,
-        )
-        record = jnp.stack(
-            [
-                state.t,
-                jnp.asarray(getattr(controller, "rtol", jnp.nan), state.t.dtype),
-                jnp.asarray(getattr(controller, "atol", jnp.nan), state.t.dtype),
-            ]
-        )
-        tightened = state.tightened
-        if tightened.shape[0] > 0:
-            index = jnp.minimum(state.num_tightened, tightened.shape[0] - 1)
-            tightened = eqxi.buffer_at_set(tightened, index, record, pred=tighten)
-        result = RESULTS.where(floor & ~go_on, RESULTS.stagnated, state.result)
         return eqx.tree_at(
-            lambda s: (
-                s.tolerances,
-                s.tightened,
-                s.num_tightened,
-                s.history_start,
-                s.older_minimum,
-                s.result,
-            ),
+            lambda s: (s.noise_floor, s.tolerances, s.result),
             state,
             (
-                tolerances,
-                tightened,
-                state.num_tightened + tighten,
-                jnp.where(tighten, state.num_accepted + 1, state.history_start),
-                jnp.where(tighten, jnp.inf, state.older_minimum),
-                result,
+                memory,
+                eqx.filter(controller, eqx.is_array),
+                RESULTS.where(stagnated, RESULTS.stagnated, state.result),
             ),
         )
 
@@ -411,8 +210,8 @@ class Integrator(eqx.Module):
         evaluation). `guess` starts an iterative projector."""
 
         def accepted(_):
-            evaluation, diagnostics = _diagnose(self.flow, y1, guess)
-            result = _point_result(self.stops, evaluation, diagnostics, y1)
+            evaluation, diagnostics = diagnose(self.flow, y1, guess)
+            result = point_result(self.stops, evaluation, diagnostics, y1)
             lam = evaluation.multipliers
             return (
                 diagnostics,
@@ -449,7 +248,7 @@ class Integrator(eqx.Module):
         )
 
         def cause_at_start(_):
-            _, start = _diagnose(self.flow, y0)
+            _, start = diagnose(self.flow, y0)
             return RESULTS.where(
                 start.projection_result == lx.RESULTS.successful,
                 RESULTS.step_failure,
@@ -463,24 +262,12 @@ class Integrator(eqx.Module):
         cause = RESULTS.where(nonfinite, at_start, cause)
         return RESULTS.where(failed, cause, RESULTS.successful)
 
-    def _t_end(self, state: FlowState):
-        """Where the next step must end at the latest: the next output time, or t1."""
-        num_saves = state.save_times.shape[0]
-        if num_saves == 0:
-            return state.t1
-        index = jnp.minimum(state.save_count, num_saves - 1)
-        return jnp.where(
-            state.save_count < num_saves,
-            jnp.minimum(state.save_times[index], state.t1),
-            state.t1,
-        )
-
     def _attempt(self, state: FlowState) -> tuple[FlowState, Bool[Array, ""]]:
         """One attempted step and its book-keeping: `(new state, committed?)`."""
         term = diffrax.ODETerm(self.flow)
         controller = self._controller(state.tolerances)
-        t_end = self._t_end(state)
-        t1 = _clip(state.t + state.dt, t_end)
+        t_end = next_output_end(state)
+        t1 = clip(state.t + state.dt, t_end)
         y1, y_error, _, solver_state, step_result = self.solver.step(
             term,
             state.t,
@@ -562,7 +349,7 @@ class Integrator(eqx.Module):
             ),
         )
         state = self._accepted(state, commit, diagnostics)
-        state = _save(state, commit)
+        state = save(state, commit)
         state = self._noise_floor(state, commit)
         meter_state = self.progress_meter.step(state.meter_state, state.progress)
         state = eqx.tree_at(
@@ -626,7 +413,7 @@ class Integrator(eqx.Module):
             body,
             (state, ys, jnp.array(0), jnp.array(0)),
             max_steps=None if kind == "lax" else self.max_steps,
-            buffers=lambda carry: (*_buffers(carry[0]), carry[1]),
+            buffers=lambda carry: (*buffers(carry[0]), carry[1]),
             kind=kind,  # pyright: ignore
             checkpoints=checkpoints,
         )
@@ -644,8 +431,8 @@ class Integrator(eqx.Module):
         state's step records are the points accepted in this window (the initial
         point too, in the first), and the next window writes from row 0 again."""
         new, ys, count = self.run(state, max_attempts, window=window)
-        rows = new.num_accepted + 1 - new.record_start
-        new = eqx.tree_at(lambda s: s.record_start, new, new.num_accepted + 1)
+        rows = new.num_accepted + 1 - new.records.record_start
+        new = eqx.tree_at(lambda s: s.records.record_start, new, new.num_accepted + 1)
         return new, rows, ys, count
 
     def solve(
@@ -677,42 +464,3 @@ class Integrator(eqx.Module):
         )
         self.progress_meter.close(state.meter_state)
         return solution(state, retracted, self.flow.constant, self.stops)
-
-
-def solution(
-    state: FlowState, retracted: RetractionSolution, constant, stops
-) -> FlowSolution:
-    """The [`manifoldflow.FlowSolution`][] of a final state, with padded buffers:
-    rows of `step_ts` (and friends) after `num_steps` hold `inf` (NaN), outputs not
-    reached hold `inf` times (NaN states)."""
-    thresholds = [s.threshold for s in stops if isinstance(s, StationarityStop)]
-    stationarity = thresholds[0] if thresholds else 0.0
-    dtype = state.y.dtype
-    if state.save_times.shape[0] == 0:
-        # Without output times: the initial and the final point.
-        ts = jnp.stack([state.step_ts[0], state.t])
-        ys = jnp.stack([retracted.theta, state.y])
-        saved_index = jnp.stack([jnp.array(0), state.num_accepted])
-    else:
-        reached = jnp.arange(state.save_times.shape[0]) < state.save_count
-        ts = jnp.where(reached, state.save_times, jnp.inf)
-        ys, saved_index = state.saved_ys, state.saved_index
-    return FlowSolution(
-        ts=ts,
-        ys=ys,
-        step_ts=state.step_ts,
-        sharpness=state.sharpness,
-        gradient_norm=state.gradient_norm,
-        constraint_violation=state.constraint_violation,
-        saved_index=saved_index,
-        theta_final=state.y,
-        t_final=state.t,
-        num_steps=state.num_accepted,
-        num_rejected_steps=state.num_rejected,
-        result=state.result,
-        tightened=state.tightened,
-        num_tightened=state.num_tightened,
-        constant=jnp.asarray(constant, dtype),
-        stationarity=jnp.asarray(stationarity, dtype),
-        retraction=retracted,
-    )

@@ -24,7 +24,9 @@ import abc
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Float, Int, Scalar
 
 
@@ -45,6 +47,21 @@ def at_noise_floor(
     )
     flat = R[0] - R[-1] <= 10 * noise
     return jnp.all(jnp.isfinite(R)) & not_halved & fluctuates & flat
+
+
+class NoiseFloorMemory(eqx.Module):
+    r"""What a noise-floor policy carries from step to step: a ring of the last
+    `patience + 1` accepted values of $\|P_T\nabla R\|$ and $R$, the smallest
+    $\|P_T\nabla R\|$ before them since the last response (`older_minimum`, from
+    accepted point `history_start` on), and the responses made: `tightened` rows
+    `(t, rtol, atol)`, `num_tightened` of them."""
+
+    recent_gradient_norm: Float[Array, " P"]
+    recent_sharpness: Float[Array, " P"]
+    history_start: Int[Array, ""]
+    older_minimum: Scalar
+    num_tightened: Int[Array, ""]
+    tightened: Float[Array, "K 3"]
 
 
 class AbstractNoiseFloorPolicy(eqx.Module):
@@ -79,6 +96,104 @@ class AbstractNoiseFloorPolicy(eqx.Module):
     ) -> tuple[diffrax.AbstractStepSizeController, Bool[Array, ""]]:
         """The controller to go on with after the `times_responded + 1`-th detection,
         and whether to go on."""
+
+    def init(self, dtype) -> NoiseFloorMemory:
+        """The memory of a solve that has not started."""
+        nan = lambda shape: jnp.full(shape, jnp.nan, dtype)
+        return NoiseFloorMemory(
+            recent_gradient_norm=nan(self.patience + 1),
+            recent_sharpness=nan(self.patience + 1),
+            history_start=jnp.array(0),
+            older_minimum=jnp.array(jnp.inf, dtype),
+            num_tightened=jnp.array(0),
+            tightened=nan((self.max_responses, 3)),
+        )
+
+    def observe(
+        self,
+        memory: NoiseFloorMemory,
+        index: Int[Array, ""],
+        pred: Bool[Array, ""],
+        gradient_norm: Scalar,
+        sharpness: Scalar,
+    ) -> NoiseFloorMemory:
+        """The memory after the `index`-th accepted point (where `pred`): its values
+        join the ring, and the point `patience` before it the older history."""
+        patience = self.patience
+        ring = index % (patience + 1)
+        recent_g = memory.recent_gradient_norm.at[ring].set(
+            jnp.where(pred, gradient_norm, memory.recent_gradient_norm[ring])
+        )
+        recent_R = memory.recent_sharpness.at[ring].set(
+            jnp.where(pred, sharpness, memory.recent_sharpness[ring])
+        )
+        oldest = recent_g[(ring + 1) % (patience + 1)]
+        joins = pred & (index - patience >= memory.history_start) & (patience > 0)
+        older = jnp.where(
+            joins, jnp.minimum(memory.older_minimum, oldest), memory.older_minimum
+        )
+        return eqx.tree_at(
+            lambda m: (m.recent_gradient_norm, m.recent_sharpness, m.older_minimum),
+            memory,
+            (recent_g, recent_R, older),
+        )
+
+    def update(
+        self,
+        memory: NoiseFloorMemory,
+        index: Int[Array, ""],
+        pred: Bool[Array, ""],
+        controller: diffrax.AbstractStepSizeController,
+        t: Scalar,
+    ) -> tuple[NoiseFloorMemory, diffrax.AbstractStepSizeController, Bool[Array, ""]]:
+        """At the `index`-th accepted point (where `pred`: accepted, and the solve
+        still going), after `observe`: if the last `patience` steps show the noise
+        floor, the response. `(memory, the controller to go on with, stagnated?)`."""
+        patience = self.patience
+        if patience == 0:
+            return memory, controller, jnp.array(False)
+        order = (index + 1 + jnp.arange(patience + 1)) % (patience + 1)
+        enough = index - memory.history_start >= patience
+        floor = (
+            pred
+            & enough
+            & self.detect(
+                memory.recent_gradient_norm[order],
+                memory.recent_sharpness[order],
+                memory.older_minimum,
+            )
+        )
+        responded, go_on = self.respond(controller, memory.num_tightened)
+        tighten = floor & go_on
+        dynamic, static = eqx.partition(controller, eqx.is_array)
+        chosen = jtu.tree_map(
+            lambda new, old: jnp.where(tighten, new, old),
+            eqx.filter(responded, eqx.is_array),
+            dynamic,
+        )
+        record = jnp.stack(
+            [
+                t,
+                jnp.asarray(getattr(responded, "rtol", jnp.nan), t.dtype),
+                jnp.asarray(getattr(responded, "atol", jnp.nan), t.dtype),
+            ]
+        )
+        tightened = memory.tightened
+        if tightened.shape[0] > 0:
+            row = jnp.minimum(memory.num_tightened, tightened.shape[0] - 1)
+            tightened = eqxi.buffer_at_set(tightened, row, record, pred=tighten)
+        # tree_at, not the constructor: inside the loop `tightened` is a buffer.
+        memory = eqx.tree_at(
+            lambda m: (m.history_start, m.older_minimum, m.num_tightened, m.tightened),
+            memory,
+            (
+                jnp.where(tighten, index + 1, memory.history_start),
+                jnp.where(tighten, jnp.inf, memory.older_minimum),
+                memory.num_tightened + tighten,
+                tightened,
+            ),
+        )
+        return memory, eqx.combine(chosen, static), floor & ~go_on
 
 
 class TightenTolerances(AbstractNoiseFloorPolicy):

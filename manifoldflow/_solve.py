@@ -45,6 +45,7 @@ from ._validate import (
 from ._windows import (
     ENDINGS,
     first_attempts,
+    host_solution,
     HostProgress,
     KeptStates,
     next_attempts,
@@ -366,7 +367,7 @@ def solve_flow(
     state = _windows(
         integrator, state, window, records, kept, progress, attempts, on_window
     )
-    solution = _host_solution(
+    solution = host_solution(
         state,
         retracted,
         records,
@@ -475,39 +476,3 @@ def _init(integrator: Integrator, theta0, t0, t1, dt0, save_times):
 @eqx.filter_jit
 def _run(integrator: Integrator, state: FlowState, attempts, window: int):
     return integrator.run_window(state, attempts, window)
-
-
-def _host_solution(
-    state: FlowState, retracted, records: StepRecords, kept, **fields
-) -> FlowSolution:
-    """The solution in NumPy, trimmed to the steps taken (no eager JAX operation:
-    each would stage a program); with `kept`, the states it kept as `ys`, else the
-    states at the output times."""
-    arrays = records.arrays()
-    step_ts = arrays["step_ts"]
-    n = step_ts.size
-    if kept is not None:
-        saved_index, ys = kept.result(np.asarray(state.y))
-    else:
-        count = int(state.save_count)
-        saved_index = np.asarray(state.saved_index)[:count]
-        ys = np.asarray(state.saved_ys)[:count]
-    k = int(state.num_tightened)
-    return FlowSolution(
-        ts=step_ts[saved_index],
-        ys=ys,
-        step_ts=step_ts,
-        sharpness=arrays["sharpness"],
-        gradient_norm=arrays["gradient_norm"],
-        constraint_violation=arrays["constraint_violation"],
-        saved_index=saved_index,
-        theta_final=state.y,
-        t_final=float(step_ts[-1]),
-        num_steps=n - 1,
-        num_rejected_steps=int(state.num_rejected),
-        result=state.result,
-        tightened=np.asarray(state.tightened)[:k],
-        num_tightened=k,
-        retraction=retracted,
-        **fields,
-    )

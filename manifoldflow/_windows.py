@@ -12,9 +12,11 @@ compile it again.
 import math
 
 import diffrax
+import jax
 import numpy as np
 
 from ._results import RESULTS
+from ._solution import FlowSolution
 
 
 ENDINGS = (RESULTS.stationary, RESULTS.t1_reached, RESULTS.interrupted)
@@ -101,7 +103,8 @@ class StepRecords:
 
     def add(self, state, rows: int) -> None:
         """The first `rows` rows of the step records of `state` (a `FlowState`)."""
-        self.append(tuple(np.asarray(getattr(state, n)) for n in self.names), rows)
+        records = state.records
+        self.append(tuple(np.asarray(getattr(records, n)) for n in self.names), rows)
 
     def append(self, records: tuple[np.ndarray, ...], rows: int) -> None:
         """The first `rows` rows of `records` (in the order of `names`)."""
@@ -116,6 +119,48 @@ class StepRecords:
 
     def restore(self, arrays: dict[str, np.ndarray]) -> None:
         self.parts = [tuple(arrays[name] for name in self.names)]
+
+
+def host_solution(
+    state, retracted, records: StepRecords, kept: KeptStates | None, **fields
+) -> FlowSolution:
+    """The solution of one solve (one member of a batch) from its final loop state
+    (a `FlowState`, of device or NumPy arrays), in NumPy, trimmed to the steps
+    taken, with no eager JAX operation (each would stage a program). `ys`: the
+    states `kept` kept; without it, those at the output times; without output
+    times, the first and the last. `fields`: the rest of the `FlowSolution`
+    (`constant`, `stationarity`, ...)."""
+    arrays = records.arrays()
+    step_ts = arrays["step_ts"]
+    last = np.asarray(state.y)
+    if kept is not None:
+        saved_index, ys = kept.result(last)
+    elif state.saves.save_times.shape[0] > 0:
+        count = int(state.saves.save_count)
+        saved_index = np.asarray(state.saves.saved_index)[:count]
+        ys = np.asarray(state.saves.saved_ys)[:count]
+    else:
+        saved_index = np.asarray([0, step_ts.size - 1])
+        ys = np.stack([np.asarray(retracted.theta), last])
+    k = int(state.noise_floor.num_tightened)
+    return FlowSolution(
+        ts=step_ts[saved_index],
+        ys=ys,
+        step_ts=step_ts,
+        sharpness=arrays["sharpness"],
+        gradient_norm=arrays["gradient_norm"],
+        constraint_violation=arrays["constraint_violation"],
+        saved_index=saved_index,
+        theta_final=jax.device_put(state.y),
+        t_final=float(step_ts[-1]),
+        num_steps=step_ts.size - 1,
+        num_rejected_steps=int(state.num_rejected),
+        result=jax.device_put(state.result),
+        tightened=np.asarray(state.noise_floor.tightened)[:k],
+        num_tightened=k,
+        retraction=jax.device_put(retracted),
+        **fields,
+    )
 
 
 def padded_times(targets: list[float] | None) -> list[float]:

@@ -7,11 +7,21 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-# A command run in-process without --no-cache would switch JAX's persistent
-# compilation cache on for the rest of the session: give it a private, empty folder
-# of its own, never the user's ~/.cache/manifoldflow/jax, whose entries other
-# processes may be writing.
-os.environ["MANIFOLDFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="manifoldflow-cache-")
+# One compilation cache for the whole suite, in a private, empty folder (never the
+# user's ~/.cache/manifoldflow/jax): the test process and every command it starts
+# (MANIFOLDFLOW_CACHE_DIR), so that a program compiled once is loaded, not compiled
+# again, by the many short processes the tests start. JAX keys it by the program.
+# Made once, by the first process (with pytest-xdist: the controller, before it
+# starts the workers, which inherit it).
+if "MANIFOLDFLOW_SUITE_CACHE" not in os.environ:
+    os.environ["MANIFOLDFLOW_SUITE_CACHE"] = tempfile.mkdtemp(
+        prefix="manifoldflow-cache-"
+    )
+CACHE = os.environ["MANIFOLDFLOW_SUITE_CACHE"]
+os.environ["MANIFOLDFLOW_CACHE_DIR"] = CACHE
+jax.config.update("jax_compilation_cache_dir", CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _memory_mappings() -> int:
@@ -35,7 +45,9 @@ def _release_compiled_programs():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    # Every in-process command passes --no-cache: no test leaves the cache on.
-    assert jax.config.jax_compilation_cache_dir is None, (
-        "a test switched JAX's compilation cache on (a command without --no-cache)"
+    # An in-process command sets the cache folder from MANIFOLDFLOW_CACHE_DIR: the
+    # suite's, unless a test pointed it elsewhere and left it there.
+    assert jax.config.jax_compilation_cache_dir == CACHE, (
+        "a test left JAX's compilation cache in another folder: "
+        f"{jax.config.jax_compilation_cache_dir}"
     )

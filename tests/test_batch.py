@@ -231,3 +231,19 @@ def test_two_processes_under_jax_distributed():
         assert np.max(np.abs(np.asarray(report["theta"]) - alone.theta_final)) <= (
             _end_point_bound(manifold)
         )
+
+
+def test_a_failed_member_raises_only_when_asked():
+    """One member whose start cannot be retracted fails on its own: by default it
+    comes back with its result next to the others; with throw=True the batch
+    raises, naming the count of each failed ending."""
+    *_, manifold = two_layer_problem(m=3, n=2, d=4, seed=0)
+    theta = np.asarray(manifold.initial_point())
+    starts = np.stack([theta, theta + 50.0])  # the second: far off the manifold
+    one_step = mf.GaussNewtonRetraction(max_steps=1)
+    options = dict(initial_retraction=one_step, t1=0.1, stationarity=0.0)
+    solutions = mf.solve_flows(manifold, starts, **options)
+    assert solutions[0].result_name == "t1_reached"
+    assert solutions[1].result_name == "initial_retraction_failed"
+    with pytest.raises(RuntimeError, match="1 of 2 members failed"):
+        mf.solve_flows(manifold, starts, throw=True, **options)

@@ -27,7 +27,7 @@ def test_evaluations_from_the_rate_per_step_equal_the_counted_ones(setup):
         harness.measure(problem, reference, "projected", "tsit5", rtol=tol, repeats=1)
         for tol in (1e-4, 1e-6)
     ]
-    rate = wp._rate(rows)
+    rate = wp.evaluation_rate(rows)
     estimated = harness.measure(
         problem,
         reference,

@@ -11,7 +11,7 @@ from manifoldflow.experiments import EXPERIMENTS
 from manifoldflow.models import CubicLinear
 
 
-QUIET = ["--no-progress", "--no-cache"]
+QUIET = ["--no-progress"]
 SMALL = ["--m", "4", "--d", "6", "--n", "3", *QUIET]
 
 
@@ -43,6 +43,13 @@ def test_every_experiment_runs_at_a_tiny_size_and_writes_its_files(name, tmp_pat
             run["polish_result"] == "stationary" for run in summary["runs"]
         )
     assert summary["checks"] and all("bound_text" in c for c in summary["checks"])
+    if name != "bench":  # what a sweep records of the run: its headline scalars
+        absent = [
+            key
+            for key in experiment.headline_keys
+            if not isinstance(summary.get(key), (int, float))
+        ]
+        assert not absent, f"{name}: headline keys not numbers in its summary: {absent}"
     assert (tmp_path / "trajectory.npz").stat().st_size > 0
     assert (tmp_path / experiment.figure_name).stat().st_size > 10_000
 

@@ -44,7 +44,7 @@ def test_minimum_nuclear_norm_recovers_a_low_rank_truth():
 def test_matrix_sensing_without_cvxpy_runs_the_flow_and_says_how(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cvxpy", None)  # import cvxpy -> ImportError
     code = cli.main(
-        ["matrix-sensing", "--d", "3", "--n", "5", "--no-progress", "--no-cache"]
+        ["matrix-sensing", "--d", "3", "--n", "5", "--no-progress"]
         + ["--out", str(tmp_path)]
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -58,7 +58,7 @@ def test_an_ill_conditioned_end_is_not_a_pass(tmp_path):
     """deep-matrix-sensing on its defaults stops where J J^T turns singular, with
     |P_T grad R| far above the threshold: the table says so and the command fails."""
     code = cli.main(
-        ["deep-matrix-sensing", "--no-progress", "--no-cache", "--out", str(tmp_path)]
+        ["deep-matrix-sensing", "--no-progress", "--out", str(tmp_path)]
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["result"] == "ill_conditioned"
@@ -72,7 +72,7 @@ def test_an_ill_conditioned_end_is_not_a_pass(tmp_path):
 
 
 def test_depth_one_is_refused(capsys):
-    argv = ["deep-matrix-sensing", "--depth", "1", "--no-progress", "--no-cache"]
+    argv = ["deep-matrix-sensing", "--depth", "1", "--no-progress"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "--depth 1" in err and "does not move" in err and "--depth 2" in err

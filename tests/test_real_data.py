@@ -11,7 +11,7 @@ from manifoldflow.experiments import EXPERIMENTS
 from manifoldflow.models import DATASETS, load_dataset
 
 
-QUIET = ["--no-progress", "--no-cache"]
+QUIET = ["--no-progress"]
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -82,6 +82,9 @@ def test_real_data_numbers_against_numpy(tmp_path):
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["checks_passed"] is True
+    for key in EXPERIMENTS["real-data"].headline_keys:  # what a sweep records
+        assert isinstance(summary.get(key), (int, float)), key
+    assert summary["constraint_violation_max"] <= 1e-10  # the name of every command
     assert (tmp_path / experiment.figure_name).stat().st_size > 10_000
     options = dict(zip(args[::2], args[1::2]))
     n, width = int(options["--n-train"]), int(options["--width"])

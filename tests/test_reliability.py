@@ -23,7 +23,7 @@ from manifoldflow import cli, sweeps
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-QUIET = ["--no-progress", "--no-cache"]
+QUIET = ["--no-progress"]
 
 
 def test_every_bad_api_input_is_an_input_error():
@@ -131,7 +131,7 @@ def test_every_bad_command_line_is_exit_2_and_one_message(
     if argv[0] == "sweep":
         argv += ["--out", str(tmp_path / "sweep-out")]
     try:
-        code = cli.main(argv + (["--no-cache"] if argv[0] == "sweep" else QUIET))
+        code = cli.main(argv + ([] if argv[0] == "sweep" else QUIET))
     except SystemExit as exit_:  # argparse: its usage and the error
         code = exit_.code
     err = capsys.readouterr().err
@@ -171,7 +171,7 @@ def _records(out):
 
 
 def _sweep(file, out, *extra):
-    return cli.main(["sweep", file, "--out", str(out), "--no-cache", *extra])
+    return cli.main(["sweep", file, "--out", str(out), *extra])
 
 
 def test_a_torn_and_stray_lines_lose_and_double_nothing(tmp_path, monkeypatch, capsys):

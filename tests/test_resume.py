@@ -49,7 +49,7 @@ def _command(args):
 
 def test_a_killed_run_resumes_to_the_same_bits(tmp_path, capsys):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    common = ["--no-progress", "--no-cache"]
+    common = ["--no-progress"]
     # The reference, in this process (the same program: the same bits).
     assert cli.main(["two-layer", *OPTIONS, *common, "--out", str(whole)]) == 0
     assert not (whole / cli.CHECKPOINT).exists()  # removed once the run is complete
@@ -100,14 +100,14 @@ def test_resume_refuses_another_experiment_and_other_options(tmp_path, capsys):
     (run / cli.RUN_FILE).write_text(
         json.dumps(dict(experiment="matrix-sensing", options={}, manifoldflow="0"))
     )
-    assert cli.main(["two-layer", "--resume", str(run), "--no-cache"]) == 2
+    assert cli.main(["two-layer", "--resume", str(run)]) == 2
     assert "holds a run of matrix-sensing" in capsys.readouterr().err
     assert (
-        cli.main(["matrix-sensing", "--resume", str(run), "--d", "4", "--no-cache"])
+        cli.main(["matrix-sensing", "--resume", str(run), "--d", "4"])
         == 2
     )
     assert "remove --d" in capsys.readouterr().err
-    assert cli.main(["two-layer", "--resume", str(tmp_path), "--no-cache"]) == 2
+    assert cli.main(["two-layer", "--resume", str(tmp_path)]) == 2
     assert "not the output folder" in capsys.readouterr().err
 
 

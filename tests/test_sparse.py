@@ -80,7 +80,7 @@ def test_command_summary_keeps_the_inputs_and_the_comparison(tmp_path):
     # d n = 1500 numbers: Z stays in summary.json (json_keys), not in summary.npz.
     code = cli.main(
         ["sparse-recovery", "--d", "50", "--n", "30", "--starts", "1"]
-        + ["--no-progress", "--no-cache", "--out", str(tmp_path)]
+        + ["--no-progress", "--out", str(tmp_path)]
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert code == 0 and summary["checks_passed"] is True

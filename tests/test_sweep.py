@@ -39,7 +39,7 @@ def test_a_sweep_in_one_process_batches_its_seeds_and_resumes(
     file = tmp_path / "sweep.toml"
     file.write_text(SWEEP)
     out = tmp_path / "out"
-    argv = ["sweep", str(file), "--out", str(out), "--no-cache"]
+    argv = ["sweep", str(file), "--out", str(out)]
     assert cli.main(argv) == 1  # the explicit run has n > d: it fails
     err = capsys.readouterr().err
     assert "dask and distributed are not installed" in err
@@ -93,7 +93,7 @@ def test_a_sweep_on_a_local_dask_cluster(tmp_path, capsys):
         'experiment = "two-layer"\n[fixed]\nd = 6\nn = 3\n[grid]\nm = [4, 5]\n'
     )
     out = tmp_path / "out"
-    argv = ["sweep", str(file), "--out", str(out), "--workers", "2", "--no-cache"]
+    argv = ["sweep", str(file), "--out", str(out), "--workers", "2"]
     assert cli.main(argv) == 0
     assert "local Dask cluster of 2 worker processes" in capsys.readouterr().err
     records = _lines(out / sweeps.RUNS_FILE)

@@ -15,8 +15,6 @@ assumes.
 import argparse
 import dataclasses
 import math
-import time
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -26,7 +24,7 @@ import numpy as np
 import manifoldflow as mf
 
 from .._errors import InputError
-from ..models.datasets import Dataset, DATASETS, load_dataset
+from ..models.datasets import DATASETS, load_dataset
 from ..sgd import LabelNoiseGD, simulate
 from ..theory import Check, check_ending, Report
 from ._options import (
@@ -38,6 +36,15 @@ from ._options import (
     result_text,
 )
 from .base import AbstractExperiment, Outcome
+from .interpolation import cast, train_to_interpolation as train_to_interpolation
+from .real_data_records import (
+    Measure,
+    num_parameters,
+    plot_real_data,
+    point_row,
+    RealDataProblem,
+    RealDataResult,
+)
 
 
 _ACTIVATIONS = {
@@ -56,61 +63,6 @@ _HELD = {"float64": 1e-10, "float32": 1e-4}
 """The largest max|F| along the flow that the `on_manifold` check accepts."""
 
 
-def _cast(tree, dtype):
-    return jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree
-    )
-
-
-def num_parameters(features: int, width: int, depth: int) -> int:
-    """Parameters of `eqx.nn.MLP(features, "scalar", width, depth)`."""
-    return features * width + width + (depth - 1) * (width * width + width) + width + 1
-
-
-@dataclasses.dataclass(frozen=True)
-class RealDataProblem:
-    data: Dataset
-    model: Any
-    etas: list[float]
-    sigma: float
-    sgd_seeds: int
-    train_steps: int
-    learning_rate: float
-    matrix_free: bool | None
-    dtype: str
-    retraction: Any  # the retraction of the interpolant and of the SGD end points
-    flow: dict
-    settings: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Point:
-    """Measurements at one parameter vector."""
-
-    test_error: float
-    sharpness: float
-    gradient_norm: float
-    norm: float
-    lambda_max: float
-    lambda_max_error: float
-    distance: float
-    constraint: float
-
-
-@dataclasses.dataclass(frozen=True)
-class RealDataResult:
-    manifold: Any
-    theta_interpolant: np.ndarray
-    training: dict
-    solution: Any
-    times: np.ndarray
-    points: list[Point]  # at `times`
-    sgd: list[dict]  # one per eta: eta, steps, tau, points (per seed), diverged
-    constant: float
-    skipped: list[str]  # phases not run after Ctrl-C
-    interrupted: bool  # Ctrl-C in the solve or after it
-
-
 def _etas(text: str) -> list[float]:
     try:
         etas = [float(v) for v in text.split(",") if v.strip()]
@@ -121,60 +73,6 @@ def _etas(text: str) -> list[float]:
     if not etas or not all(math.isfinite(e) and e > 0 for e in etas):
         raise InputError(f"--etas must be positive numbers, got {text!r}.")
     return sorted(set(etas), reverse=True)
-
-
-def _mse(model, X, y):
-    return jnp.mean((jax.vmap(model)(X) - y) ** 2)
-
-
-@eqx.filter_jit
-def _adam_chunk(params, static, moments, step, X, y, lr, length):
-    """`length` Adam steps (beta 0.9, 0.999) on the mean squared loss."""
-
-    def one(carry, _):
-        params, (m, v), step = carry
-        loss, grad = jax.value_and_grad(lambda p: _mse(eqx.combine(p, static), X, y))(
-            params
-        )
-        step = step + 1
-        m = jax.tree_util.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grad)
-        v = jax.tree_util.tree_map(lambda a, g: 0.999 * a + 0.001 * g * g, v, grad)
-        scale_m, scale_v = 1 - 0.9**step, 1 - 0.999**step
-        params = jax.tree_util.tree_map(
-            lambda p, a, b: p - lr * (a / scale_m) / (jnp.sqrt(b / scale_v) + 1e-15),
-            params,
-            m,
-            v,
-        )
-        return (params, (m, v), step), loss
-
-    (params, moments, step), losses = jax.lax.scan(
-        one, (params, moments, step), None, length=length
-    )
-    return params, moments, step, losses
-
-
-def train_to_interpolation(model, X, y, *, learning_rate, max_steps, target=1e-10):
-    """Adam from `model` until the training loss is below `target` or `max_steps`:
-    `(trained model, steps, final loss, seconds)`."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    moments, step = (zeros, zeros), jnp.array(0)
-    X, y = jnp.asarray(X, dtype), jnp.asarray(y, dtype)
-    lr = jnp.asarray(learning_rate, dtype)
-    start = time.perf_counter()
-    loss, done = math.inf, 0
-    chunk = min(500, max_steps)
-    while done < max_steps and not loss <= target:
-        params, moments, step, losses = _adam_chunk(
-            params, static, moments, step, X, y, lr, chunk
-        )
-        done += chunk
-        loss = float(losses[-1])
-        if not math.isfinite(loss):
-            break
-    return eqx.combine(params, static), done, loss, time.perf_counter() - start
 
 
 class RealDataExperiment(AbstractExperiment):
@@ -347,7 +245,7 @@ class RealDataExperiment(AbstractExperiment):
         )
         return RealDataProblem(
             data=data,
-            model=_cast(model, jnp.dtype(args.dtype)),
+            model=cast(model, jnp.dtype(args.dtype)),
             etas=etas,
             sigma=args.sigma,
             sgd_seeds=args.sgd_seeds,
@@ -413,7 +311,7 @@ class RealDataExperiment(AbstractExperiment):
         except KeyboardInterrupt:
             interrupted = True
             skipped = ["lambda_max (Lanczos)", "label-noise GD"]
-            measure = _Measure(manifold, data, theta0, lanczos=False)
+            measure = Measure(manifold, data, theta0, lanczos=False)
             thetas = [theta0, *np.asarray(solution.ys)[: len(solution.ts)]]
             times = [0.0, *np.asarray(solution.ts)]
             if len(thetas) == 1:  # no report time reached: the point it stopped at
@@ -436,7 +334,7 @@ class RealDataExperiment(AbstractExperiment):
     def _after_the_flow(self, problem, manifold, theta0, solution, constant, progress):
         """The measurements along the flow (with lambda_max) and the label-noise GD
         runs matched to it: `(points, times, runs)`."""
-        measure = _Measure(manifold, problem.data, theta0)
+        measure = Measure(manifold, problem.data, theta0)
         points = [measure(theta0)]
         for theta in np.asarray(solution.ys)[: len(solution.ts)]:
             points.append(measure(theta))
@@ -602,7 +500,7 @@ class RealDataExperiment(AbstractExperiment):
             R_initial=start.sharpness,
             R_final=end.sharpness,
             grad_norm_final=end.gradient_norm,
-            max_constraint_violation=float(np.nanmax(solution.constraint_violation)),
+            constraint_violation_max=float(np.nanmax(solution.constraint_violation)),
             test_error_interpolant=start.test_error,
             test_error_flow=end.test_error,
             test_error_sgd=test_sgd,
@@ -642,11 +540,11 @@ class RealDataExperiment(AbstractExperiment):
             "point                     test error      R        lambda_max  "
             "|theta|   distance",
         ]
-        rows.append(_row("interpolant (Adam + GN)", start))
-        rows.append(_row(f"flow at t={float(solution.t_final):.4g}", end))
+        rows.append(point_row("interpolant (Adam + GN)", start))
+        rows.append(point_row(f"flow at t={float(solution.t_final):.4g}", end))
         for run in result.sgd:
             for p in run["points"][:1]:
-                rows.append(_row(f"label-noise GD eta={run['eta']:g}", p))
+                rows.append(point_row(f"label-noise GD eta={run['eta']:g}", p))
         headline = (
             f"real-data: {s['dataset']} n_train={s['n_train']} n_test={s['n_test']} "
             f"MLP width={s['width']} depth={s['depth']} {s['activation']} "
@@ -687,92 +585,4 @@ class RealDataExperiment(AbstractExperiment):
         )
 
     def plot(self, outcome: Outcome, figure) -> None:
-        data = outcome.figure_data
-        axes = figure.subplots(1, 3)
-        figure.subplots_adjust(left=0.06, right=0.985, bottom=0.14, top=0.9, wspace=0.3)
-        times = data["times"]
-        error_name = "test error" if data["task"] == "binary" else "test MSE"
-        axes[0].plot(times, [p.test_error for p in data["points"]], "o-", label="flow")
-        axes[1].semilogy(data["step_ts"], data["sharpness"], ".-", label="flow")
-        axes[2].semilogy(data["step_ts"], data["gradient_norm"], ".-")
-        markers = "sD^v<>"
-        for i, run in enumerate(data["sgd"]):
-            label = f"label-noise GD, eta={run['eta']:g}"
-            for j, p in enumerate(run["points"]):
-                kwargs = dict(marker=markers[i % 6], ls="none", alpha=0.8)
-                axes[0].plot(
-                    data["t_final"], p.test_error, label=None if j else label, **kwargs
-                )
-                axes[1].plot(
-                    data["t_final"], p.sharpness, label=None if j else label, **kwargs
-                )
-        axes[0].set(
-            xlabel="flow time t",
-            ylabel=error_name,
-            title=f"{error_name} along the flow",
-        )
-        axes[1].set(xlabel="flow time t", ylabel="R = Tr Hessian", title="sharpness")
-        axes[2].set(xlabel="flow time t", ylabel="|P_T grad R|", title="stationarity")
-        for ax in axes[:2]:
-            ax.legend(fontsize=7)
-
-
-def _row(label: str, p: Point) -> str:
-    return (
-        f"{label:<25} {p.test_error:<14.4g} {p.sharpness:<8.4g} "
-        f"{p.lambda_max:<11.4g} {p.norm:<9.4g} {p.distance:.4g}"
-    )
-
-
-class _Measure:
-    """The measurements of `Point` at a parameter vector on the manifold."""
-
-    def __init__(self, manifold, data: Dataset, theta0: np.ndarray, lanczos=True):
-        self.manifold = manifold
-        self.lanczos = lanczos  # False: lambda_max is not computed (NaN)
-        self.data = data
-        self.theta0 = theta0
-        self.flow = mf.SharpnessFlow(manifold)
-        # In the manifold's precision (float32 data for float32 parameters).
-        self.X_test = jnp.asarray(data.X_test, manifold.X.dtype)
-        self.loss = _TrainingLoss(manifold.X, manifold.y)
-
-    def __call__(self, theta: np.ndarray) -> Point:
-        theta_j = jnp.asarray(theta)
-        R, g, F, predictions = _evaluate(self.flow, theta_j, self.X_test)
-        model = self.manifold.to_parameters(theta_j)
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-        value = error = math.nan
-        if self.lanczos:
-            eigen = mf.hessian_max_eigenvalue(
-                eqx.Partial(self.loss, static=static), params, rtol=1e-6
-            )
-            value, error = float(eigen.value), float(eigen.error)
-        return Point(
-            test_error=self.data.test_error(np.asarray(predictions)),
-            sharpness=float(R),
-            gradient_norm=float(g),
-            norm=float(np.linalg.norm(theta)),
-            lambda_max=value,
-            lambda_max_error=error,
-            distance=float(np.linalg.norm(theta - self.theta0)),
-            constraint=float(F),
-        )
-
-
-class _TrainingLoss(eqx.Module):
-    """The training loss as a function of the trainable arrays (for Lanczos)."""
-
-    X: jax.Array
-    y: jax.Array
-
-    def __call__(self, params, static):
-        return _mse(eqx.combine(params, static), self.X, self.y)
-
-
-@eqx.filter_jit
-def _evaluate(flow, theta, X_test):
-    evaluation = flow.evaluate(theta)
-    F = jnp.max(jnp.abs(flow.manifold.constraint(theta)))
-    predictions = jax.vmap(flow.manifold.to_parameters(theta))(X_test)
-    return evaluation.sharpness, evaluation.gradient_norm, F, predictions
+        plot_real_data(outcome.figure_data, figure)

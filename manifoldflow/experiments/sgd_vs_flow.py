@@ -125,6 +125,9 @@ class SGDVersusFlowExperiment(AbstractExperiment):
     )
     example_arguments = ("--etas", "0.04,0.02,0.01", "--seeds", "8")
     figure_name = "sgd_vs_flow.png"
+    headline_keys = ("fitted_exponent", "mean_distance_exponent", "R_flow_tau")
+    """What a sweep records: how the distance to the flow scales with eta, and R
+    at the flow's theta(tau) (the default keys are of a solve to stationarity)."""
     figure_size = (11.0, 4.0)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -128,6 +128,13 @@ class SparseRecoveryExperiment(AbstractExperiment):
     )
     example_arguments = ("--d", "12", "--n", "6", "--k", "2", "--starts", "2")
     figure_name = "sparse_recovery.png"
+    headline_keys = (
+        "lp_distance",
+        "w_star_distance",
+        "l1_lp",
+        "constraint_violation_max",
+    )
+    """What a sweep records: how far the flow's limit is from the LP's and the planted solution."""
     json_keys = ("Z", "y", "w_star", "w_flow", "w_lp")
     figure_size = (16.0, 4.0)
 

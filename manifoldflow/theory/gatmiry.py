@@ -23,7 +23,6 @@ the a-posteriori form of inequality (15) / Lemma 4.6.
     (Appendix C.5); Lemma B.4 (Appendix C.4); Lemma G.4 (Appendix G).
 """
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,130 +31,18 @@ from ..models.activations import AbstractActivation, Cube
 from ..models.two_layer import inverse_activation, TwoLayerManifold
 from ._report import Check, Report
 from ._solution_checks import check_constraint, check_stationarity
-
-
-_EPS = np.finfo(np.float64).eps
-_TINY = np.finfo(float).tiny
-
-
-class _Data(eqx.Module):
-    """The manifold's fixed arrays, once, as NumPy arrays on the host."""
-
-    activation: AbstractActivation
-    a: np.ndarray
-    y: np.ndarray
-    weights: np.ndarray
-    norms2: np.ndarray  # |x_i|^2
-    lambda_min: float  # of the data Gram matrix X X^T
-    lambda_max: float
-
-    def __init__(self, manifold: TwoLayerManifold):
-        self.activation = manifold.activation
-        self.a = np.asarray(manifold.a)
-        self.y = np.asarray(manifold.y)
-        self.weights = np.asarray(manifold.weights)
-        gram = np.asarray(manifold.data_gram)
-        self.norms2 = np.diag(gram)
-        spectrum = np.linalg.eigvalsh(gram)
-        self.lambda_min, self.lambda_max = float(spectrum[0]), float(spectrum[-1])
-
-
-class _Point(eqx.Module):
-    r"""The feature matrix $Z = \Theta X^\top$ at reduced coordinates $u$, the
-    activation's derivatives there and the constraint residual $|F|$."""
-
-    features: np.ndarray  # (m, n)
-    d1: np.ndarray
-    d2: np.ndarray
-    d3: np.ndarray
-    residual: np.ndarray  # (n,)
-
-    def __init__(self, manifold: TwoLayerManifold, u):
-        arrays = _point_arrays(manifold, jnp.asarray(u))  # one compiled call
-        self.features, self.d1, self.d2, self.d3, self.residual = (
-            np.asarray(x) for x in arrays
-        )
-
-
-@eqx.filter_jit
-def _derivatives_jit(activation, z):
-    return (
-        activation.derivative(z),
-        activation.second_derivative(z),
-        activation.third_derivative(z),
-    )
-
-
-def _derivatives(activation, z) -> tuple[np.ndarray, ...]:
-    """The first three derivatives of the activation at `z`, as NumPy arrays, in one
-    compiled call (eager calls would each be traced)."""
-    return tuple(np.asarray(x) for x in _derivatives_jit(activation, np.asarray(z)))
-
-
-@eqx.filter_jit
-def _sharpness(manifold, u):
-    return manifold.linearise(u).sharpness
-
-
-@eqx.filter_jit
-def _point_arrays(manifold: TwoLayerManifold, u):
-    act = manifold.activation
-    Z = manifold.features(u)
-    derivatives = (act.derivative(Z), act.second_derivative(Z), act.third_derivative(Z))
-    return (Z, *derivatives, jnp.abs(manifold.constraint(u)))
-
-
-def _kkt_slack(data: _Data, point: _Point, delta: float) -> np.ndarray:
-    r"""$\varepsilon_{ji} = \delta / (2 w_i \|x_i\|^2 \sqrt{\lambda_{\min}}\,|a_j|\,
-    \phi'(z_{ji}))$, the bound on $|a_j\phi''(z_{ji}) - \mu_i|$ (inequality (15))."""
-    return delta / (
-        2
-        * data.weights[None, :]
-        * data.norms2[None, :]
-        * np.sqrt(data.lambda_min)
-        * np.abs(data.a)[:, None]
-        * np.maximum(point.d1, _TINY)
-    )
-
-
-def _optimum_distance_bounds(
-    data: _Data, point: _Point, z_star: np.ndarray, delta: float
-) -> np.ndarray:
-    r"""Per data point $i$, the bound on $\max_j |z_{ji} - z^*_i|$ from the $\delta$
-    reached (Lemma 4.6 a posteriori): $2\max_j\varepsilon_{ji} / (|a|\rho_2)$ with the
-    local $\rho_2 = \min\phi'''(Z)$, plus the constraint residual's share
-    $|F_i| / (m |a| \phi'(z^*_i))$, plus rounding."""
-    Z = point.features
-    m = Z.shape[0]
-    a0 = float(data.a[0])
-    rho2_local = float(np.min(point.d3))
-    derivative_star = _derivatives(data.activation, z_star)[0]
-    residual_term = point.residual / (m * abs(a0) * derivative_star)
-    return (
-        2 * np.max(_kkt_slack(data, point, delta), axis=0) / (abs(a0) * rho2_local)
-        + residual_term
-        + 64 * _EPS * np.maximum(np.abs(z_star), np.max(np.abs(Z), axis=0))
-    )
-
-
-def _lemma_4_6_a_priori_bound(data: _Data, delta: float) -> float | None:
-    r"""Lemma 4.6 as stated, $n\delta / (2\rho_1\rho_2\sqrt{\lambda_{\min}})$ (i.e.
-    $\delta / (w\rho_1\rho_2\sqrt{\lambda_{\min}})$ with $w = 2/n$); `None` outside its
-    setting (Assumption 3.1, unit rows, equal weights $w_i$, $a = 1$)."""
-    rho1, rho2 = data.activation.rho()
-    a, w = data.a, data.weights
-    if np.ptp(a) > 0 or a[0] != 1 or not rho1 > 0:
-        return None
-    if not np.allclose(data.norms2, 1) or np.ptp(w) != 0:
-        return None
-    return float(delta / (w[0] * rho1 * rho2 * np.sqrt(data.lambda_min)))
-
-
-def _unequal_a_reason(data: _Data) -> str:
-    return (
-        "Theorem 3.3's closed form needs equal second-layer weights a_j "
-        f"(here they range over [{np.min(data.a):g}, {np.max(data.a):g}])"
-    )
+from .gatmiry_data import (
+    derivatives,
+    EPS,
+    FeaturePoint,
+    kkt_slack,
+    lemma_4_6_a_priori_bound,
+    optimum_distance_bounds,
+    sharpness_at,
+    TINY,
+    TwoLayerData,
+    unequal_a_reason,
+)
 
 
 def optimum_features(manifold: TwoLayerManifold) -> np.ndarray | None:
@@ -198,7 +85,7 @@ def minimum_sharpness(manifold: TwoLayerManifold) -> float | None:
     w = np.asarray(manifold.weights) * np.diag(np.asarray(manifold.data_gram))
     m = manifold.a.shape[0]
     return float(
-        np.sum(w * m * a**2 * _derivatives(manifold.activation, z_star)[0] ** 2)
+        np.sum(w * m * a**2 * derivatives(manifold.activation, z_star)[0] ** 2)
     )
 
 
@@ -225,8 +112,8 @@ def asymptotic_rate(manifold: TwoLayerManifold, constant: float = 1.0) -> float 
         * np.asarray(manifold.weights)
         * np.diag(G)
         * a**2
-        * _derivatives(act, z_star)[0]
-        * _derivatives(act, z_star)[2]
+        * derivatives(act, z_star)[0]
+        * derivatives(act, z_star)[2]
     )
     root = np.sqrt(h)
     return float(constant * np.linalg.eigvalsh(root[:, None] * G * root[None, :])[0])
@@ -300,8 +187,8 @@ def assumption_3_1(activation: AbstractActivation) -> Check:
 def assumption_3_2(
     manifold: TwoLayerManifold,
     *,
-    data: _Data | None = None,
-    point: _Point | None = None,
+    data: TwoLayerData | None = None,
+    point: FeaturePoint | None = None,
 ) -> Check:
     r"""The data points are linearly independent: $\lambda_{\min}(XX^\top) >
     10^3\,\varepsilon_{\text{mach}}\,\lambda_{\max}(XX^\top)$.
@@ -312,8 +199,8 @@ def assumption_3_2(
     **Returns:** a [`manifoldflow.theory.Check`][] with `measured`
     $= \lambda_{\min}(XX^\top)$.
     """
-    data = _Data(manifold) if data is None else data
-    floor = 1e3 * _EPS * data.lambda_max
+    data = TwoLayerData(manifold) if data is None else data
+    floor = 1e3 * EPS * data.lambda_max
     return Check.compare(
         "assumption_3_2",
         "lambda_min(X X^T), which must exceed 1e3 eps lambda_max(X X^T): linearly "
@@ -329,8 +216,8 @@ def assumption_3_4_normality(
     manifold: TwoLayerManifold,
     u,
     *,
-    data: _Data | None = None,
-    point: _Point | None = None,
+    data: TwoLayerData | None = None,
+    point: FeaturePoint | None = None,
 ) -> Check:
     r"""Assumption 3.4 ($\alpha$-normality): $\phi''^2 \le \alpha\,\phi'\phi'''$ at the
     features $z_{ji} = \theta_j^\top x_i$ of the point with reduced coordinates `u`.
@@ -340,8 +227,8 @@ def assumption_3_4_normality(
     where the ratio is identically $\alpha = 2$.
     """
     act = manifold.activation
-    point = _Point(manifold, u) if point is None else point
-    ratio = point.d2**2 / np.maximum(point.d1 * point.d3, _TINY)
+    point = FeaturePoint(manifold, u) if point is None else point
+    ratio = point.d2**2 / np.maximum(point.d1 * point.d3, TINY)
     alpha = act.normality()
     return Check.compare(
         "assumption_3_4_normality",
@@ -349,7 +236,7 @@ def assumption_3_4_normality(
         f"constant alpha = {alpha:g} (Assumption 3.4)",
         np.max(ratio),
         prediction=alpha if isinstance(act, Cube) else None,
-        upper=alpha * (1 + 64 * _EPS),
+        upper=alpha * (1 + 64 * EPS),
     )
 
 
@@ -357,8 +244,8 @@ def lemma_g4_sign_consistency(
     manifold: TwoLayerManifold,
     u,
     *,
-    data: _Data | None = None,
-    point: _Point | None = None,
+    data: TwoLayerData | None = None,
+    point: FeaturePoint | None = None,
 ) -> Check:
     r"""Lemma G.4 (cube activation): Theorem 3.3 holds for $\phi(z) = z^3$ along a flow
     with $\operatorname{sign}(\theta_j^\top x_i) = \operatorname{sign}(y_i / a_j)$ and
@@ -371,8 +258,8 @@ def lemma_g4_sign_consistency(
     **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= \min|z_{ji}|$.
     """
     act = manifold.activation
-    data = _Data(manifold) if data is None else data
-    Z = (_Point(manifold, u) if point is None else point).features
+    data = TwoLayerData(manifold) if data is None else data
+    Z = (FeaturePoint(manifold, u) if point is None else point).features
     min_abs = float(np.min(np.abs(Z)))
     name = "lemma_g4_sign_consistency"
     claim = (
@@ -412,8 +299,8 @@ def lemma_4_6_phi2_image(
     u,
     delta: float,
     *,
-    data: _Data | None = None,
-    point: _Point | None = None,
+    data: TwoLayerData | None = None,
+    point: FeaturePoint | None = None,
 ) -> Check:
     r"""The $\phi''$-image of the features is rank one at stationarity: $a_j
     \phi''(z_{ji}) = \mu_i$ for every $j$ (Section 4.2, eq. (9), for any fixed $a$).
@@ -428,11 +315,11 @@ def lemma_4_6_phi2_image(
     **Returns:** a [`manifoldflow.theory.Check`][] with `measured` $= \max_i (\max_j -
     \min_j)\, a_j\phi''(z_{ji})$.
     """
-    data = _Data(manifold) if data is None else data
-    point = _Point(manifold, u) if point is None else point
+    data = TwoLayerData(manifold) if data is None else data
+    point = FeaturePoint(manifold, u) if point is None else point
     image = data.a[:, None] * point.d2
     spread = np.ptp(image, axis=0)
-    bound = 2 * np.max(_kkt_slack(data, point, delta), axis=0) + 64 * _EPS * np.max(
+    bound = 2 * np.max(kkt_slack(data, point, delta), axis=0) + 64 * EPS * np.max(
         np.abs(image), axis=0
     )
     return Check.compare(
@@ -451,8 +338,8 @@ def theorem_3_3_optimum(
     u,
     delta: float,
     *,
-    data: _Data | None = None,
-    point: _Point | None = None,
+    data: TwoLayerData | None = None,
+    point: FeaturePoint | None = None,
 ) -> Check:
     r"""Theorem 3.3, eq. (4): the stationary point has $\theta_j^\top x_i =
     z^*_i = \phi^{-1}(y_i / (m a))$ for equal second-layer weights $a_j = a$.
@@ -471,14 +358,14 @@ def theorem_3_3_optimum(
         "max_ji |theta_j^T x_i - phi^{-1}(y_i / (m a))|, 0 at the optimum "
         "(Theorem 3.3, eq. (4)); bound: Lemma 4.6 from the delta reached, per i"
     )
-    data = _Data(manifold) if data is None else data
+    data = TwoLayerData(manifold) if data is None else data
     z_star = optimum_features(manifold)
     if z_star is None:
-        return Check.not_applicable(name, claim, _unequal_a_reason(data))
-    point = _Point(manifold, u) if point is None else point
+        return Check.not_applicable(name, claim, unequal_a_reason(data))
+    point = FeaturePoint(manifold, u) if point is None else point
     distance = np.max(np.abs(point.features - z_star[None, :]), axis=0)
-    bounds = _optimum_distance_bounds(data, point, z_star, delta)
-    lemma = _lemma_4_6_a_priori_bound(data, delta)
+    bounds = optimum_distance_bounds(data, point, z_star, delta)
+    lemma = lemma_4_6_a_priori_bound(data, delta)
     return Check.compare(
         name,
         claim,
@@ -498,8 +385,8 @@ def theorem_3_3_minimum_sharpness(
     u,
     delta: float,
     *,
-    data: _Data | None = None,
-    point: _Point | None = None,
+    data: TwoLayerData | None = None,
+    point: FeaturePoint | None = None,
 ) -> Check:
     r"""Theorem 3.3: the stationary point is the global minimum of $R$ on the
     manifold, $R^* = \sum_i w_i\|x_i\|^2\, m a^2\phi'(z^*_i)^2$ (equal $a_j = a$).
@@ -517,15 +404,15 @@ def theorem_3_3_minimum_sharpness(
         "R_final - R* with R* = sum_i w_i |x_i|^2 m a^2 phi'(z*_i)^2, 0 at the global "
         "minimum (Theorem 3.3); lower bound: -(|lambda*.F| + rounding)"
     )
-    data = _Data(manifold) if data is None else data
+    data = TwoLayerData(manifold) if data is None else data
     z_star = optimum_features(manifold)
     if z_star is None:
-        return Check.not_applicable(name, claim, _unequal_a_reason(data))
+        return Check.not_applicable(name, claim, unequal_a_reason(data))
     act = data.activation
-    point = _Point(manifold, u) if point is None else point
+    point = FeaturePoint(manifold, u) if point is None else point
     m, n = point.features.shape
     a0 = float(data.a[0])
-    R_final = float(_sharpness(manifold, jnp.asarray(u)))
+    R_final = float(sharpness_at(manifold, jnp.asarray(u)))
     R_star = minimum_sharpness(manifold)
     curvature = 2 * data.weights * data.norms2
     slope = (
@@ -533,13 +420,13 @@ def theorem_3_3_minimum_sharpness(
         * a0**2
         * np.maximum(
             np.max(np.abs(point.d1 * point.d2), axis=0),
-            np.abs(np.prod(_derivatives(act, z_star)[:2], axis=0)),
+            np.abs(np.prod(derivatives(act, z_star)[:2], axis=0)),
         )
     )
-    rounding = 4 * m * n * _EPS * R_star
-    bounds = _optimum_distance_bounds(data, point, z_star, delta)
+    rounding = 4 * m * n * EPS * R_star
+    bounds = optimum_distance_bounds(data, point, z_star, delta)
     upper = float(np.sum(m * slope * bounds)) + rounding
-    multipliers = curvature * a0 * _derivatives(act, z_star)[1]
+    multipliers = curvature * a0 * derivatives(act, z_star)[1]
     below = rounding + float(np.sum(np.abs(multipliers) * point.residual))
     return Check.compare(
         name, claim, R_final - R_star, prediction=0.0, lower=-below, upper=upper
@@ -551,8 +438,8 @@ def theorem_3_3_rank_one(
     u,
     delta: float,
     *,
-    data: _Data | None = None,
-    point: _Point | None = None,
+    data: TwoLayerData | None = None,
+    point: FeaturePoint | None = None,
 ) -> Check:
     r"""Theorem 3.3: the feature matrix $Z = \Theta X^\top$ is rank one at the optimum
     (every row is $z^*$).
@@ -568,19 +455,17 @@ def theorem_3_3_rank_one(
         "sigma_2 / sigma_1 of the feature matrix Theta X^T, 0 at the optimum "
         "(Theorem 3.3: rank one)"
     )
-    data = _Data(manifold) if data is None else data
-    point = _Point(manifold, u) if point is None else point
+    data = TwoLayerData(manifold) if data is None else data
+    point = FeaturePoint(manifold, u) if point is None else point
     Z = point.features
     ratio = _rank_one_ratio(Z)
     z_star = optimum_features(manifold)
     if z_star is None:
-        return Check.not_applicable(
-            name, claim, _unequal_a_reason(data), measured=ratio
-        )
+        return Check.not_applicable(name, claim, unequal_a_reason(data), measured=ratio)
     m, n = Z.shape
-    distance = float(np.max(_optimum_distance_bounds(data, point, z_star, delta)))
+    distance = float(np.max(optimum_distance_bounds(data, point, z_star, delta)))
     sigma1 = float(np.linalg.norm(Z, 2))
-    bound = np.sqrt(m * n) * distance / sigma1 + 16 * np.sqrt(m * n) * _EPS
+    bound = np.sqrt(m * n) * distance / sigma1 + 16 * np.sqrt(m * n) * EPS
     return Check.compare(name, claim, ratio, prediction=0.0, upper=bound)
 
 
@@ -663,7 +548,7 @@ def two_layer_checks(
     u = _final_coordinates(manifold, solution)
     delta = float(solution.gradient_norm[-1])
     # The manifold's arrays and the final point's, built once for every check.
-    data, point = _Data(manifold), _Point(manifold, u)
+    data, point = TwoLayerData(manifold), FeaturePoint(manifold, u)
     at = dict(data=data, point=point)
     checks = (
         check_stationarity(solution),
@@ -680,10 +565,10 @@ def two_layer_checks(
     )
     by_name = {c.name: c for c in checks}
     figures = dict(
-        R_final=float(_sharpness(manifold, jnp.asarray(u))),
+        R_final=float(sharpness_at(manifold, jnp.asarray(u))),
         R_star=minimum_sharpness(manifold),
         optimum_distance=by_name["theorem_3_3_optimum"].measured,
-        lemma_4_6_bound=_lemma_4_6_a_priori_bound(data, delta),
+        lemma_4_6_bound=lemma_4_6_a_priori_bound(data, delta),
         rank_one_ratio=by_name["theorem_3_3_rank_one"].measured,
         phi2_image_spread=by_name["lemma_4_6_phi2_image"].measured,
         linear_rate=by_name["theorem_3_5_linear_rate"].measured,
