@@ -14,6 +14,7 @@ computed.
 
 import math
 import time
+import types
 from collections.abc import Sequence
 
 import diffrax
@@ -212,12 +213,17 @@ def solve_flows(
     )
     seconds = time.perf_counter() - start
     states, retracted = _host((states, retracted))
+    constants = np.asarray(constants)
     members = tuple(
-        eqx.tree_at(
-            lambda s: (s.wall_seconds, s.manifold),
-            _member(books[i], states, retracted, i, float(constants[i]), stationarity),
-            (seconds, manifolds[i] if manifolds else first),
-            is_leaf=lambda x: x is None,
+        _member(
+            books[i],
+            states,
+            retracted,
+            i,
+            constant=float(constants[i]),
+            stationarity=float(stationarity),
+            wall_seconds=seconds,
+            manifold=manifolds[i] if manifolds else first,
         )
         for i in range(size)
     )
@@ -322,16 +328,18 @@ def _running(states: FlowState, size: int) -> np.ndarray:
     return values == int(RESULTS.successful._value)
 
 
-def _member(book: _Book, states, retracted, i, constant, stationarity) -> FlowSolution:
-    member = lambda tree: jax.tree.map(lambda x: x[i], tree)
-    return host_solution(
-        member(states),
-        member(retracted),
-        book.records,
-        book.kept,
-        constant=constant,
-        stationarity=float(stationarity),
+def _member(book: _Book, states, retracted, i, **fields) -> FlowSolution:
+    """Member `i`'s solution, from the batch's final states on the host: only what
+    the solution needs of them is sliced (a batch builds one per member)."""
+    take = lambda tree: jax.tree.map(lambda x: x[i], tree)
+    state = types.SimpleNamespace(
+        y=states.y[i],
+        saves=take(states.saves),
+        noise_floor=take(states.noise_floor),
+        num_rejected=states.num_rejected[i],
+        result=take(states.result),
     )
+    return host_solution(state, take(retracted), book.records, book.kept, **fields)
 
 
 # ---------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ compile it again.
 import math
 
 import diffrax
-import jax
 import numpy as np
 
 from ._results import RESULTS
@@ -125,8 +124,11 @@ def host_solution(
     state, retracted, records: StepRecords, kept: KeptStates | None, **fields
 ) -> FlowSolution:
     """The solution of one solve (one member of a batch) from its final loop state
-    (a `FlowState`, of device or NumPy arrays), in NumPy, trimmed to the steps
-    taken, with no eager JAX operation (each would stage a program). `ys`: the
+    (a `FlowState`, of device or NumPy arrays: what it needs of one, `y`, `saves`,
+    `noise_floor`, `num_rejected`, `result`), in NumPy, trimmed to the steps taken,
+    with no JAX operation (each would stage a program, or at least cost a dispatch:
+    a batch builds one solution per member). `theta_final`, `result` and
+    `retraction` stay where they are (on the device for a single solve). `ys`: the
     states `kept` kept; without it, those at the output times; without output
     times, the first and the last. `fields`: the rest of the `FlowSolution`
     (`constant`, `stationarity`, ...)."""
@@ -151,14 +153,14 @@ def host_solution(
         gradient_norm=arrays["gradient_norm"],
         constraint_violation=arrays["constraint_violation"],
         saved_index=saved_index,
-        theta_final=jax.device_put(state.y),
+        theta_final=state.y,
         t_final=float(step_ts[-1]),
         num_steps=step_ts.size - 1,
         num_rejected_steps=int(state.num_rejected),
-        result=jax.device_put(state.result),
+        result=state.result,
         tightened=np.asarray(state.noise_floor.tightened)[:k],
         num_tightened=k,
-        retraction=jax.device_put(retracted),
+        retraction=retracted,
         **fields,
     )
 
