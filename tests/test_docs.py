@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -47,14 +49,22 @@ sys.exit("\\n".join(failures) or None)
 """
 
 
-def test_every_python_block_runs(tmp_path):
-    """Every page's blocks in order, each page in a namespace of its own, all in one
-    process apart from the tests' (as a reader would run them, and so that what
-    they compile does not stay in the test process). Every failing block is
-    reported, by page and line."""
-    pages = [str(p) for p in PAGES if python_blocks(p)]
-    assert len(pages) >= 6
-    code = _RUNNER.format(tests=str(ROOT / "tests"), pages=pages)
+_PAGES_WITH_CODE = [p for p in PAGES if python_blocks(p)]
+
+
+def test_the_docs_have_code():
+    assert len(_PAGES_WITH_CODE) >= 6
+
+
+@pytest.mark.parametrize(
+    "page", _PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_every_python_block_runs(page, tmp_path):
+    """A page's blocks in order, in one namespace, in a process of its own (as a
+    reader would run them, and so that what they compile does not stay in the test
+    process; the pages run in parallel under pytest-xdist). A failing block is
+    reported by page and line."""
+    code = _RUNNER.format(tests=str(ROOT / "tests"), pages=[str(page)])
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,  # anything a block writes stays out of the checkout
