@@ -115,6 +115,26 @@ def time_import(repeats):
     )
 
 
+def _script_runs(script, data, args) -> list[dict]:
+    """`args.repeats` runs of a SciPy script on `data`: its JSON line, with the
+    wall time of its whole process."""
+    runs = []
+    for _ in range(args.repeats):
+        wall, out = run(
+            [
+                sys.executable,
+                str(HERE / script),
+                str(data),
+                "--stationarity",
+                str(args.stationarity),
+            ]
+        )
+        result = json.loads(out.strip().splitlines()[-1])
+        result["process_seconds"] = wall
+        runs.append(result)
+    return runs
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -134,50 +154,18 @@ def main():
         np.savez(data, X=X, y=y, a=np.asarray(net.a), theta0=np.asarray(net.theta))
         row = dict(m=m, d=d, n=n, D=m * d, stationarity=args.stationarity)
 
-        # SciPy baseline: whole process, repeated.
-        scipy_runs = []
-        for _ in range(args.repeats):
-            wall, out = run(
-                [
-                    sys.executable,
-                    str(HERE / "scipy_baseline.py"),
-                    str(data),
-                    "--stationarity",
-                    str(args.stationarity),
-                ]
+        # The SciPy baseline and the second, independently written script: whole
+        # processes, repeated.
+        for key, script in (
+            ("scipy", "scipy_baseline.py"),
+            ("independent", "scipy_independent.py"),
+        ):
+            runs = _script_runs(script, data, args)
+            row[key] = runs[-1]
+            row[f"{key}_solve_s"] = float(np.median([r["solve_seconds"] for r in runs]))
+            row[f"{key}_process_s"] = float(
+                np.median([r["process_seconds"] for r in runs])
             )
-            res = json.loads(out.strip().splitlines()[-1])
-            res["process_seconds"] = wall
-            scipy_runs.append(res)
-        row["scipy"] = scipy_runs[-1]
-        row["scipy_solve_s"] = float(
-            np.median([r["solve_seconds"] for r in scipy_runs])
-        )
-        row["scipy_process_s"] = float(
-            np.median([r["process_seconds"] for r in scipy_runs])
-        )
-        # The second, independently written script, interleaved with nothing else.
-        independent = []
-        for _ in range(args.repeats):
-            wall, out = run(
-                [
-                    sys.executable,
-                    str(HERE / "scipy_independent.py"),
-                    str(data),
-                    "--stationarity",
-                    str(args.stationarity),
-                ]
-            )
-            res = json.loads(out.strip().splitlines()[-1])
-            res["process_seconds"] = wall
-            independent.append(res)
-        row["independent"] = independent[-1]
-        row["independent_solve_s"] = float(
-            np.median([r["solve_seconds"] for r in independent])
-        )
-        row["independent_process_s"] = float(
-            np.median([r["process_seconds"] for r in independent])
-        )
         row["baseline_process_s"] = min(
             row["scipy_process_s"], row["independent_process_s"]
         )

@@ -66,9 +66,10 @@ def fingerprint(
 
 
 class Checkpoint(eqx.Module):
-    """Where a windowed solve stands: `state` (the loop state, without the progress
-    meter's), `attempts` (the next window's size), and `host`: the NumPy arrays the
-    host keeps (the step records taken off the device, the kept states)."""
+    """Where a windowed solve stands: `state` (the loop state; a windowed solve
+    draws its progress on the host, so no meter's handle is in it), `attempts` (the
+    next window's size), and `host`: the NumPy arrays the host keeps (the step
+    records taken off the device, the kept states)."""
 
     state: Any
     attempts: int
@@ -110,7 +111,7 @@ def check_path(path: pathlib.Path) -> None:
 def write(path: pathlib.Path, marks: dict[str, str], checkpoint: Checkpoint) -> None:
     """Write `checkpoint` to `path` atomically."""
     state = io.BytesIO()
-    eqx.tree_serialise_leaves(state, without_meter(checkpoint.state))
+    eqx.tree_serialise_leaves(state, checkpoint.state)
     host = io.BytesIO()
     np.savez(host, **checkpoint.host)
     payload = state.getvalue() + host.getvalue()
@@ -171,20 +172,7 @@ def read(path: pathlib.Path, marks: dict[str, str], like_state) -> Checkpoint:
             parameter="checkpoint",
         )
     state_bytes = io.BytesIO(payload[: header["state_bytes"]])
-    state = eqx.tree_deserialise_leaves(state_bytes, without_meter(like_state))
-    state = eqx.tree_at(
-        lambda s: s.meter_state,
-        state,
-        like_state.meter_state,
-        is_leaf=lambda x: x is None,
-    )
+    state = eqx.tree_deserialise_leaves(state_bytes, like_state)
     with np.load(io.BytesIO(payload[header["state_bytes"] :])) as arrays:
         host = {name: arrays[name] for name in arrays.files}
     return Checkpoint(state, int(header["attempts"]), host)
-
-
-def without_meter(state):
-    """The state without the progress meter's (a handle on this process's bar)."""
-    return eqx.tree_at(
-        lambda s: s.meter_state, state, None, is_leaf=lambda x: x is None
-    )
